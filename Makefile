@@ -1,0 +1,32 @@
+# Set-up is two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO ?= runs/demo
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+# Re-install whenever pyproject.toml changes (new dependencies).
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The main job on the built-in synthetic cohort: synth -> build -> verify -> inspect.
+demo: setup
+	$(BIN)/sonostream synth --out $(DEMO)/cohort --preview $(DEMO)/synth_preview.png
+	$(BIN)/sonostream build --csv $(DEMO)/cohort/frames.csv --out $(DEMO)/shards
+	$(BIN)/sonostream verify $(DEMO)/shards
+	$(BIN)/sonostream inspect $(DEMO)/shards --contact-sheet $(DEMO)/contact_sheet.png
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	mkdir -p runs
+	$(BIN)/sonostream bench build --json runs/bench_build.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Training-side code (loaders, models, objectives, training, evaluation); grows with the next issues."""

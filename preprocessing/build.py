@@ -1,0 +1,313 @@
+"""`sonostream build`: a frames CSV -> shards, index.parquet, manifest.json, rejects.csv.
+
+Read top to bottom, one build is:
+1. plan   read and check the CSV; group rows into videos in temporal order; split patients;
+          order videos (split, then a seeded shuffle). Bad rows go to rejects here.
+2. resume if an earlier run of the same inputs was interrupted, keep its finished shards and
+          skip every frame they hold.
+3. encode workers read, convert and encode segments of videos in parallel; the main process
+          takes the results in plan order, numbers the surviving frames of each video and
+          appends them to the shard writer, which is the only thing touching tar files.
+4. finish index rows of every shard, in shard order -> index.parquet, written after
+          rejects.csv and manifest.json: a dataset without an index is unfinished.
+Every input row ends in the index or in rejects.csv; the build checks that sum before it
+writes the index.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import multiprocessing as mp
+import re
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from . import atomic
+from . import format as fmt
+from .encode import Encoded, EncodeOptions, Rejected, encode_segment
+from .frames_csv import Plan, Video, plan_build, reject
+from .shards import ShardWriter, load_finished
+
+SEGMENT_FRAMES = 64  # frames per worker task: small enough to balance, large enough to amortise
+BUILD_STATE = "build.json"
+META_SKIP = {"shard", "offset", "size", "mask_offset", "mask_size", "num_frames"}
+
+
+class BuildError(ValueError):
+    """The build cannot start or finish; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    image_size: int = 256
+    codec: str = "jpeg"
+    jpeg_quality: int = 95
+    shard_size_mb: float = 64.0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    min_video_frames: int = 1
+
+    def __post_init__(self):
+        if self.image_size < 0 or 0 < self.image_size < 16:
+            raise ValueError(f"image size must be 0 (keep source size) or >= 16, got {self.image_size}")
+        if self.codec not in fmt.IMAGE_EXT:
+            raise ValueError(f"codec must be one of {sorted(fmt.IMAGE_EXT)}, got {self.codec!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
+        if self.shard_size_mb <= 0:
+            raise ValueError(f"shard size must be positive, got {self.shard_size_mb} MB")
+        if self.min_video_frames < 1:
+            raise ValueError(f"min video frames must be >= 1, got {self.min_video_frames}")
+        fmt.check_fractions(self.val_fraction, self.test_fraction)
+
+
+@dataclass
+class BuildResult:
+    out_dir: str
+    rows: int
+    frames: int
+    rejects: int
+    shards: int
+    reused_shards: int = 0
+    seconds: float = 0.0
+    up_to_date: bool = False
+    splits: dict = field(default_factory=dict)
+    reject_reasons: dict = field(default_factory=dict)
+    single_frame_videos: int = 0
+
+
+def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), workers: int = 1,
+          overwrite: bool = False, progress: bool = True) -> BuildResult:
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    plan = plan_build(csv_path, opts.val_fraction, opts.test_fraction, opts.seed)
+    fingerprint = {"format_version": fmt.FORMAT_VERSION, "csv_sha256": _sha256(csv_path),
+                   "options": asdict(opts)}
+    done = _prepare_out_dir(out, fingerprint, overwrite)
+    if done is not None:
+        return done
+
+    records, tables, part_rejects = load_finished(out)
+    written = {(k, f) for t in tables for k, f in zip(t["video_key"].to_pylist(),
+                                                       t["frame_id"].to_pylist())}
+    rejected_lines = {r["csv_line"] for r in part_rejects}
+    schema = fmt.index_schema(plan.extra_columns)
+    next_numbers = collections.Counter(r["split"] for r in records)
+    todo = [v for v in plan.videos
+            if any((v.key, f.frame_id) not in written and f.csv_line not in rejected_lines
+                   for f in v.frames)]
+    accounted = plan.num_rows - sum(len(v.frames) for v in todo)
+    enc = EncodeOptions(opts.image_size, opts.codec, opts.jpeg_quality)
+    bar = tqdm(total=plan.num_rows, initial=accounted, unit="frame", desc="build",
+               disable=not progress, dynamic_ncols=True)
+    with ShardWriter(out, int(opts.shard_size_mb * 2**20), schema, next_numbers) as writer:
+        for video, results in _encode_videos(todo, enc, workers):
+            _write_video(writer, video, results, opts, written, rejected_lines)
+            bar.update(len(video.frames))
+        leftover = writer.close()
+    bar.close()
+    result = _finish(out, plan, opts, fingerprint, leftover)
+    result.reused_shards = len(records)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResult | None:
+    """Clears, resumes or refuses ``out``; returns a result when it is already built."""
+    state = out / fmt.WORK_DIR / BUILD_STATE
+    if overwrite:
+        for name in (fmt.INDEX_FILE, fmt.MANIFEST_FILE, fmt.REJECTS_FILE):
+            (out / name).unlink(missing_ok=True)
+        for name in (fmt.SHARDS_DIR, fmt.WORK_DIR):
+            shutil.rmtree(out / name, ignore_errors=True)
+    if (out / fmt.INDEX_FILE).exists():
+        manifest = json.loads((out / fmt.MANIFEST_FILE).read_text())
+        if manifest.get("fingerprint") == fingerprint:
+            return _result_from_manifest(out, manifest)
+        raise BuildError(f"{out} already holds a dataset built from other inputs or options; "
+                         "pass --overwrite to replace it, or choose another --out")
+    if state.exists() and json.loads(state.read_text()) != fingerprint:
+        raise BuildError(f"{out} holds an unfinished build of other inputs or options; pass "
+                         "--overwrite to discard it, or rerun with the same CSV and options")
+    if not state.exists() and (out / fmt.SHARDS_DIR).exists():
+        raise BuildError(f"{out}/{fmt.SHARDS_DIR} exists but no build state does; pass "
+                         "--overwrite to replace it, or choose another --out")
+    atomic.write_json(state, fingerprint)
+    return None
+
+
+def _encode_videos(videos: list[Video], enc: EncodeOptions,
+                   workers: int) -> Iterator[tuple[Video, list]]:
+    """(video, per-frame results) in plan order; workers encode segments ahead of the writer."""
+    tasks = [(vi, video.frames[i:i + SEGMENT_FRAMES])
+             for vi, video in enumerate(videos)
+             for i in range(0, len(video.frames), SEGMENT_FRAMES)]
+    pending: dict[int, list] = collections.defaultdict(list)
+    remaining = collections.Counter(vi for vi, _ in tasks)
+    for vi, results in _ordered_map(tasks, enc, workers):
+        pending[vi].extend(results)
+        remaining[vi] -= 1
+        if remaining[vi] == 0:
+            yield videos[vi], pending.pop(vi)
+
+
+def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tuple[int, list]]:
+    if workers <= 1:
+        for vi, rows in tasks:
+            yield vi, encode_segment(rows, enc)
+        return
+    # fork is cheap and this process holds no threads here; elsewhere fall back to spawn.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    window = 4 * workers  # bounded read-ahead: memory stays flat however long the CSV is
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        queue: collections.deque = collections.deque()
+        it = iter(tasks)
+        for vi, rows in it:
+            queue.append((vi, pool.submit(encode_segment, rows, enc)))
+            if len(queue) >= window:
+                break
+        while queue:
+            vi, fut = queue.popleft()
+            for nvi, rows in it:
+                queue.append((nvi, pool.submit(encode_segment, rows, enc)))
+                break
+            yield vi, fut.result()
+
+
+def _write_video(writer: ShardWriter, video: Video, results: list, opts: BuildOptions,
+                 written: set, rejected_lines: set) -> None:
+    kept = [r for r in results if isinstance(r, Encoded)]
+    failed = [r for r in results if isinstance(r, Rejected)]
+    if 0 < len(kept) < opts.min_video_frames:
+        reason = (f"video has {len(kept)} usable frame(s), fewer than --min-video-frames "
+                  f"{opts.min_video_frames}")
+        failed += [Rejected(e.row, reason) for e in kept]
+        kept = []
+    for r in failed:
+        if r.row.csv_line not in rejected_lines:
+            writer.reject(reject(r.row.csv_line, r.row.frame_path, video.patient_id,
+                                 video.video_name, r.row.frame_id, r.reason))
+    samples = []
+    for index, e in enumerate(kept):
+        if (video.key, e.row.frame_id) in written:
+            continue  # already in a shard an interrupted run finished
+        key = fmt.sample_key(video.key, index)
+        row = _index_row(video, e, key, index)
+        meta = json.dumps({k: v for k, v in row.items() if k not in META_SKIP},
+                          sort_keys=True, separators=(",", ":")).encode()
+        members = [(fmt.IMAGE_EXT[opts.codec], e.image), (fmt.META_EXT, meta)]
+        if e.mask is not None:
+            members.append((fmt.MASK_EXT, e.mask))
+        samples.append((key, members, row))
+    if samples:
+        writer.start_video(video.split, sum(ShardWriter.sample_bytes(m) for _, m, _ in samples))
+        for key, members, row in samples:
+            writer.write(key, members, row)
+
+
+def _index_row(video: Video, e: Encoded, key: str, index: int) -> dict:
+    g = e.geometry
+    row = {"key": key, "mask_offset": None, "mask_size": None,
+           "patient_id": video.patient_id, "video_name": video.video_name,
+           "video_key": video.key, "frame_id": e.row.frame_id, "frame_index": index,
+           "num_frames": 0, "split": video.split, "height": g.height, "width": g.width,
+           "src_height": g.src_h, "src_width": g.src_w, "scale": g.scale,
+           "pad_x": g.pad_x, "pad_y": g.pad_y, "has_mask": e.mask is not None,
+           "source_path": e.row.frame_path}
+    row.update(e.labels)
+    row.update(e.row.extras)
+    return row
+
+
+def _finish(out: Path, plan: Plan, opts: BuildOptions, fingerprint: dict,
+            leftover: list[dict]) -> BuildResult:
+    records, tables, part_rejects = load_finished(out)
+    schema = fmt.index_schema(plan.extra_columns)
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    counts = pc.value_counts(table["video_key"]).to_pylist()
+    per_video = {c["values"]: c["counts"] for c in counts}
+    num_frames = pa.array([per_video[k] for k in table["video_key"].to_pylist()], pa.int32())
+    table = table.set_column(schema.get_field_index("num_frames"), schema.field("num_frames"),
+                             num_frames).cast(schema)
+    rejects = sorted(plan.rejects + part_rejects + leftover, key=lambda r: r["csv_line"])
+    if table.num_rows + len(rejects) != plan.num_rows:
+        raise BuildError(f"internal error: {plan.num_rows} CSV rows but {table.num_rows} indexed "
+                         f"+ {len(rejects)} rejected; please report this with the CSV")
+    _write_rejects(out / fmt.REJECTS_FILE, rejects)
+    result = _summarize(str(out), plan.num_rows, table, rejects, len(records))
+    manifest = {"format_version": fmt.FORMAT_VERSION, "fingerprint": fingerprint,
+                "codec": opts.codec, "image_ext": fmt.IMAGE_EXT[opts.codec],
+                "image_size": opts.image_size, "shards": records,
+                "counts": {"rows": plan.num_rows, "frames": table.num_rows,
+                           "rejects": len(rejects), "splits": result.splits,
+                           "single_frame_videos": result.single_frame_videos},
+                "extra_columns": plan.extra_columns}
+    atomic.write_json(out / fmt.MANIFEST_FILE, manifest)
+    with atomic.atomic_open(out / fmt.INDEX_FILE) as f:  # last: its presence means "finished"
+        pq.write_table(table, f)
+    shutil.rmtree(out / fmt.WORK_DIR, ignore_errors=True)
+    return result
+
+
+def _write_rejects(path: Path, rejects: list[dict]) -> None:
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fmt.REJECT_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rejects)
+    atomic.write_text(path, buf.getvalue())
+
+
+def reason_kind(reason: str) -> str:
+    """A reject reason without its particulars (paths, numbers, quoted values), for counting."""
+    reason = reason.split(" (")[0]
+    reason = re.sub(r"\S*/\S*", "<path>", reason)
+    reason = re.sub(r"'[^']*'", "<value>", reason)
+    return re.sub(r"\d+", "N", reason)
+
+
+def _summarize(out_dir: str, rows: int, table: pa.Table, rejects: list[dict],
+               shards: int) -> BuildResult:
+    splits = {}
+    cols = table.select(["split", "patient_id", "video_key", "frame_index", "num_frames"]).to_pandas()
+    for split in fmt.SPLITS:
+        sub = cols[cols["split"] == split]
+        splits[split] = {"patients": int(sub["patient_id"].nunique()),
+                         "videos": int(sub["video_key"].nunique()), "frames": int(len(sub))}
+    reasons = collections.Counter(reason_kind(r["reason"]) for r in rejects)
+    single = int(((cols["frame_index"] == 0) & (cols["num_frames"] == 1)).sum())
+    return BuildResult(out_dir, rows, table.num_rows, len(rejects), shards, splits=splits,
+                       reject_reasons=dict(reasons.most_common()), single_frame_videos=single)
+
+
+def _result_from_manifest(out: Path, manifest: dict) -> BuildResult:
+    c = manifest["counts"]
+    reasons = collections.Counter()
+    if (out / fmt.REJECTS_FILE).exists():
+        import csv
+        with open(out / fmt.REJECTS_FILE, newline="") as f:
+            reasons.update(reason_kind(r["reason"]) for r in csv.DictReader(f))
+    return BuildResult(str(out), c["rows"], c["frames"], c["rejects"], len(manifest["shards"]),
+                       reused_shards=len(manifest["shards"]), up_to_date=True, splits=c["splits"],
+                       reject_reasons=dict(reasons.most_common()),
+                       single_frame_videos=c["single_frame_videos"])

@@ -1,0 +1,193 @@
+"""The `sonostream` command line. Each subcommand parses its flags and calls one function.
+
+Imports are lazy so that `sonostream --help` and the data commands stay fast and torch-free.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EPILOG = """\
+typical use:
+  sonostream synth --out data/synth                 # a synthetic cohort (frames.csv + PNGs)
+  sonostream build --csv data/synth/frames.csv --out data/shards
+  sonostream verify data/shards
+  sonostream inspect data/shards --contact-sheet sheet.png
+
+The frames CSV needs frame_path, patient_id, video_name, frame_id; optional columns are
+mask_path, plane, pixel_size_mm, hc_mm, ellipse_cx/cy/a/b/angle, is_standard_plane; any other
+column is carried into the index as text. Paths are relative to the CSV's folder.
+"""
+
+
+def default_workers() -> int:
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sonostream", description="Ultrasound frames to streaming shards, and what trains on them.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="write a synthetic ultrasound cohort (frames.csv + PNGs)",
+                       description="Write a deterministic synthetic B-mode cohort: head, abdomen "
+                       "and femur sweeps with head masks, ellipse labels and HC in mm.")
+    s.add_argument("--out", required=True, help="folder to write (frames/, masks/, frames.csv)")
+    s.add_argument("--patients", type=int, default=24, help="number of patients (default 24)")
+    s.add_argument("--videos-per-patient", type=int, default=3, help="sweeps per patient (default 3)")
+    s.add_argument("--frames-per-video", type=int, default=32, help="frames per sweep (default 32)")
+    s.add_argument("--size", type=int, default=256, help="frame height and width in pixels (default 256)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    s.add_argument("--workers", type=int, default=default_workers(), help="processes (default: cores, max 8)")
+    s.add_argument("--preview", metavar="PNG", help="also save a figure of one sweep and the other planes")
+
+    b = sub.add_parser("build", help="pack a frames CSV into shards + index.parquet",
+                       description="Pack a frames CSV into WebDataset shards with a Parquet index. "
+                       "Rerunning after a crash resumes after the last finished shard; the same "
+                       "CSV, options and seed give byte-identical shards and index.")
+    b.add_argument("--csv", required=True, help="frames CSV (frame_path, patient_id, video_name, frame_id, ...)")
+    b.add_argument("--out", required=True, help="dataset folder to write")
+    b.add_argument("--image-size", type=int, default=256,
+                   help="stored frames are SIZE x SIZE: longer side resized to SIZE, centred on "
+                   "black; 0 keeps the source size (default 256)")
+    b.add_argument("--codec", choices=["jpeg", "png"], default="jpeg", help="frame codec (default jpeg)")
+    b.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
+    b.add_argument("--shard-size-mb", type=float, default=64.0, help="shard size limit in MB (default 64)")
+    b.add_argument("--workers", type=int, default=default_workers(), help="encoding processes (default: cores, max 8)")
+    b.add_argument("--val-fraction", type=float, default=0.1, help="share of patients in val (default 0.1)")
+    b.add_argument("--test-fraction", type=float, default=0.1, help="share of patients in test (default 0.1)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the patient split and video order (default 0)")
+    b.add_argument("--min-video-frames", type=int, default=1,
+                   help="reject videos with fewer usable frames (default 1: keep single images, "
+                   "e.g. HC18; 2 or more for ordering tasks)")
+    b.add_argument("--overwrite", action="store_true", help="replace a dataset or unfinished build in --out")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    v = sub.add_parser("verify", help="re-hash shards and check every index row",
+                       description="Check a dataset: shard sizes and sha256 against manifest.json, "
+                       "every index row against a real tar member, and the contract's invariants. "
+                       "Exits 1 and lists the problems on any mismatch.")
+    v.add_argument("dir", help="dataset folder")
+    v.add_argument("--decode", action="store_true", help="also decode every image and check its size")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("inspect", help="counts per split, sizes, label coverage, contact sheet",
+                       description="Summarise a dataset; optionally save a contact sheet PNG.")
+    i.add_argument("dir", help="dataset folder")
+    i.add_argument("--contact-sheet", metavar="PNG", help="save a grid of sample frames with mask outlines")
+    i.add_argument("--n", type=int, default=16, help="frames on the contact sheet (default 16)")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
+    bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    bb = bsub.add_parser("build", help="build frames/s at 1 and 2 workers on a synthetic cohort",
+                         description="Build the same synthetic cohort (256x256, JPEG) with 1 and "
+                         "2 workers side by side and report frames/s and the scaling.")
+    bb.add_argument("--frames", type=int, default=4096, help="frames in the cohort (default 4096)")
+    bb.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported (default 3)")
+    bb.add_argument("--workdir", help="keep the cohort here (default: a temporary folder)")
+    bb.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:  # our errors say what to fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_synth(args) -> int:
+    from .synth import make_cohort, save_preview
+    csv_path = make_cohort(args.out, patients=args.patients, videos_per_patient=args.videos_per_patient,
+                           frames_per_video=args.frames_per_video, size=args.size, seed=args.seed,
+                           workers=args.workers)
+    n = args.patients * args.videos_per_patient * args.frames_per_video
+    print(f"wrote {n} frames of {args.patients} patients; frames CSV: {csv_path}")
+    if args.preview:
+        print(f"preview: {save_preview(args.preview, seed=args.seed, size=args.size)}")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .build import BuildOptions, build
+    opts = BuildOptions(image_size=args.image_size, codec=args.codec, jpeg_quality=args.jpeg_quality,
+                        shard_size_mb=args.shard_size_mb, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction, seed=args.seed,
+                        min_video_frames=args.min_video_frames)
+    r = build(args.csv, args.out, opts, workers=max(1, args.workers), overwrite=args.overwrite,
+              progress=not args.quiet)
+    if r.up_to_date:
+        print(f"{args.out} is already built from this CSV with these options; nothing to do "
+              "(--overwrite rebuilds)")
+    else:
+        rate = r.rows / r.seconds if r.seconds else 0.0
+        resumed = f", {r.reused_shards} kept from an interrupted run" if r.reused_shards else ""
+        print(f"built {args.out}: {r.shards} shards{resumed} in {r.seconds:.1f}s ({rate:.0f} rows/s)")
+    print(f"{r.rows} CSV rows: {r.frames} frames in the index, {r.rejects} rejected"
+          + (f" (see {os.path.join(args.out, 'rejects.csv')})" if r.rejects else ""))
+    for split, c in r.splits.items():
+        print(f"  {split:<5} {c['patients']:>6} patients {c['videos']:>7} videos {c['frames']:>9} frames")
+    for split, c in r.splits.items():
+        if c["frames"] == 0:
+            print(f"warning: split {split!r} is empty; with few patients, raise its fraction "
+                  "or change --seed", file=sys.stderr)
+    for reason, n in r.reject_reasons.items():
+        print(f"  rejected {n:>6}: {reason}")
+    if r.single_frame_videos:
+        print(f"note: {r.single_frame_videos} videos have a single frame: fine for segmentation "
+              "and reconstruction, not for ordering clips (--min-video-frames 2 rejects them)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .verify import MAX_LISTED, verify
+    problems = verify(args.dir, decode=args.decode, progress=not args.quiet)
+    if not problems:
+        print(f"{args.dir}: OK (shards match the manifest; every index row points at its member)")
+        return 0
+    print(f"{args.dir}: {len(problems)} problem(s)", file=sys.stderr)
+    for p in problems[:MAX_LISTED]:
+        print(f"  {p}", file=sys.stderr)
+    if len(problems) > MAX_LISTED:
+        print(f"  ... and {len(problems) - MAX_LISTED} more", file=sys.stderr)
+    return 1
+
+
+def cmd_inspect(args) -> int:
+    from .summary import contact_sheet, format_summary, summarize
+    s = summarize(args.dir)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    if args.contact_sheet:
+        path = contact_sheet(args.dir, args.contact_sheet, n=args.n)
+        print(f"contact sheet: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_build
+    result = bench_build(frames=args.frames, repeats=args.repeats, workdir=args.workdir)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        from .atomic import write_text
+        write_text(args.json, text + "\n")
+    return 0
+
+
+COMMANDS = {"synth": cmd_synth, "build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect,
+            "bench": cmd_bench}
+
+if __name__ == "__main__":
+    sys.exit(main())

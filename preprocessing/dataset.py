@@ -1,0 +1,51 @@
+"""Opens a built dataset directory: its index, manifest and random access to shard members.
+
+Readers use the index's byte offsets to fetch one member without parsing the tar.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import format as fmt
+
+
+class DatasetError(ValueError):
+    """The folder is not a finished dataset; the message says what to do."""
+
+
+@dataclass
+class Dataset:
+    root: Path
+    index: pa.Table
+    manifest: dict
+
+    def shard_path(self, shard: str) -> Path:
+        return self.root / fmt.SHARDS_DIR / shard
+
+    def read(self, shard: str, offset: int, size: int) -> bytes:
+        with open(self.shard_path(shard), "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise DatasetError(f"{self.shard_path(shard)}: {size} bytes at {offset} run past the end")
+        return data
+
+
+def open_dataset(root: str | Path) -> Dataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder; pass the --out folder of `sonostream build`")
+    index = root / fmt.INDEX_FILE
+    if not index.exists():
+        hint = ("an interrupted build: rerun the same `sonostream build` to finish it"
+                if (root / fmt.WORK_DIR).exists() else "run `sonostream build` into it first")
+        raise DatasetError(f"{root}: no {fmt.INDEX_FILE}, so it is not a finished dataset ({hint})")
+    manifest_path = root / fmt.MANIFEST_FILE
+    if not manifest_path.exists():
+        raise DatasetError(f"{root}: {fmt.MANIFEST_FILE} is missing; rebuild with --overwrite")
+    return Dataset(root, pq.read_table(index), json.loads(manifest_path.read_text()))

@@ -1,0 +1,106 @@
+"""The per-frame work of a build, run in worker processes: read, check, convert, encode.
+
+``encode_segment`` takes consecutive frames of one video and returns, per frame, either the
+encoded members and the labels in stored-pixel coordinates, or the reason the frame is
+rejected. It never raises for a bad image: that is data, and it lands in rejects.csv.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .frames_csv import FrameRow
+from .imaging import (ImageError, Letterbox, binarize_mask, decode_raw, encode, is_png_gray8,
+                      read_bytes, to_gray8)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    image_size: int = 256  # stored frames are image_size x image_size; 0 keeps the source size
+    codec: str = "jpeg"  # jpeg | png
+    jpeg_quality: int = 95
+
+
+@dataclass
+class Encoded:
+    row: FrameRow
+    image: bytes
+    mask: bytes | None
+    geometry: Letterbox
+    labels: dict  # in stored-pixel coordinates
+
+
+@dataclass
+class Rejected:
+    row: FrameRow
+    reason: str
+
+
+def _is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def encode_frame(row: FrameRow, opts: EncodeOptions) -> Encoded:
+    data = read_bytes(row.path)
+    raw = decode_raw(data)
+    img = to_gray8(raw)
+    geo = Letterbox.fit(img.shape[0], img.shape[1], opts.image_size)
+    already_gray8 = raw.ndim == 2 and raw.dtype == np.uint8
+    # Store the source bytes untouched when they already are what we would write: no second
+    # JPEG generation loss, no wasted encode.
+    if geo.identity and already_gray8 and opts.codec == "png" and is_png_gray8(data):
+        image = data
+    elif geo.identity and already_gray8 and opts.codec == "jpeg" and _is_jpeg(data):
+        image = data
+    else:
+        image = encode(geo.apply(img), opts.codec, opts.jpeg_quality)
+    mask = None
+    if row.mask_path is not None:
+        mask = _encode_mask(row.mask_path, img.shape, geo)
+    return Encoded(row, image, mask, geo, _stored_labels(row.labels, geo))
+
+
+def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox) -> bytes:
+    try:
+        data = read_bytes(path)
+        raw = decode_raw(data)
+    except ImageError as e:
+        raise ImageError(f"mask {path}: {e}") from None
+    mask = to_gray8(raw)
+    if mask.shape != frame_shape:
+        raise ImageError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is "
+                         f"{frame_shape[1]}x{frame_shape[0]} (width x height); masks must match")
+    try:
+        binary = binarize_mask(mask)
+    except ImageError as e:
+        raise ImageError(f"mask {path}: {e}") from None
+    if geo.identity and binary is mask and is_png_gray8(data):
+        return data
+    return encode(geo.apply(binary, mask=True), "png")
+
+
+def _stored_labels(labels: dict, geo: Letterbox) -> dict:
+    """Pixel-valued labels mapped from source to stored pixels (HC in mm is unchanged)."""
+    out = dict(labels)
+    if geo.identity:
+        return out
+    if out.get("pixel_size_mm") is not None:
+        out["pixel_size_mm"] = out["pixel_size_mm"] / geo.scale
+    if out.get("ellipse_cx") is not None:
+        out["ellipse_cx"], out["ellipse_cy"] = geo.point(out["ellipse_cx"], out["ellipse_cy"])
+        out["ellipse_a"] *= geo.scale
+        out["ellipse_b"] *= geo.scale
+    return out
+
+
+def encode_segment(rows: list[FrameRow], opts: EncodeOptions) -> list[Encoded | Rejected]:
+    out: list[Encoded | Rejected] = []
+    for row in rows:
+        try:
+            out.append(encode_frame(row, opts))
+        except ImageError as e:
+            out.append(Rejected(row, str(e)))
+        except MemoryError:
+            out.append(Rejected(row, "image too large to decode in memory"))
+    return out

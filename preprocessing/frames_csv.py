@@ -1,0 +1,183 @@
+"""Reads and checks a frames CSV, and turns it into the ordered list of videos to build.
+
+Structural problems (no such file, empty CSV, missing or reserved columns) stop the build with
+a ``CsvError`` that names the file, the column and the fix. Row problems (empty ids, bad label
+values, duplicate frames) do not: the row goes to rejects with its reason. No image is opened
+here; that happens in the build workers.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import format as fmt
+
+
+class CsvError(ValueError):
+    """The CSV as a whole cannot be built; the message says how to fix it."""
+
+
+@dataclass
+class FrameRow:
+    csv_line: int  # line number in the CSV file (the header is line 1)
+    frame_path: str  # as written in the CSV
+    path: str  # resolved against the CSV's folder
+    mask_path: str | None
+    frame_id: str
+    labels: dict  # LABEL_COLUMNS -> typed value or None
+    extras: dict  # extra CSV columns -> string or None
+
+
+@dataclass
+class Video:
+    patient_id: str
+    video_name: str
+    key: str
+    split: str
+    frames: list[FrameRow] = field(default_factory=list)  # in temporal order
+
+
+@dataclass
+class Plan:
+    csv_path: str
+    num_rows: int
+    videos: list[Video]  # split order (train, val, test), then a seeded shuffle
+    rejects: list[dict]  # rows rejected before any image is read
+    extra_columns: list[str]
+
+
+def reject(row_line: int, frame_path: str, patient_id: str, video_name: str, frame_id: str,
+           reason: str) -> dict:
+    return dict(zip(fmt.REJECT_COLUMNS,
+                    (row_line, frame_path, patient_id, video_name, frame_id, reason)))
+
+
+def read_frames_csv(csv_path: str) -> pd.DataFrame:
+    """The CSV as strings (``007`` stays ``007``; empty cells are empty strings)."""
+    if not os.path.isfile(csv_path):
+        raise CsvError(f"{csv_path}: no such file; pass the frames CSV with --csv")
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False,
+                         skipinitialspace=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise CsvError(f"{csv_path}: the file is empty; it needs a header row "
+                       f"({', '.join(fmt.REQUIRED_COLUMNS)}) and one row per frame") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise CsvError(f"{csv_path}: not a readable CSV ({e}); save it as UTF-8 CSV") from None
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        header = [c.strip() for c in next(csv.reader(f), [])]  # pandas renames duplicates
+    df.columns = [str(c).strip() for c in df.columns]
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise CsvError(f"{csv_path}: column(s) {dupes} appear more than once; keep one of each")
+    missing = [c for c in fmt.REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise CsvError(
+            f"{csv_path}: missing column(s) {', '.join(repr(c) for c in missing)}; a frames CSV "
+            f"needs {', '.join(fmt.REQUIRED_COLUMNS)} (optional: {', '.join(fmt.OPTIONAL_COLUMNS)})"
+            f"; found {list(df.columns)}")
+    reserved = sorted(set(df.columns) & fmt.RESERVED_COLUMNS)
+    if reserved:
+        raise CsvError(f"{csv_path}: column(s) {reserved} are reserved for the index; rename them")
+    if len(df) == 0:
+        raise CsvError(f"{csv_path}: has a header but no rows; add one row per frame")
+    return df
+
+
+def _parse_float(text: str, name: str, positive: bool) -> float | None:
+    if text.strip() == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not a number") from None
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} {text!r} must be a {'positive ' if positive else ''}finite number")
+    return value
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
+
+
+def parse_labels(cells: dict) -> dict:
+    """Typed label values from their CSV text; ValueError names the bad cell."""
+    out: dict = {}
+    plane = cells.get("plane", "").strip().lower()
+    if plane and plane not in fmt.PLANES:
+        raise ValueError(f"plane {cells['plane']!r} is not one of {', '.join(fmt.PLANES)}")
+    out["plane"] = plane or None
+    out["pixel_size_mm"] = _parse_float(cells.get("pixel_size_mm", ""), "pixel_size_mm", True)
+    out["hc_mm"] = _parse_float(cells.get("hc_mm", ""), "hc_mm", True)
+    for name in fmt.ELLIPSE_COLUMNS:
+        out[name] = _parse_float(cells.get(name, ""), name, name in ("ellipse_a", "ellipse_b"))
+    given = [n for n in fmt.ELLIPSE_COLUMNS if out[n] is not None]
+    if given and len(given) != len(fmt.ELLIPSE_COLUMNS):
+        raise ValueError(f"ellipse is incomplete: give all of {', '.join(fmt.ELLIPSE_COLUMNS)} "
+                         f"or none (found {', '.join(given)})")
+    flag = cells.get("is_standard_plane", "").strip().lower()
+    if flag and flag not in _TRUE | _FALSE:
+        raise ValueError(f"is_standard_plane {cells['is_standard_plane']!r} is not true/false")
+    out["is_standard_plane"] = (flag in _TRUE) if flag else None
+    return out
+
+
+def video_order_key(seed: int, key: str) -> str:
+    """Seeded shuffle of videos within a split (independent of CSV row order)."""
+    return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
+
+
+def plan_build(csv_path: str, val_fraction: float, test_fraction: float, seed: int) -> Plan:
+    fmt.check_fractions(val_fraction, test_fraction)
+    df = read_frames_csv(csv_path)
+    base = os.path.dirname(os.path.abspath(csv_path))
+    label_cols = [c for c in fmt.LABEL_COLUMNS if c in df.columns]
+    extra_cols = [c for c in df.columns if c not in fmt.REQUIRED_COLUMNS
+                  and c not in fmt.OPTIONAL_COLUMNS]
+    has_mask_col = fmt.MASK_COLUMN in df.columns
+    rejects: list[dict] = []
+    videos: dict[tuple[str, str], Video] = {}
+    seen: dict[tuple[str, str, str], int] = {}
+    records = df.to_dict("records")
+    for i, cells in enumerate(records):
+        line = i + 2
+        fp, pid, vid, fid = (cells[c] for c in fmt.REQUIRED_COLUMNS)
+        empty = [c for c in fmt.REQUIRED_COLUMNS if cells[c].strip() == ""]
+        if empty:
+            rejects.append(reject(line, fp, pid, vid, fid, f"empty {', '.join(empty)}"))
+            continue
+        ident = (pid, vid, fid)
+        if ident in seen:
+            rejects.append(reject(line, fp, pid, vid, fid,
+                                  f"duplicate frame: same patient_id, video_name and frame_id "
+                                  f"as line {seen[ident]}"))
+            continue
+        seen[ident] = line
+        try:
+            labels = parse_labels({c: cells[c] for c in label_cols})
+        except ValueError as e:
+            rejects.append(reject(line, fp, pid, vid, fid, str(e)))
+            continue
+        mask = cells[fmt.MASK_COLUMN].strip() if has_mask_col else ""
+        row = FrameRow(line, fp, os.path.join(base, fp), os.path.join(base, mask) if mask else None,
+                       fid, labels, {c: (cells[c] if cells[c] != "" else None) for c in extra_cols})
+        video = videos.get((pid, vid))
+        if video is None:
+            split = fmt.split_of(pid, val_fraction, test_fraction, seed)
+            video = videos[(pid, vid)] = Video(pid, vid, fmt.video_key(pid, vid), split)
+        video.frames.append(row)
+    keys: dict[str, tuple[str, str]] = {}
+    for ident, video in videos.items():
+        if video.key in keys:
+            raise CsvError(f"{csv_path}: videos {keys[video.key]} and {ident} map to the same key "
+                           f"{video.key!r}; rename one of them")
+        keys[video.key] = ident
+        order = fmt.frame_order([f.frame_id for f in video.frames])
+        video.frames = [video.frames[j] for j in order]
+    ordered = sorted(videos.values(), key=lambda v: (fmt.SPLITS.index(v.split),
+                                                     video_order_key(seed, v.key)))
+    return Plan(csv_path, len(records), ordered, rejects, extra_cols)

@@ -1,0 +1,206 @@
+"""Image decoding, conversion to 8-bit grayscale, letterbox resizing and encoding.
+
+Every source image, whatever its mode (RGB, RGBA, palette, 16-bit, float), becomes an 8-bit
+grayscale ``uint8`` array of shape ``(H, W)``. OpenCV decodes PNG and JPEG (the hot path; it
+fails on truncated files instead of returning half an image); Pillow handles whatever OpenCV
+cannot read (GIF, some TIFFs), so any format Pillow knows is accepted.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+cv2.setNumThreads(1)  # one codec thread per worker process; parallelism is across processes
+try:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+except AttributeError:  # older OpenCV builds without the logging module
+    pass
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message says why (it lands in rejects.csv)."""
+
+
+def read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except OSError as e:
+        raise ImageError(f"cannot read file: {e.strerror or e}") from None
+    if not data:
+        raise ImageError("file is empty (0 bytes)")
+    return data
+
+
+def decode_raw(data: bytes) -> np.ndarray:
+    """Decode image bytes as stored: ``(H, W)`` or ``(H, W, C)`` in BGR(A) order, any dtype."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return _decode_pillow(data) if arr is None else arr
+
+
+def decode_gray(data: bytes) -> np.ndarray:
+    """Decode image bytes to an 8-bit grayscale array ``(H, W)`` uint8."""
+    return to_gray8(decode_raw(data))
+
+
+def _decode_pillow(data: bytes) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("P", "PA"):
+                im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            elif im.mode == "1":
+                im = im.convert("L")
+            arr = np.asarray(im)
+            if arr.ndim == 3 and arr.shape[2] in (3, 4):  # Pillow is RGB(A); OpenCV is BGR(A)
+                arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
+            return arr
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg:
+            raise ImageError(f"truncated image file ({msg})") from None
+        raise ImageError(f"not a readable image ({msg})") from None
+
+
+def to_gray8(arr: np.ndarray) -> np.ndarray:
+    """Any decoded array (BGR/BGRA channel order) -> ``(H, W)`` uint8.
+
+    Colour -> luma (ITU-R 601 weights); alpha is composited onto black (outside an ultrasound
+    fan is black); integer images deeper than 8 bits are scaled by their bit depth (12-bit data
+    by 4095, 16-bit by 65535) rather than per-image min/max, so frames of one loop keep the same
+    brightness relation; float images are scaled by their own range.
+    """
+    if arr.ndim == 3:
+        if arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        elif arr.shape[2] == 2:  # gray + alpha
+            arr = (arr[:, :, 0].astype(np.float32) * (arr[:, :, 1] / _full_scale(arr))).astype(arr.dtype)
+        elif arr.shape[2] in (3, 4):
+            if arr.shape[2] == 4:
+                alpha = arr[:, :, 3:4].astype(np.float32) / _full_scale(arr)
+                arr = (arr[:, :, :3].astype(np.float32) * alpha).astype(arr.dtype)
+            arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_BGR2GRAY)
+        else:
+            raise ImageError(f"unsupported channel count {arr.shape[2]}")
+    elif arr.ndim != 2:
+        raise ImageError(f"unsupported image shape {arr.shape}")
+    if arr.size == 0:
+        raise ImageError("image has zero width or height")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        top = int(arr.max())
+        if arr.min() < 0:
+            raise ImageError("signed image with negative values; convert it to unsigned first")
+        if top <= 255:
+            return arr.astype(np.uint8)
+        bits = max(8, int(top).bit_length())
+        return np.round(arr.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError("float image contains NaN or infinity")
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return np.round(scaled).astype(np.uint8)
+    raise ImageError(f"unsupported pixel type {arr.dtype}")
+
+
+def _full_scale(arr: np.ndarray) -> float:
+    return 65535.0 if arr.dtype == np.uint16 else 255.0
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Maps source pixels to stored pixels: ``stored = (source + 0.5) * scale - 0.5 + pad``."""
+
+    size: int  # stored height == width; 0 means "keep the source size"
+    src_h: int
+    src_w: int
+    scale: float
+    pad_x: int
+    pad_y: int
+    out_h: int  # height of the resized image before padding
+    out_w: int
+
+    @classmethod
+    def fit(cls, src_h: int, src_w: int, size: int) -> "Letterbox":
+        if size <= 0:
+            return cls(0, src_h, src_w, 1.0, 0, 0, src_h, src_w)
+        scale = size / max(src_h, src_w)
+        out_h = min(size, max(1, round(src_h * scale)))
+        out_w = min(size, max(1, round(src_w * scale)))
+        return cls(size, src_h, src_w, scale, (size - out_w) // 2, (size - out_h) // 2, out_h, out_w)
+
+    @property
+    def identity(self) -> bool:
+        return self.size == 0 or (self.src_h == self.size and self.src_w == self.size)
+
+    @property
+    def height(self) -> int:
+        return self.size or self.src_h
+
+    @property
+    def width(self) -> int:
+        return self.size or self.src_w
+
+    def apply(self, img: np.ndarray, mask: bool = False) -> np.ndarray:
+        """Resize ``img`` ``(src_h, src_w)`` to fit and centre it on a black square."""
+        if self.identity:
+            return img
+        if (self.out_h, self.out_w) == (self.src_h, self.src_w):
+            small = img
+        else:
+            interp = cv2.INTER_NEAREST if mask else (
+                cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
+            small = cv2.resize(img, (self.out_w, self.out_h), interpolation=interp)
+        out = np.zeros((self.size, self.size), np.uint8)
+        out[self.pad_y:self.pad_y + self.out_h, self.pad_x:self.pad_x + self.out_w] = small
+        return out
+
+    def point(self, x: float, y: float) -> tuple[float, float]:
+        sx, sy = self.out_w / self.src_w, self.out_h / self.src_h
+        return (x + 0.5) * sx - 0.5 + self.pad_x, (y + 0.5) * sy - 0.5 + self.pad_y
+
+
+def encode(img: np.ndarray, codec: str, quality: int = 95) -> bytes:
+    """Encode ``(H, W)`` uint8 as ``jpeg`` (baseline, given quality) or ``png`` (lossless)."""
+    if codec == "jpeg":
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    elif codec == "png":
+        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    else:
+        raise ValueError(f"unknown codec {codec!r}; use 'jpeg' or 'png'")
+    if not ok:
+        raise ImageError(f"{codec} encoding failed for an image of shape {img.shape}")
+    return buf.tobytes()
+
+
+def binarize_mask(mask: np.ndarray) -> np.ndarray:
+    """A mask as 0/255 uint8. Accepts 0/255 and 0/1 masks; anything else is an ImageError."""
+    values = np.unique(mask)
+    if values.size <= 2 and set(values.tolist()) <= {0, 255}:
+        return mask
+    if values.size <= 2 and set(values.tolist()) <= {0, 1}:
+        return mask * np.uint8(255)
+    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
+    raise ImageError(f"mask has values other than 0/255 (found {shown}); threshold it to 0/255")
+
+
+def is_png_gray8(data: bytes) -> bool:
+    """True when ``data`` is a PNG whose header says 8-bit grayscale (safe to store as is)."""
+    return len(data) > 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 8 and data[25] == 0
+
+
+def resolve(path: str, base_dir: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(base_dir, path)

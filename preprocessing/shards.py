@@ -1,0 +1,213 @@
+"""Writes shard tars deterministically, one at a time, and records each finished shard.
+
+``ShardWriter`` appends samples (a few members under one key) to ``{split}-NNNNNN.tar`` and
+starts the next shard when the current one would pass ``max_bytes``. A sample is never split,
+so a video crosses into the next shard only when it does not fit. Tar headers carry no time,
+owner or mode that could differ between runs, so the same samples give the same bytes.
+
+When a shard is finished it becomes visible in three atomic steps: the tar is renamed into
+``shards/``, its index rows go to ``.work/parts/NAME.parquet``, and ``.work/parts/NAME.json``
+(its size, sha256 and the rejects found since the previous shard) is written last: that file
+marks the shard as done, so an interrupted build resumes after the last shard with one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import atomic
+from . import format as fmt
+
+PARTS = "parts"
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that keeps a running sha256 and byte count of what passes through."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self._f.write(b)
+        self.sha256.update(b)
+        self.size += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        super().close()
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
+    return ti
+
+
+def parts_dir(out_dir: Path) -> Path:
+    return out_dir / fmt.WORK_DIR / PARTS
+
+
+class ShardWriter:
+    """Context manager: ``start_video()``, ``write()`` its frames, ..., then ``close()``."""
+
+    def __init__(self, out_dir: str | os.PathLike, max_bytes: int, schema: pa.Schema,
+                 next_numbers: dict[str, int] | None = None):
+        self.out_dir = Path(out_dir)
+        self.shard_dir = self.out_dir / fmt.SHARDS_DIR
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        parts_dir(self.out_dir).mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.schema = schema
+        self.next_numbers = dict.fromkeys(fmt.SPLITS, 0) | (next_numbers or {})
+        self.pending_rejects: list[dict] = []
+        self.finished: list[dict] = []  # shard records of this run
+        self._split: str | None = None
+        self._file: _HashingFile | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._rows: list[dict] = []
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # a failed build keeps its finished shards and drops the open one
+            self._abort()
+
+    # -- writing ----------------------------------------------------------------------------
+    @staticmethod
+    def sample_bytes(members: list[tuple[str, bytes]]) -> int:
+        """Bytes a sample takes in a tar: a 512-byte header per member, data padded to 512."""
+        return sum(512 + (len(data) + 511) // 512 * 512 for _, data in members)
+
+    def start_video(self, split: str, nbytes: int) -> None:
+        """Announce a video of ``nbytes``: it starts a new shard unless it fits in this one.
+
+        That keeps each video inside one shard; only a video larger than a whole shard runs on
+        into the next one (``write`` starts it when the current one is full).
+        """
+        if self._split != split or (self._rows and self._file.size + nbytes + 1024 > self.max_bytes):
+            self._finish_shard()
+        self._split = split
+
+    def write(self, key: str, members: list[tuple[str, bytes]], row: dict) -> None:
+        """Append one sample of the current video. ``members`` are (extension, bytes).
+
+        ``row`` is the sample's index row; ``shard``, ``offset``, ``size`` and the mask's
+        ``mask_offset``/``mask_size`` are filled in here.
+        """
+        fmt.check_key(key)
+        split = self._split
+        if self._rows and self._file.size + self.sample_bytes(members) + 1024 > self.max_bytes:
+            self._finish_shard()
+        if self._tar is None:
+            self._open(split)
+        row["shard"] = self._name
+        for ext, data in members:
+            ti = _tarinfo(f"{key}.{ext}", len(data))
+            offset = self._tar.offset + len(ti.tobuf(self._tar.format, self._tar.encoding,
+                                                     self._tar.errors))
+            self._tar.addfile(ti, io.BytesIO(data))
+            if ext == fmt.MASK_EXT:
+                row["mask_offset"], row["mask_size"] = offset, len(data)
+            elif ext in fmt.IMAGE_EXT.values():
+                row["offset"], row["size"] = offset, len(data)
+        self._rows.append(row)
+
+    def reject(self, record: dict) -> None:
+        self.pending_rejects.append(record)
+
+    def close(self) -> list[dict]:
+        """Finish the open shard; returns the rejects not yet stored with any shard."""
+        self._finish_shard()
+        rest, self.pending_rejects = self.pending_rejects, []
+        return rest
+
+    # -- shard life cycle -------------------------------------------------------------------
+    def _open(self, split: str) -> None:
+        self._split = split
+        self._name = fmt.shard_name(split, self.next_numbers[split])
+        self._tmp = self.shard_dir / f".{self._name}.tmp-{os.getpid()}"
+        self._file = _HashingFile(self._tmp)
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
+
+    def _finish_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._file.close()
+        name = self._name
+        os.replace(self._tmp, self.shard_dir / name)
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        with atomic.atomic_open(parts_dir(self.out_dir) / f"{name}.parquet") as f:
+            pq.write_table(table, f)
+        record = {"name": name, "split": self._split, "bytes": self._file.size,
+                  "sha256": self._file.sha256.hexdigest(), "frames": len(self._rows),
+                  "first_key": self._rows[0]["key"], "last_key": self._rows[-1]["key"]}
+        atomic.write_json(parts_dir(self.out_dir) / f"{name}.json",
+                          {"shard": record, "rejects": self.pending_rejects})
+        self.finished.append(record)
+        self.next_numbers[self._split] += 1
+        self.pending_rejects, self._rows = [], []
+        self._tar = self._file = None
+
+    def _abort(self) -> None:
+        if self._tar is not None:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = self._file = None
+
+
+def load_finished(out_dir: str | os.PathLike) -> tuple[list[dict], list[pa.Table], list[dict]]:
+    """Shard records, index tables and rejects of the shards an earlier run finished.
+
+    A shard counts as finished only with its marker JSON, its parquet part and a tar of the
+    recorded size; leftovers of an unfinished shard are deleted.
+    """
+    out_dir = Path(out_dir)
+    pdir, sdir = parts_dir(out_dir), out_dir / fmt.SHARDS_DIR
+    records, tables, rejects = [], [], []
+    done = set()
+    for marker in sorted(pdir.glob("*.json")) if pdir.is_dir() else []:
+        info = json.loads(marker.read_text())
+        rec = info["shard"]
+        tar, part = sdir / rec["name"], pdir / f"{rec['name']}.parquet"
+        if not (part.is_file() and tar.is_file() and tar.stat().st_size == rec["bytes"]):
+            marker.unlink()
+            continue
+        done.add(rec["name"])
+        records.append(rec)
+        tables.append(pq.read_table(part))
+        rejects.extend(info["rejects"])
+    for folder, suffix in ((sdir, ""), (pdir, ".parquet")):
+        if not folder.is_dir():
+            continue
+        atomic.remove_leftovers(folder)
+        for p in folder.glob(f"*.tar{suffix}"):
+            if p.name.removesuffix(suffix) not in done:
+                p.unlink()
+    for p in sdir.glob(".*.tar.tmp-*") if sdir.is_dir() else []:
+        p.unlink()
+    order = {s: i for i, s in enumerate(fmt.SPLITS)}
+    idx = sorted(range(len(records)), key=lambda i: (order[records[i]["split"]], records[i]["name"]))
+    return [records[i] for i in idx], [tables[i] for i in idx], rejects

@@ -1,0 +1,139 @@
+"""`sonostream verify DIR`: checks a built dataset against its manifest and the contract.
+
+Re-hashes every shard (sha256 and size from manifest.json), walks every tar and checks that
+each index row points at a real member (right name, offset and size; mask and metadata
+members where the row says so), and checks the contract's invariants: unique dot-free keys,
+each video's frames numbered 0..n-1 in shard order, each patient in exactly one split.
+``decode=True`` also decodes every image and compares its size with the index.
+"""
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections import defaultdict
+
+from tqdm import tqdm
+
+from . import format as fmt
+from .dataset import Dataset, open_dataset
+from .imaging import decode_gray
+
+MAX_LISTED = 20
+
+
+def verify(root: str, decode: bool = False, progress: bool = True) -> list[str]:
+    """Problems found (empty list: the dataset is sound)."""
+    ds = open_dataset(root)
+    problems = [f"index: {p}" for p in fmt.check_index_schema(ds.index.schema)]
+    if problems:
+        return problems
+    problems += _check_shards(ds, progress)
+    problems += _check_rows(ds, decode, progress)
+    return problems
+
+
+def _check_shards(ds: Dataset, progress: bool) -> list[str]:
+    problems = []
+    listed = {rec["name"] for rec in ds.manifest["shards"]}
+    on_disk = {p.name for p in (ds.root / fmt.SHARDS_DIR).glob("*.tar")}
+    problems += [f"{name}: shard on disk but not in the manifest" for name in sorted(on_disk - listed)]
+    for rec in tqdm(ds.manifest["shards"], desc="hash shards", unit="shard", disable=not progress):
+        path = ds.shard_path(rec["name"])
+        if not path.exists():
+            problems.append(f"{rec['name']}: listed in the manifest but missing from {path.parent}")
+            continue
+        h, size = hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+                size += len(block)
+        if size != rec["bytes"]:
+            problems.append(f"{rec['name']}: {size} bytes, manifest says {rec['bytes']} (truncated "
+                            "or replaced; rebuild this dataset)")
+        elif h.hexdigest() != rec["sha256"]:
+            problems.append(f"{rec['name']}: sha256 differs from the manifest (corrupted; rebuild)")
+    return problems
+
+
+def _members(path) -> dict[str, tuple[int, int]]:
+    with tarfile.open(path, "r:") as tar:
+        return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+
+
+def _check_rows(ds: Dataset, decode: bool, progress: bool) -> list[str]:
+    problems = []
+    cols = ds.index.select(["key", "shard", "offset", "size", "mask_offset", "mask_size",
+                            "has_mask", "video_key", "frame_index", "num_frames", "patient_id",
+                            "split", "height", "width"]).to_pylist()
+    ext = ds.manifest["image_ext"]
+    seen_keys, patient_splits = set(), defaultdict(set)
+    last_index: dict[str, int] = {}
+    by_shard = defaultdict(list)
+    for row in cols:
+        by_shard[row["shard"]].append(row)
+    known = {rec["name"] for rec in ds.manifest["shards"]}
+    for shard, rows in tqdm(by_shard.items(), desc="check index", unit="shard",
+                            disable=not progress):
+        if shard not in known or not ds.shard_path(shard).exists():
+            problems.append(f"{len(rows)} index rows point at shard {shard}, which does not exist")
+            continue
+        try:
+            members = _members(ds.shard_path(shard))
+        except (tarfile.TarError, OSError) as e:
+            problems.append(f"{shard}: not a readable tar ({e})")
+            continue
+        expected = set()
+        for row in rows:
+            key = row["key"]
+            problems += _check_row(ds, row, members, ext, decode)
+            expected.update({f"{key}.{ext}", f"{key}.{fmt.META_EXT}"}
+                            | ({f"{key}.{fmt.MASK_EXT}"} if row["has_mask"] else set()))
+            if key in seen_keys:
+                problems.append(f"{key}: key appears twice in the index")
+            seen_keys.add(key)
+            want = last_index.get(row["video_key"], -1) + 1
+            if row["frame_index"] != want:
+                problems.append(f"{key}: frame_index {row['frame_index']} where {want} was expected "
+                                "(frames of a video must be contiguous and in order)")
+            last_index[row["video_key"]] = row["frame_index"]
+            patient_splits[row["patient_id"]].add(row["split"])
+        extra = sorted(set(members) - expected)
+        if extra:
+            problems.append(f"{shard}: {len(extra)} members not in the index (e.g. {extra[0]})")
+    counts = defaultdict(int)
+    for row in cols:
+        counts[row["video_key"]] += 1
+    problems += [f"{row['key']}: num_frames {row['num_frames']} but the video has "
+                 f"{counts[row['video_key']]} frames" for row in cols
+                 if row["num_frames"] != counts[row["video_key"]]][:MAX_LISTED]
+    problems += [f"patient {p!r} appears in several splits: {sorted(s)}"
+                 for p, s in patient_splits.items() if len(s) > 1]
+    return problems
+
+
+def _check_row(ds: Dataset, row: dict, members: dict, ext: str, decode: bool) -> list[str]:
+    key, out = row["key"], []
+    try:
+        fmt.check_key(key)
+    except ValueError as e:
+        out.append(str(e))
+    for name, off, size in ((f"{key}.{ext}", row["offset"], row["size"]),
+                            (f"{key}.{fmt.MASK_EXT}", row["mask_offset"], row["mask_size"])):
+        if name.endswith(fmt.MASK_EXT) and not row["has_mask"]:
+            continue
+        if name not in members:
+            out.append(f"{row['shard']}: member {name} is missing")
+        elif members[name] != (off, size):
+            out.append(f"{row['shard']}: member {name} is at {members[name]}, index says "
+                       f"(offset, size) = ({off}, {size})")
+    if f"{key}.{fmt.META_EXT}" not in members:
+        out.append(f"{row['shard']}: member {key}.{fmt.META_EXT} is missing")
+    if decode and not out:
+        try:
+            img = decode_gray(ds.read(row["shard"], row["offset"], row["size"]))
+            if img.shape != (row["height"], row["width"]):
+                out.append(f"{key}: image is {img.shape[1]}x{img.shape[0]}, index says "
+                           f"{row['width']}x{row['height']}")
+        except ValueError as e:
+            out.append(f"{key}: image does not decode ({e})")
+    return out

@@ -1,0 +1,78 @@
+import pyarrow as pa
+import pytest
+
+from preprocessing import format as fmt
+
+
+def test_plain_video_key_is_readable_and_dot_free():
+    assert fmt.video_key("P0007", "sweep_01") == "P0007__sweep_01"
+
+
+@pytest.mark.parametrize("pid,vid", [("a.b", "c"), ("p 1", "v/2"), ("é", "x"), ("a__b", "c"),
+                                     ("a_", "b"), ("a", "_b"), ("..", ".")])
+def test_escaped_video_keys_are_safe(pid, vid):
+    key = fmt.video_key(pid, vid)
+    assert "." not in key and "/" not in key and " " not in key
+    fmt.check_key(fmt.sample_key(key, 3))
+
+
+def test_video_keys_do_not_collide_after_escaping():
+    pairs = [("a_", "b"), ("a", "_b"), ("a.b", "c"), ("a-b", "c"), ("a b", "c"), ("a", "b__c"),
+             ("a__b", "c"), ("a", "b")]
+    keys = [fmt.video_key(p, v) for p, v in pairs]
+    assert len(set(keys)) == len(keys)
+
+
+def test_sample_key_and_member_split_follow_webdataset_convention():
+    key = fmt.sample_key("P1__v", 12)
+    assert key == "P1__v/000012"
+    assert fmt.split_key(f"{key}.mask.png") == (key, "mask.png")
+    assert fmt.split_key(f"{key}.jpg") == (key, "jpg")
+    with pytest.raises(ValueError):
+        fmt.check_key("P1.v/000001")
+    with pytest.raises(ValueError):
+        fmt.check_key("P1__v/12")
+
+
+def test_frame_order_numeric_when_all_numbers():
+    ids = ["10", "2", "007", "1.5"]
+    assert [ids[i] for i in fmt.frame_order(ids)] == ["1.5", "2", "007", "10"]
+
+
+def test_frame_order_natural_otherwise():
+    ids = ["frame_10", "frame_2", "frame_1", "intro"]
+    assert [ids[i] for i in fmt.frame_order(ids)] == ["frame_1", "frame_2", "frame_10", "intro"]
+
+
+def test_split_is_a_pure_function_of_patient_and_seed():
+    ids = [f"{i:05d}" for i in range(20000)]
+    splits = [fmt.split_of(p, 0.1, 0.2, seed=3) for p in ids]
+    assert splits == [fmt.split_of(p, 0.1, 0.2, seed=3) for p in ids]
+    share = {s: splits.count(s) / len(ids) for s in fmt.SPLITS}
+    assert share["val"] == pytest.approx(0.1, abs=0.01)
+    assert share["test"] == pytest.approx(0.2, abs=0.01)
+    other_seed = [fmt.split_of(p, 0.1, 0.2, seed=4) for p in ids]
+    assert other_seed != splits
+    assert all(fmt.split_of(p, 0.0, 0.0) == "train" for p in ids[:100])
+
+
+@pytest.mark.parametrize("val,test", [(-0.1, 0.1), (0.5, 0.5), (1.0, 0.0)])
+def test_bad_fractions_raise(val, test):
+    with pytest.raises(ValueError, match="fraction"):
+        fmt.split_of("p", val, test)
+
+
+def test_shard_names():
+    assert fmt.shard_name("val", 3) == "val-000003.tar"
+    with pytest.raises(ValueError):
+        fmt.shard_name("holdout", 0)
+
+
+def test_index_schema_check_names_departures():
+    schema = fmt.index_schema(["note"])
+    assert fmt.check_index_schema(schema) == []
+    broken = schema.remove(schema.get_field_index("offset"))
+    broken = broken.set(broken.get_field_index("height"), pa.field("height", pa.string()))
+    problems = fmt.check_index_schema(broken)
+    assert any("'offset' is missing" in p for p in problems)
+    assert any("'height' is string" in p for p in problems)

@@ -1,0 +1,84 @@
+import os
+
+import pytest
+
+from preprocessing.frames_csv import CsvError, parse_labels, plan_build
+
+
+def _csv(tmp_path, text, name="frames.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_missing_column_names_it_and_the_fix(tmp_path):
+    path = _csv(tmp_path, "frame_path,patient_id,frame_id\na.png,1,1\n")
+    with pytest.raises(CsvError, match=r"missing column\(s\) 'video_name'.*needs frame_path"):
+        plan_build(path, 0.1, 0.1, 0)
+
+
+def test_empty_file_and_header_only(tmp_path):
+    with pytest.raises(CsvError, match="file is empty"):
+        plan_build(_csv(tmp_path, ""), 0.1, 0.1, 0)
+    with pytest.raises(CsvError, match="no rows"):
+        plan_build(_csv(tmp_path, "frame_path,patient_id,video_name,frame_id\n"), 0.1, 0.1, 0)
+    with pytest.raises(CsvError, match="no such file"):
+        plan_build(str(tmp_path / "nope.csv"), 0.1, 0.1, 0)
+
+
+def test_reserved_and_duplicate_columns(tmp_path):
+    with pytest.raises(CsvError, match="reserved"):
+        plan_build(_csv(tmp_path, "frame_path,patient_id,video_name,frame_id,split\na,1,v,1,x\n"),
+                   0.1, 0.1, 0)
+    with pytest.raises(CsvError, match="more than once"):
+        plan_build(_csv(tmp_path, "frame_path,patient_id,video_name,frame_id,plane,plane\n"
+                        "a,1,v,1,head,head\n"), 0.1, 0.1, 0)
+
+
+def test_ids_stay_strings_and_paths_resolve(tmp_path):
+    absolute = str(tmp_path / "abs.png")
+    path = _csv(tmp_path, "frame_path,patient_id,video_name,frame_id\n"
+                f"sub/b.png,007,v,010\n{absolute},007,v,9\n")
+    plan = plan_build(path, 0.0, 0.0, 0)
+    (video,) = plan.videos
+    assert video.patient_id == "007"
+    assert [f.frame_id for f in video.frames] == ["9", "010"]  # numeric order, text kept
+    assert video.frames[1].path == os.path.join(str(tmp_path), "sub/b.png")
+    assert video.frames[0].path == absolute
+
+
+def test_row_problems_become_rejects_with_line_numbers(tmp_path):
+    path = _csv(tmp_path,
+                "frame_path,patient_id,video_name,frame_id,plane,pixel_size_mm,ellipse_cx\n"
+                "a.png,1,v,1,head,0.2,\n"      # line 2: fine
+                "a.png,1,v,1,head,0.2,\n"      # line 3: duplicate of line 2
+                "b.png,,v,2,head,0.2,\n"       # line 4: empty patient_id
+                "c.png,1,v,3,brain,0.2,\n"     # line 5: unknown plane
+                "d.png,1,v,4,head,-1,\n"       # line 6: bad pixel size
+                "e.png,1,v,5,head,0.2,10\n")   # line 7: incomplete ellipse
+    plan = plan_build(path, 0.0, 0.0, 0)
+    reasons = {r["csv_line"]: r["reason"] for r in plan.rejects}
+    assert set(reasons) == {3, 4, 5, 6, 7}
+    assert "as line 2" in reasons[3]
+    assert "patient_id" in reasons[4]
+    assert "brain" in reasons[5]
+    assert "pixel_size_mm" in reasons[6]
+    assert "incomplete" in reasons[7]
+    assert plan.num_rows == 6 and sum(len(v.frames) for v in plan.videos) == 1
+
+
+def test_parse_labels_types():
+    labels = parse_labels({"plane": "Head", "pixel_size_mm": "0.15", "is_standard_plane": "TRUE",
+                           "hc_mm": ""})
+    assert labels["plane"] == "head" and labels["pixel_size_mm"] == 0.15
+    assert labels["is_standard_plane"] is True and labels["hc_mm"] is None
+
+
+def test_video_order_is_independent_of_row_order(tmp_path):
+    rows = [f"f{p}_{f}.png,{p},v,{f}" for p in range(8) for f in range(3)]
+    header = "frame_path,patient_id,video_name,frame_id\n"
+    a = plan_build(_csv(tmp_path, header + "\n".join(rows) + "\n", "a.csv"), 0.2, 0.2, 5)
+    b = plan_build(_csv(tmp_path, header + "\n".join(reversed(rows)) + "\n", "b.csv"), 0.2, 0.2, 5)
+    assert [v.key for v in a.videos] == [v.key for v in b.videos]
+    assert [[f.frame_id for f in v.frames] for v in a.videos] == \
+           [[f.frame_id for f in v.frames] for v in b.videos]
