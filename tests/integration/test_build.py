@@ -193,7 +193,7 @@ def test_resume_after_crash_keeps_finished_shards(tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def crashing_finish(self):
-        if self._tar is not None:
+        if self._file is not None:
             calls["n"] += 1
             if calls["n"] == 3:
                 raise KeyboardInterrupt("simulated crash while finishing the third shard")
