@@ -263,3 +263,31 @@ def test_image_modes_and_geometry_labels(tmp_path):
     assert set(np.unique(m).tolist()) == {0, 255} and m[50, 50] == 255
     assert abs(int(deep[50, 50]) - round(40000 * 255 / 65535)) <= 2
     assert rows[1]["has_mask"] is False and rows[1]["mask_offset"] is None
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A real crash: SIGKILL the CLI mid-build, rerun it, get the bytes of a clean build."""
+    import os
+    import signal
+    import sys
+    import time
+    src = write_frames(tmp_path / "src", patients=20, videos=4, frames=24, shape=(96, 96),
+                       masks=False)
+    args = ["--csv", str(src), "--image-size", "96", "--shard-size-mb", "0.1", "--workers", "1",
+            "--quiet"]
+    cli = [sys.executable, "-m", "preprocessing.cli", "build"]
+    subprocess.run(cli + args + ["--out", str(tmp_path / "clean")], check=True, capture_output=True)
+    proc = subprocess.Popen(cli + args + ["--out", str(tmp_path / "ds")])
+    parts = tmp_path / "ds" / fmt.WORK_DIR / "parts"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(parts.glob("*.json"))) < 2:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "ds" / fmt.INDEX_FILE).exists(), "build finished before the kill"
+    kept = len(list(parts.glob("*.json")))
+    assert kept >= 2
+    out = subprocess.run(cli + args + ["--out", str(tmp_path / "ds")], check=True,
+                         capture_output=True, text=True).stdout
+    assert "kept from an interrupted run" in out
+    assert _digest_tree(tmp_path / "ds") == _digest_tree(tmp_path / "clean")
