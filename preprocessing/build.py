@@ -16,10 +16,11 @@ writes the index.
 from __future__ import annotations
 
 import collections
+import csv
 import hashlib
+import io
 import json
 import multiprocessing as mp
-import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +38,7 @@ from . import format as fmt
 from .encode import Encoded, EncodeOptions, Rejected, encode_segment
 from .frames_csv import Plan, Video, plan_build, reject
 from .shards import ShardWriter, load_finished
+from .summary import count_reasons, read_rejects, split_counts
 
 SEGMENT_FRAMES = 64  # frames per worker task: small enough to balance, large enough to amortise
 BUILD_STATE = "build.json"
@@ -269,8 +271,6 @@ def _finish(out: Path, plan: Plan, opts: BuildOptions, fingerprint: dict,
 
 
 def _write_rejects(path: Path, rejects: list[dict]) -> None:
-    import csv
-    import io
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fmt.REJECT_COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -278,36 +278,18 @@ def _write_rejects(path: Path, rejects: list[dict]) -> None:
     atomic.write_text(path, buf.getvalue())
 
 
-def reason_kind(reason: str) -> str:
-    """A reject reason without its particulars (paths, numbers, quoted values), for counting."""
-    reason = reason.split(" (")[0]
-    reason = re.sub(r"\S*/\S*", "<path>", reason)
-    reason = re.sub(r"'[^']*'", "<value>", reason)
-    return re.sub(r"\d+", "N", reason)
-
-
 def _summarize(out_dir: str, rows: int, table: pa.Table, rejects: list[dict],
                shards: int) -> BuildResult:
-    splits = {}
     cols = table.select(["split", "patient_id", "video_key", "frame_index", "num_frames"]).to_pandas()
-    for split in fmt.SPLITS:
-        sub = cols[cols["split"] == split]
-        splits[split] = {"patients": int(sub["patient_id"].nunique()),
-                         "videos": int(sub["video_key"].nunique()), "frames": int(len(sub))}
-    reasons = collections.Counter(reason_kind(r["reason"]) for r in rejects)
     single = int(((cols["frame_index"] == 0) & (cols["num_frames"] == 1)).sum())
-    return BuildResult(out_dir, rows, table.num_rows, len(rejects), shards, splits=splits,
-                       reject_reasons=dict(reasons.most_common()), single_frame_videos=single)
+    return BuildResult(out_dir, rows, table.num_rows, len(rejects), shards,
+                       splits=split_counts(cols), reject_reasons=count_reasons(rejects),
+                       single_frame_videos=single)
 
 
 def _result_from_manifest(out: Path, manifest: dict) -> BuildResult:
     c = manifest["counts"]
-    reasons = collections.Counter()
-    if (out / fmt.REJECTS_FILE).exists():
-        import csv
-        with open(out / fmt.REJECTS_FILE, newline="") as f:
-            reasons.update(reason_kind(r["reason"]) for r in csv.DictReader(f))
     return BuildResult(str(out), c["rows"], c["frames"], c["rejects"], len(manifest["shards"]),
                        reused_shards=len(manifest["shards"]), up_to_date=True, splits=c["splits"],
-                       reject_reasons=dict(reasons.most_common()),
+                       reject_reasons=count_reasons(read_rejects(out)),
                        single_frame_videos=c["single_frame_videos"])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import re
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -10,33 +12,52 @@ import pyarrow.compute as pc
 
 from . import atomic
 from . import format as fmt
-from .build import reason_kind
 from .dataset import Dataset, open_dataset
 from .imaging import decode_gray
+
+
+def split_counts(df) -> dict:
+    """Patients, videos and frames per split of an index (as a DataFrame)."""
+    out = {}
+    for split in fmt.SPLITS:
+        sub = df[df["split"] == split]
+        out[split] = {"patients": int(sub["patient_id"].nunique()),
+                      "videos": int(sub["video_key"].nunique()), "frames": int(len(sub))}
+    return out
+
+
+def reason_kind(reason: str) -> str:
+    """A reject reason without its particulars (paths, numbers, quoted values), for counting."""
+    reason = reason.split(" (")[0]
+    reason = re.sub(r"\S*/\S*", "<path>", reason)
+    reason = re.sub(r"'[^']*'", "<value>", reason)
+    return re.sub(r"\d+", "N", reason)
+
+
+def count_reasons(rejects: list[dict]) -> dict[str, int]:
+    return dict(Counter(reason_kind(r["reason"]) for r in rejects).most_common())
+
+
+def read_rejects(root) -> list[dict]:
+    path = Path(root) / fmt.REJECTS_FILE
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def summarize(root: str) -> dict:
     ds = open_dataset(root)
     df = ds.index.select(["split", "patient_id", "video_key", "num_frames", "height", "width",
                           "has_mask", *fmt.LABEL_COLUMNS]).to_pandas()
-    splits = {}
-    for split in fmt.SPLITS:
-        sub = df[df["split"] == split]
-        splits[split] = {"patients": int(sub["patient_id"].nunique()),
-                         "videos": int(sub["video_key"].nunique()), "frames": int(len(sub))}
+    splits = split_counts(df)
     per_video = df.groupby("video_key")["num_frames"].first()
     shards = ds.manifest["shards"]
     sizes = [s["bytes"] for s in shards]
     coverage = {name: round(float(df[name].notna().mean()), 4) if len(df) else 0.0
                 for name in fmt.LABEL_COLUMNS}
     coverage["mask"] = round(float(df["has_mask"].mean()), 4) if len(df) else 0.0
-    reasons: dict[str, int] = {}
-    rejects_path = ds.root / fmt.REJECTS_FILE
-    if rejects_path.exists():
-        with open(rejects_path, newline="") as f:
-            for r in csv.DictReader(f):
-                kind = reason_kind(r["reason"])
-                reasons[kind] = reasons.get(kind, 0) + 1
+    reasons = count_reasons(read_rejects(ds.root))
     planes = df["plane"].value_counts().to_dict()
     return {
         "root": str(ds.root),
