@@ -177,8 +177,13 @@ def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tupl
         for vi, rows in tasks:
             yield vi, encode_segment(rows, enc)
         return
-    # fork is cheap and this process holds no threads here; elsewhere fall back to spawn.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # Workers come from a forkserver with the encoder preloaded: as cheap as fork per worker,
+    # but never a fork of this process, whose OpenCV or tqdm threads could deadlock a child.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["preprocessing.encode"])
+    else:
+        ctx = mp.get_context("spawn")
     window = 4 * workers  # bounded read-ahead: memory stays flat however long the CSV is
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         queue: collections.deque = collections.deque()
