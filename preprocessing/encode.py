@@ -6,6 +6,7 @@ rejected. It never raises for a bad image: that is data, and it lands in rejects
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,17 +65,36 @@ def encode_frame(row: FrameRow, opts: EncodeOptions) -> Encoded:
 def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox) -> bytes:
     try:
         data = read_bytes(path)
-        raw = decode_raw(data)
     except ImageError as e:
         raise ImageError(f"mask {path}: {e}") from None
-    mask = to_gray8(raw)
-    if mask.shape != frame_shape:
-        raise ImageError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is "
-                         f"{frame_shape[1]}x{frame_shape[0]} (width x height); masks must match")
+    # Cine loops repeat masks byte for byte (every frame without a head has the same empty
+    # mask), and decoding a PNG mask costs about a third of a frame's budget: remember results.
+    memo_key = (hashlib.blake2b(data, digest_size=16).digest(), frame_shape, geo)
+    result = _MASK_MEMO.get(memo_key)
+    if result is None:
+        result = _check_mask(data, frame_shape, geo)
+        if len(_MASK_MEMO) >= _MASK_MEMO_SIZE:
+            _MASK_MEMO.pop(next(iter(_MASK_MEMO)))
+        _MASK_MEMO[memo_key] = result
+    if isinstance(result, str):
+        raise ImageError(f"mask {path}: {result}")
+    return result
+
+
+_MASK_MEMO: dict[tuple, bytes | str] = {}  # per worker process: (digest, shape, geometry) -> out
+_MASK_MEMO_SIZE = 256
+
+
+def _check_mask(data: bytes, frame_shape: tuple[int, int], geo: Letterbox) -> bytes | str:
+    """The mask member to store, or the reason the mask is unusable."""
     try:
+        mask = to_gray8(decode_raw(data))
+        if mask.shape != frame_shape:
+            return (f"is {mask.shape[1]}x{mask.shape[0]} but the frame is {frame_shape[1]}x"
+                    f"{frame_shape[0]} (width x height); masks must match their frame")
         binary = binarize_mask(mask)
     except ImageError as e:
-        raise ImageError(f"mask {path}: {e}") from None
+        return str(e)
     if geo.identity and binary is mask and is_png_gray8(data):
         return data
     return encode(geo.apply(binary, mask=True), "png")

@@ -142,7 +142,8 @@ def plan_build(csv_path: str, val_fraction: float, test_fraction: float, seed: i
     rejects: list[dict] = []
     videos: dict[tuple[str, str], Video] = {}
     seen: dict[tuple[str, str, str], int] = {}
-    records = df.to_dict("records")
+    columns = list(df.columns)
+    records = [dict(zip(columns, values)) for values in zip(*(df[c].tolist() for c in columns))]
     for i, cells in enumerate(records):
         line = i + 2
         fp, pid, vid, fid = (cells[c] for c in fmt.REQUIRED_COLUMNS)

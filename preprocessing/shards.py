@@ -140,20 +140,20 @@ class ShardWriter:
         if self._file is None:
             self._open(split)
         row["shard"] = self._name
+        # Header, data, zero padding to 512 per member (what tarfile.addfile writes), joined
+        # into one write: this loop is the writer's hot path.
+        parts, pos = [], self._file.size
         for ext, data in members:
-            # Header, data, zero padding to 512: what tarfile.addfile writes, without its
-            # per-member copies (this loop is the writer's hot path).
             header = tar_header(f"{key}.{ext}", len(data))
-            offset = self._file.size + len(header)
-            self._file.write(header)
-            self._file.write(data)
-            pad = -len(data) % tarfile.BLOCKSIZE
-            if pad:
-                self._file.write(bytes(pad))
+            offset = pos + len(header)
+            pad = bytes(-len(data) % tarfile.BLOCKSIZE)
+            parts += (header, data, pad)
+            pos = offset + len(data) + len(pad)
             if ext == fmt.MASK_EXT:
                 row["mask_offset"], row["mask_size"] = offset, len(data)
             elif ext in fmt.IMAGE_EXT.values():
                 row["offset"], row["size"] = offset, len(data)
+        self._file.write(b"".join(parts))
         self._rows.append(row)
 
     def reject(self, record: dict) -> None:

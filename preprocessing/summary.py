@@ -118,7 +118,7 @@ def contact_sheet(root: str, out_png: str, n: int = 16, seed: int = 0, tile: int
         img = _tile(ds, row, tile)
         top = y * (tile + 18)
         sheet[top:top + tile, x * tile:(x + 1) * tile] = img
-        caption = f"{row['split']} {row['video_key'][:14]} #{row['frame_index']}"
+        caption = f"{row['split']} {row['video_key'][:20]} #{row['frame_index']}"
         cv2.putText(sheet, caption, (x * tile + 3, top + tile + 13), cv2.FONT_HERSHEY_SIMPLEX,
                     0.33, (230, 230, 230), 1, cv2.LINE_AA)
     ok, buf = cv2.imencode(".png", sheet)
