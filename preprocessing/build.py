@@ -36,7 +36,7 @@ from tqdm import tqdm
 from . import atomic
 from . import format as fmt
 from .encode import Encoded, EncodeOptions, Rejected, encode_segment
-from .frames_csv import Plan, Video, plan_build, reject
+from .frames_csv import FrameRow, Plan, Video, plan_build, reject
 from .shards import ShardWriter, load_finished
 from .summary import count_reasons, read_rejects, split_counts
 
@@ -202,46 +202,47 @@ def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tupl
 
 def _write_video(writer: ShardWriter, video: Video, results: list, opts: BuildOptions,
                  written: set, rejected_lines: set) -> None:
-    kept = [r for r in results if isinstance(r, Encoded)]
-    failed = [r for r in results if isinstance(r, Rejected)]
+    """Numbers the usable frames of one video 0..n-1 and appends those not yet in a shard."""
+    kept = [(row, r) for row, r in zip(video.frames, results) if isinstance(r, Encoded)]
+    failed = [(row, r.reason) for row, r in zip(video.frames, results) if isinstance(r, Rejected)]
     if 0 < len(kept) < opts.min_video_frames:
         reason = (f"video has {len(kept)} usable frame(s), fewer than --min-video-frames "
                   f"{opts.min_video_frames}")
-        failed += [Rejected(e.row, reason) for e in kept]
+        failed += [(row, reason) for row, _ in kept]
         kept = []
-    for r in failed:
-        if r.row.csv_line not in rejected_lines:
-            writer.reject(reject(r.row.csv_line, r.row.frame_path, video.patient_id,
-                                 video.video_name, r.row.frame_id, r.reason))
+    for row, reason in failed:
+        if row.csv_line not in rejected_lines:
+            writer.reject(reject(row.csv_line, row.frame_path, video.patient_id,
+                                 video.video_name, row.frame_id, reason))
     samples = []
-    for index, e in enumerate(kept):
-        if (video.key, e.row.frame_id) in written:
+    for index, (row, e) in enumerate(kept):
+        if (video.key, row.frame_id) in written:
             continue  # already in a shard an interrupted run finished
         key = fmt.sample_key(video.key, index)
-        row = _index_row(video, e, key, index)
-        meta = json.dumps({k: v for k, v in row.items() if k not in META_SKIP},
+        entry = _index_row(video, row, e, key, index)
+        meta = json.dumps({k: v for k, v in entry.items() if k not in META_SKIP},
                           sort_keys=True, separators=(",", ":")).encode()
         members = [(fmt.IMAGE_EXT[opts.codec], e.image), (fmt.META_EXT, meta)]
         if e.mask is not None:
             members.append((fmt.MASK_EXT, e.mask))
-        samples.append((key, members, row))
+        samples.append((key, members, entry))
     if samples:
         writer.start_video(video.split, sum(ShardWriter.sample_bytes(m) for _, m, _ in samples))
-        for key, members, row in samples:
-            writer.write(key, members, row)
+        for key, members, entry in samples:
+            writer.write(key, members, entry)
 
 
-def _index_row(video: Video, e: Encoded, key: str, index: int) -> dict:
+def _index_row(video: Video, frame: FrameRow, e: Encoded, key: str, index: int) -> dict:
     g = e.geometry
     row = {"key": key, "mask_offset": None, "mask_size": None,
            "patient_id": video.patient_id, "video_name": video.video_name,
-           "video_key": video.key, "frame_id": e.row.frame_id, "frame_index": index,
+           "video_key": video.key, "frame_id": frame.frame_id, "frame_index": index,
            "num_frames": 0, "split": video.split, "height": g.height, "width": g.width,
            "src_height": g.src_h, "src_width": g.src_w, "scale": g.scale,
            "pad_x": g.pad_x, "pad_y": g.pad_y, "has_mask": e.mask is not None,
-           "source_path": e.row.frame_path}
+           "source_path": frame.frame_path}
     row.update(e.labels)
-    row.update(e.row.extras)
+    row.update(frame.extras)
     return row
 
 

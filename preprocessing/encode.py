@@ -25,7 +25,6 @@ class EncodeOptions:
 
 @dataclass
 class Encoded:
-    row: FrameRow
     image: bytes
     mask: bytes | None
     geometry: Letterbox
@@ -34,7 +33,6 @@ class Encoded:
 
 @dataclass
 class Rejected:
-    row: FrameRow
     reason: str
 
 
@@ -59,7 +57,7 @@ def encode_frame(row: FrameRow, opts: EncodeOptions) -> Encoded:
     mask = None
     if row.mask_path is not None:
         mask = _encode_mask(row.mask_path, img.shape, geo)
-    return Encoded(row, image, mask, geo, _stored_labels(row.labels, geo))
+    return Encoded(image, mask, geo, _stored_labels(row.labels, geo))
 
 
 def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox) -> bytes:
@@ -115,12 +113,13 @@ def _stored_labels(labels: dict, geo: Letterbox) -> dict:
 
 
 def encode_segment(rows: list[FrameRow], opts: EncodeOptions) -> list[Encoded | Rejected]:
+    """One result per row, in order (rows are not sent back: the caller holds them)."""
     out: list[Encoded | Rejected] = []
     for row in rows:
         try:
             out.append(encode_frame(row, opts))
         except ImageError as e:
-            out.append(Rejected(row, str(e)))
+            out.append(Rejected(str(e)))
         except MemoryError:
-            out.append(Rejected(row, "image too large to decode in memory"))
+            out.append(Rejected("image too large to decode in memory"))
     return out
