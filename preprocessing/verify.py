@@ -97,6 +97,8 @@ def _check_rows(ds: Dataset, decode: bool, progress: bool) -> list[str]:
                                 "(frames of a video must be contiguous and in order)")
             last_index[row["video_key"]] = row["frame_index"]
             patient_splits[row["patient_id"]].add(row["split"])
+            if not shard.startswith(f"{row['split']}-"):
+                problems.append(f"{key}: split {row['split']!r} but stored in shard {shard}")
         extra = sorted(set(members) - expected)
         if extra:
             problems.append(f"{shard}: {len(extra)} members not in the index (e.g. {extra[0]})")
@@ -108,6 +110,9 @@ def _check_rows(ds: Dataset, decode: bool, progress: bool) -> list[str]:
                  if row["num_frames"] != counts[row["video_key"]]][:MAX_LISTED]
     problems += [f"patient {p!r} appears in several splits: {sorted(s)}"
                  for p, s in patient_splits.items() if len(s) > 1]
+    listed = ds.manifest.get("counts", {}).get("frames")
+    if listed != len(cols):
+        problems.append(f"manifest counts {listed} frames but the index has {len(cols)} rows")
     return problems
 
 
