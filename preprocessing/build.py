@@ -142,6 +142,9 @@ def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResu
         for name in (fmt.SHARDS_DIR, fmt.WORK_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
     if (out / fmt.INDEX_FILE).exists():
+        if not (out / fmt.MANIFEST_FILE).exists():
+            raise BuildError(f"{out} has an index but no {fmt.MANIFEST_FILE}; pass --overwrite "
+                             "to rebuild it")
         manifest = json.loads((out / fmt.MANIFEST_FILE).read_text())
         if manifest.get("fingerprint") == fingerprint:
             return _result_from_manifest(out, manifest)

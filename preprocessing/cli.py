@@ -140,11 +140,15 @@ def cmd_build(args) -> int:
     for split, c in r.splits.items():
         print(f"  {split:<5} {c['patients']:>6} patients {c['videos']:>7} videos {c['frames']:>9} frames")
     for split, c in r.splits.items():
-        if c["frames"] == 0:
+        if c["frames"] == 0 and r.frames:
             print(f"warning: split {split!r} is empty; with few patients, raise its fraction "
                   "or change --seed", file=sys.stderr)
     for reason, n in r.reject_reasons.items():
         print(f"  rejected {n:>6}: {reason}")
+    if r.frames == 0:
+        print(f"error: no frame made it into {args.out}; every row is in rejects.csv with its "
+              "reason", file=sys.stderr)
+        return 1
     if r.single_frame_videos:
         print(f"note: {r.single_frame_videos} videos have a single frame: fine for segmentation "
               "and reconstruction, not for ordering clips (--min-video-frames 2 rejects them)")

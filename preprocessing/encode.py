@@ -64,7 +64,7 @@ def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox) -> byt
     try:
         data = read_bytes(path)
     except ImageError as e:
-        raise ImageError(f"mask {path}: {e}") from None
+        raise ImageError(f"mask {e}") from None
     # Cine loops repeat masks byte for byte (every frame without a head has the same empty
     # mask), and decoding a PNG mask costs about a third of a frame's budget: remember results.
     memo_key = (hashlib.blake2b(data, digest_size=16).digest(), frame_shape, geo)

@@ -31,11 +31,11 @@ def read_bytes(path: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise ImageError("file not found") from None
+        raise ImageError(f"file not found: {path}") from None
     except OSError as e:
-        raise ImageError(f"cannot read file: {e.strerror or e}") from None
+        raise ImageError(f"cannot read file {path}: {e.strerror or e}") from None
     if not data:
-        raise ImageError("file is empty (0 bytes)")
+        raise ImageError(f"file is empty (0 bytes): {path}")
     return data
 
 

@@ -90,7 +90,7 @@ def test_cli_build_prints_both_counts_and_clear_errors(tmp_path, capsys):
     assert main(["build", "--csv", str(src), "--out", str(out), "--quiet", "--workers", "2"]) == 0
     text = capsys.readouterr().out
     assert "7 CSV rows: 6 frames in the index, 1 rejected" in text
-    assert "rejected      1: file not found" in text
+    assert "rejected      1: file not found: <path>" in text
     assert main(["build", "--csv", str(src), "--out", str(out), "--quiet"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"
@@ -98,6 +98,10 @@ def test_cli_build_prints_both_counts_and_clear_errors(tmp_path, capsys):
     assert main(["build", "--csv", str(bad), "--out", str(tmp_path / "d2"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "bad.csv: missing column(s) 'video_name'" in err
+    only_bad = tmp_path / "only_bad.csv"
+    only_bad.write_text("frame_path,patient_id,video_name,frame_id\nx.png,1,v,1\n")
+    assert main(["build", "--csv", str(only_bad), "--out", str(tmp_path / "d3"), "--quiet"]) == 1
+    assert "no frame made it" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
 
