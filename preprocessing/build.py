@@ -19,6 +19,7 @@ import collections
 import csv
 import hashlib
 import io
+import itertools
 import json
 import multiprocessing as mp
 import shutil
@@ -187,19 +188,15 @@ def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tupl
         ctx.set_forkserver_preload(["preprocessing.encode"])
     else:
         ctx = mp.get_context("spawn")
-    window = 4 * workers  # bounded read-ahead: memory stays flat however long the CSV is
+    window = 4 * workers  # bounded read-ahead: encoded bytes in flight stay bounded
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        queue: collections.deque = collections.deque()
         it = iter(tasks)
-        for vi, rows in it:
-            queue.append((vi, pool.submit(encode_segment, rows, enc)))
-            if len(queue) >= window:
-                break
+        queue = collections.deque((vi, pool.submit(encode_segment, rows, enc))
+                                  for vi, rows in itertools.islice(it, window))
         while queue:
             vi, fut = queue.popleft()
-            for nvi, rows in it:
+            for nvi, rows in itertools.islice(it, 1):  # keep the window full
                 queue.append((nvi, pool.submit(encode_segment, rows, enc)))
-                break
             yield vi, fut.result()
 
 

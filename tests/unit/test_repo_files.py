@@ -2,8 +2,11 @@
 import os
 import re
 import subprocess
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the package itself needs 3.10
 
 ROOT = Path(__file__).resolve().parents[2]
 
