@@ -29,3 +29,19 @@ def test_repeated_mask_bytes_are_checked_against_each_frame(tmp_path):
     (r,) = encode_segment(rows[:1], EncodeOptions(image_size=32, codec="png"))
     stored = decode_gray(r.mask)
     assert stored.shape == (32, 32) and set(np.unique(stored).tolist()) == {0, 255}
+
+
+def test_sources_already_in_the_stored_form_are_kept_byte_for_byte(tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (40, 60), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "g.png"), img)
+    cv2.imwrite(str(tmp_path / "g.jpg"), img)
+    cv2.imwrite(str(tmp_path / "c.jpg"), np.dstack([img] * 3))
+    rows = [FrameRow(2, n, str(tmp_path / n), None, "0", {}, {}) for n in ("g.png", "g.jpg", "c.jpg")]
+    png, = encode_segment(rows[:1], EncodeOptions(image_size=0, codec="png"))
+    jpg, color = encode_segment(rows[1:], EncodeOptions(image_size=0, codec="jpeg"))
+    assert png.image == (tmp_path / "g.png").read_bytes()
+    assert jpg.image == (tmp_path / "g.jpg").read_bytes()
+    assert color.image != (tmp_path / "c.jpg").read_bytes()  # colour JPEG: re-encoded as gray
+    assert decode_gray(color.image).shape == (40, 60)
+    resized, = encode_segment(rows[:1], EncodeOptions(image_size=30, codec="png"))
+    assert resized.image != png.image and decode_gray(resized.image).shape == (30, 30)
