@@ -60,6 +60,10 @@ def encode_frame(row: FrameRow, opts: EncodeOptions) -> Encoded:
     return Encoded(image, mask, geo, _stored_labels(row.labels, geo))
 
 
+_MASK_MEMO: dict[tuple, bytes | str] = {}  # per worker process: (digest, shape, geometry) -> out
+_MASK_MEMO_SIZE = 256
+
+
 def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox) -> bytes:
     try:
         data = read_bytes(path)
@@ -77,10 +81,6 @@ def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox) -> byt
     if isinstance(result, str):
         raise ImageError(f"mask {path}: {result}")
     return result
-
-
-_MASK_MEMO: dict[tuple, bytes | str] = {}  # per worker process: (digest, shape, geometry) -> out
-_MASK_MEMO_SIZE = 256
 
 
 def _check_mask(data: bytes, frame_shape: tuple[int, int], geo: Letterbox) -> bytes | str:

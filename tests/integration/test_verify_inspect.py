@@ -116,3 +116,18 @@ def test_help_explains_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["build", "--help"])
     assert "--shard-size-mb" in capsys.readouterr().out
+
+
+def test_manifest_count_and_split_of_shard_are_checked(dataset):
+    manifest = json.loads((dataset / fmt.MANIFEST_FILE).read_text())
+    manifest["counts"]["frames"] += 1
+    (dataset / fmt.MANIFEST_FILE).write_text(json.dumps(manifest))
+    table = pq.read_table(dataset / fmt.INDEX_FILE)
+    splits = table["split"].to_pylist()
+    splits[0] = "test" if splits[0] != "test" else "val"
+    table = table.set_column(table.schema.get_field_index("split"), "split",
+                             __import__("pyarrow").array(splits, "string"))
+    pq.write_table(table, dataset / fmt.INDEX_FILE)
+    problems = verify(str(dataset), progress=False)
+    assert any("manifest counts 49 frames but the index has 48 rows" in p for p in problems)
+    assert any(f"split {splits[0]!r} but stored in shard" in p for p in problems)
