@@ -1,0 +1,196 @@
+"""ClipLoader: the loader the trainers use. Picks the CPU or DALI path, keeps the resumable state.
+
+    loader = ClipLoader("data/shards", LoaderConfig(batch_size=32), seed=0,
+                        rank=acc.process_index, world_size=acc.num_processes, device=acc.device)
+    loader.load_state_dict(ckpt["loader"])          # optional: exact resume
+    for batch in loader:                            # one epoch; call again for the next
+        ...
+        ckpt["loader"] = loader.state_dict()        # after the step that used `batch`
+
+The state is (epoch, position): position counts the clips of the epoch's global order that all
+ranks together have consumed. Same world size: the same batches as an uninterrupted run.
+Another world size or batch size: the same global order continues from ``position``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .clips import ClipConfig, video_table
+from .placement import steps_per_epoch
+from .plan import EpochPlan
+from .reader import ClipReader
+from .source import ShardSource
+from .tasks import io_classes, patch_masks
+
+log = logging.getLogger("sonostream.loader")
+LOADERS = ("auto", "cpu", "dali")
+STATE_VERSION = 1
+_ORDER_KEYS = ("seed", "clip_len", "stride", "short_videos", "splits", "shuffle_window")
+
+
+@dataclass
+class LoaderConfig:
+    batch_size: int = 32                  # clips per rank per step
+    clip_len: int = 4                     # K frames per clip
+    stride: int = 1                       # frames between clip frames
+    short_videos: str = "repeat"          # videos shorter than a clip: "repeat" frames or "skip"
+    splits: tuple = ("train",)
+    image_size: int | None = None         # None: as stored in the shards
+    shuffle_window: int = 1024            # clips permuted together (the shuffle buffer)
+    mask_ratio: float = 0.6               # MIR: share of patches masked per frame
+    mask_grid: tuple = (8, 8)             # MIR: patches per frame (rows, cols)
+    io_reverse: str = "same"              # IO: a permutation and its reverse are one class
+    pm_positive: str = "video"            # PM: positives from the same "video" or "patient"
+    num_workers: int = 2                  # CPU path: DataLoader workers
+    prefetch: int = 2                     # batches prefetched per worker
+    loader: str = "auto"                  # "cpu", "dali", or "auto" (DALI when CUDA + DALI)
+    dali_threads: int = 4
+
+    def __post_init__(self):
+        self.splits = tuple(self.splits)
+        self.mask_grid = tuple(self.mask_grid)
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.clip_len >= 2:
+            io_classes(self.clip_len, self.io_reverse)  # raises a clear error for bad K / reverse
+
+    @property
+    def clip(self) -> ClipConfig:
+        return ClipConfig(self.clip_len, self.stride, self.short_videos)
+
+
+def resolve_loader(kind: str, device) -> str:
+    """'auto' -> 'dali' when the device is CUDA and DALI imports, else 'cpu'."""
+    if kind != "auto":
+        return kind
+    from .dali import dali_available
+    return "dali" if torch.device(device).type == "cuda" and dali_available() else "cpu"
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    position: int = 0
+    faults: Counter = field(default_factory=Counter)
+
+
+class ClipLoader:
+    def __init__(self, data, cfg: LoaderConfig | None = None, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, device="cpu", cache_dir=None, shard_url=None):
+        self.cfg = cfg or LoaderConfig()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device = torch.device(device)
+        self.kind = resolve_loader(self.cfg.loader, self.device)
+        self.source = ShardSource(data, cache_dir=cache_dir, shard_url=shard_url)
+        self.table = video_table(self.source.index, self.cfg.splits)
+        size = self.cfg.image_size or int(self.source.manifest.get("image_size") or 0)
+        if not size:  # shards kept source sizes: all frames must agree
+            hw = {(int(h), int(w)) for h, w in zip(self.source.index.column("height").to_pylist(),
+                                                    self.source.index.column("width").to_pylist())}
+            if len(hw) != 1:
+                raise ValueError("frames have several sizes; set image_size to resize them")
+            self.image_size = hw.pop()
+        else:
+            self.image_size = (size, size)
+        self.state = LoaderState()
+        self.reader = ClipReader(self.source, self.table, self.image_size)
+        self.faults: list = []
+
+    # -- placement ------------------------------------------------------------------------------
+    def plan(self, epoch: int | None = None, start: int | None = None) -> EpochPlan:
+        c = self.cfg
+        return EpochPlan.make(self.table, c.clip, epoch=self.state.epoch if epoch is None else epoch,
+                              seed=self.seed, start=self.state.position if start is None else start,
+                              batch_size=c.batch_size, world_size=self.world_size, rank=self.rank,
+                              shuffle_window=c.shuffle_window, image_size=self.image_size,
+                              io_reverse=c.io_reverse, pm_positive=c.pm_positive)
+
+    def __len__(self) -> int:
+        """Steps left in the current epoch (equal on every rank)."""
+        return self.plan().steps
+
+    def clips_per_epoch(self, epoch: int | None = None) -> int:
+        return len(self.plan(epoch, 0).order)
+
+    # -- iteration ------------------------------------------------------------------------------
+    def _batches(self, plan: EpochPlan):
+        if self.kind == "dali":
+            from .dali import dali_batches
+            return dali_batches(plan, self.reader, device=self.device, threads=self.cfg.dali_threads)
+        from .cpu import cpu_batches
+        return cpu_batches(plan, self.reader, num_workers=self.cfg.num_workers,
+                           prefetch=self.cfg.prefetch, pin_memory=self.device.type == "cuda")
+
+    def __iter__(self):
+        plan = self.plan()
+        start, G = self.state.position, self.cfg.batch_size * self.world_size
+        expected = 0
+        for batch in self._batches(plan):
+            if batch.step != expected:
+                raise RuntimeError(f"loader produced step {batch.step}, expected {expected}")
+            expected += 1
+            batch = batch.to(self.device, non_blocking=True)
+            batch.mir_mask = self.mir_masks(batch)
+            for shard, key, reason in batch.faults:
+                self.state.faults[reason] += 1
+                self.faults.append((plan.epoch, shard, key, reason))
+            self.state.position = start + expected * G
+            yield batch
+        n = sum(self.state.faults.values())
+        msg = f"epoch {plan.epoch}: {expected} steps on rank {self.rank}"
+        if n:
+            listed = [f"{s}:{k} ({r})" for e, s, k, r in self.faults if e == plan.epoch]
+            msg += f"; {n} corrupt member(s) skipped: " + ", ".join(listed[:10]) + (
+                f" and {len(listed) - 10} more" if len(listed) > 10 else "")
+        (log.warning if n else log.info)(msg)
+        self.state = LoaderState(epoch=plan.epoch + 1, position=0)
+
+    def mir_masks(self, batch) -> torch.Tensor:
+        b, k, _, h, w = batch.frames.shape
+        key = int(batch.position[0]) if b else 0
+        seed = int(np.random.SeedSequence([self.seed, batch.epoch, key + 1, 0x4D49]).generate_state(1)[0])
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        m = patch_masks(b * k, h, w, self.cfg.mask_grid, self.cfg.mask_ratio, g, self.device)
+        return m.view(b, k, 1, h, w)
+
+    # -- checkpoint state ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        c = self.cfg
+        return {"version": STATE_VERSION, "epoch": self.state.epoch, "position": self.state.position,
+                "seed": self.seed, "clip_len": c.clip_len, "stride": c.stride,
+                "short_videos": c.short_videos, "splits": list(c.splits),
+                "shuffle_window": c.shuffle_window, "batch_size": c.batch_size,
+                "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        differ = [k for k in _ORDER_KEYS if list_or(state.get(k)) != list_or(mine[k])]
+        if differ:
+            raise ValueError("cannot resume: the checkpoint's loader used other " + ", ".join(
+                f"{k}={state.get(k)!r} (now {mine[k]!r})" for k in differ)
+                + "; these fix the epoch's clip order, so set them back to resume exactly")
+        n = self.clips_per_epoch(state["epoch"])
+        if not 0 <= state["position"] <= n:
+            raise ValueError(f"cannot resume: position {state['position']} is beyond the epoch's "
+                             f"{n} clips (is this the same dataset?)")
+        self.state = LoaderState(epoch=int(state["epoch"]), position=int(state["position"]))
+
+    def describe(self) -> dict:
+        return {"loader": self.kind, "videos": self.table.num_videos, "frames": self.table.num_frames,
+                "clips_per_epoch": self.clips_per_epoch(), "steps_per_epoch": steps_per_epoch(
+                    self.clips_per_epoch(), self.cfg.batch_size, self.world_size),
+                "image_size": list(self.image_size), **{k: v for k, v in asdict(self.cfg).items()
+                                                        if k in ("batch_size", "clip_len", "stride")}}
+
+
+def list_or(v):
+    return list(v) if isinstance(v, (list, tuple)) else v

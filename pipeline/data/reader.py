@@ -1,0 +1,83 @@
+"""Reading and decoding the frames of a batch of clips; skipping corrupt members.
+
+Shared by both loader paths: the CPU path decodes here (in DataLoader workers), the DALI path
+uses :meth:`ClipReader.fetch` for the bytes and decodes on the GPU.
+"""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from .clips import VideoTable
+from .source import ShardSource
+
+log = logging.getLogger("sonostream.loader")
+MAX_SPAN_READ = 4 << 20   # read a clip's frames with one pread when they lie within 4 MiB
+
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+_PNG_SIG, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def looks_complete(data: bytes) -> bool:
+    """Cheap check that an encoded frame is a whole JPEG or PNG (for decoders that abort)."""
+    if data[:2] == _JPEG_SOI:
+        return data.rstrip(b"\x00")[-2:] == _JPEG_EOI
+    if data[:8] == _PNG_SIG:
+        return data[-8:] == _PNG_END
+    return False
+
+
+class ClipReader:
+    """Fetches (and on the CPU path decodes) the frames of clips given as index rows."""
+
+    def __init__(self, source: ShardSource, table: VideoTable, image_size: int | None = None):
+        self.source, self.table, self.image_size = source, table, image_size
+
+    def fetch(self, rows: np.ndarray) -> tuple[list[bytes] | None, tuple | None]:
+        """Encoded bytes of one clip's frames, or (None, (shard, key, reason)) on a fault."""
+        t = self.table
+        shard_ids = t.shard_id[rows]
+        off, size = t.offset[rows], t.size[rows]
+        first, last = int(off.min()), int((off + size).max())
+        try:
+            if (shard_ids == shard_ids[0]).all() and last - first <= MAX_SPAN_READ:
+                blob = self.source.read(t.shards[shard_ids[0]], first, last - first)
+                return [blob[o - first:o - first + s] for o, s in zip(off.tolist(), size.tolist())], None
+            return [self.source.read(t.shards[i], int(o), int(s))
+                    for i, o, s in zip(shard_ids.tolist(), off.tolist(), size.tolist())], None
+        except EOFError as e:
+            return None, (t.shards[shard_ids[0]], str(t.keys[rows[0]]), str(e))
+
+    def decode(self, rows: np.ndarray, out: np.ndarray):
+        """Decode one clip into ``out`` [K, H, W]; returns None or a fault (shard, key, reason)."""
+        datas, fault = self.fetch(rows)
+        if fault:
+            return fault
+        for j, (row, data) in enumerate(zip(rows.tolist(), datas)):
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+            if img is None or img.ndim != 2:
+                return (self.table.shards[self.table.shard_id[row]], str(self.table.keys[row]),
+                        "image does not decode")
+            if img.shape != out.shape[1:]:
+                img = cv2.resize(img, (out.shape[2], out.shape[1]), interpolation=cv2.INTER_AREA)
+            out[j] = img
+        return None
+
+    def decode_clips(self, clip_rows: np.ndarray, size: tuple[int, int]):
+        """(frames uint8 [B', K, H, W], kept [B] bool, faults): corrupt clips are left out."""
+        b, k = clip_rows.shape
+        frames = np.empty((b, k, *size), np.uint8)
+        kept = np.ones(b, bool)
+        faults = []
+        n = 0
+        for i in range(b):
+            fault = self.decode(clip_rows[i], frames[n])
+            if fault:
+                kept[i] = False
+                faults.append(fault)
+                log.warning("skipped a corrupt member: shard %s, key %s (%s)", *fault)
+            else:
+                n += 1
+        return frames[:n], kept, faults

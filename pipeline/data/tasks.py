@@ -1,0 +1,130 @@
+"""The three pretext tasks' labels, made from one batch of clips.
+
+* **IO** (image ordering): each clip gets a uniformly random permutation ``perm`` of its K
+  frames; the model sees ``frames[perm]`` and predicts the permutation's class. A sweep can run
+  either way (the probe moves up or down): the frames shown as ``clip[p]`` look exactly like the
+  time-reversed clip shown as ``reversed_clip[K-1-p]``. So by default ``p`` and its time
+  reversal ``K-1-p`` are one class (``io_reverse="same"``: K!/2 classes, 12 for K = 4), and the
+  label gives the frames' order up to direction. ``io_reverse="distinct"`` keeps all K! classes. ``IO_CLASSES[label]`` is the
+  canonical permutation; ``frames[perm][argsort(canonical)]`` restores temporal order (or its
+  exact reverse).
+* **PM** (patient matching): pairs of frames across the batch. Every clip gives one positive
+  (another frame of the same video; with ``pm_positive="patient"``, a frame of another video
+  of the same patient when the batch holds one) and one negative (a frame of a clip of another
+  patient). A clip with no other patient in the batch gives neither, so positives and negatives
+  are always balanced.
+* **MIR** (masked image reconstruction): per frame, exactly ``round(ratio * gh * gw)`` of the
+  ``gh x gw`` patches are masked, drawn on the device that trains (:func:`patch_masks`).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+
+import numpy as np
+
+IO_REVERSE = ("same", "distinct")
+MAX_IO_CLIP_LEN = 6   # 6! = 720 permutations; beyond that a classifier over all of them is silly
+
+
+@lru_cache(maxsize=None)
+def io_classes(k: int, reverse: str = "same") -> np.ndarray:
+    """[C, K] canonical permutations; row c is class c."""
+    if reverse not in IO_REVERSE:
+        raise ValueError(f"io_reverse must be one of {IO_REVERSE}, got {reverse!r}")
+    if not 2 <= k <= MAX_IO_CLIP_LEN:
+        raise ValueError(f"image ordering needs 2 <= clip_len <= {MAX_IO_CLIP_LEN}, got {k}")
+    perms = [p for p in itertools.permutations(range(k))
+             if reverse == "distinct" or p <= _time_reversed(p)]
+    if len(perms) < 2:
+        raise ValueError(f"clip_len {k} with io_reverse='same' leaves one class; use clip_len >= 3 "
+                         "or io_reverse='distinct'")
+    return np.array(perms, dtype=np.int64)
+
+
+def _time_reversed(p: tuple) -> tuple:
+    return tuple(len(p) - 1 - i for i in p)
+
+
+@lru_cache(maxsize=None)
+def _class_lookup(k: int, reverse: str) -> dict:
+    return {tuple(p): c for c, p in enumerate(io_classes(k, reverse).tolist())}
+
+
+def io_labels(rng: np.random.Generator, n: int, k: int, reverse: str = "same"):
+    """(perm [n, K], label [n]): random permutations and their class indices."""
+    lookup = _class_lookup(k, reverse)
+    perm = rng.permuted(np.tile(np.arange(k, dtype=np.int64), (n, 1)), axis=1)
+    labels = np.empty(n, np.int64)
+    for i, p in enumerate(perm.tolist()):
+        t = tuple(p)
+        if reverse == "same" and t > _time_reversed(t):
+            t = _time_reversed(t)
+        labels[i] = lookup[t]
+    return perm, labels
+
+
+PM_POSITIVES = ("video", "patient")
+
+
+def pm_pairs(rng: np.random.Generator, patient: np.ndarray, video: np.ndarray, k: int,
+             positive: str = "video"):
+    """(a [P, 2], b [P, 2], label [P]): pairs of (clip, frame) with 1 = same patient.
+
+    Positives and negatives alternate (clip i's positive, then its negative).
+    """
+    if positive not in PM_POSITIVES:
+        raise ValueError(f"pm_positive must be one of {PM_POSITIVES}, got {positive!r}")
+    patient, video = np.asarray(patient), np.asarray(video)
+    n = len(patient)
+    other = patient[:, None] != patient[None, :]
+    has_neg = other.any(axis=1)
+    clips = np.flatnonzero(has_neg)
+    if len(clips) == 0:
+        empty = np.zeros((0, 2), np.int64)
+        return empty, empty.copy(), np.zeros(0, np.float32)
+    noise = rng.random((n, n))
+    neg = np.argmax(np.where(other, noise, -1.0), axis=1)
+    f_pos = rng.integers(0, k, size=(n, 2))
+    if k > 1:  # a different frame of the same clip
+        f_pos[:, 1] = (f_pos[:, 0] + rng.integers(1, k, size=n)) % k
+    pos = np.arange(n)
+    if positive == "patient":
+        sibling = (patient[:, None] == patient[None, :]) & (video[:, None] != video[None, :])
+        pos = np.where(sibling.any(axis=1), np.argmax(np.where(sibling, noise, -1.0), axis=1), pos)
+    f_neg = rng.integers(0, k, size=(n, 2))
+    a = np.empty((2 * len(clips), 2), np.int64)
+    b = np.empty_like(a)
+    a[0::2] = np.stack([clips, f_pos[clips, 0]], 1)
+    b[0::2] = np.stack([pos[clips], f_pos[clips, 1]], 1)
+    a[1::2] = np.stack([clips, f_neg[clips, 0]], 1)
+    b[1::2] = np.stack([neg[clips], f_neg[clips, 1]], 1)
+    label = np.tile(np.array([1.0, 0.0], np.float32), len(clips))
+    return a, b, label
+
+
+def patch_masks(n: int, height: int, width: int, grid: tuple[int, int], ratio: float,
+                generator=None, device=None):
+    """Bool tensor [n, 1, H, W]: True = masked pixel (the reconstruction target).
+
+    Exactly ``round(ratio * gh * gw)`` patches per frame. Runs on ``device`` with ``generator``
+    (a torch.Generator on that device), so on a GPU the masks never cross the bus.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    gh, gw = grid
+    if not (gh >= 1 and gw >= 1 and gh <= height and gw <= width):
+        raise ValueError(f"mask grid {grid} must be between 1x1 and the frame size {height}x{width}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+    n_masked = int(math.floor(ratio * gh * gw + 0.5))
+    scores = torch.rand(n, gh * gw, generator=generator, device=device)
+    idx = scores.argsort(dim=1)[:, :n_masked]
+    patches = torch.zeros(n, gh * gw, dtype=torch.bool, device=device)
+    patches.scatter_(1, idx, True)
+    patches = patches.view(n, 1, gh, gw)
+    if height % gh == 0 and width % gw == 0:
+        return patches.repeat_interleave(height // gh, 2).repeat_interleave(width // gw, 3)
+    return F.interpolate(patches.float(), size=(height, width), mode="nearest") > 0.5
