@@ -93,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     bb.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported (default 3)")
     bb.add_argument("--workdir", help="keep the cohort here (default: a temporary folder)")
     bb.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bl = bsub.add_parser("loader", help="clip loader vs seed-style loader vs raw decode, frames/s",
+                         description="Side by side on the same shards and CPU budget: our clip "
+                         "loader, a seed-style loader (one file per image, DataFrame scans per "
+                         "pair and sequence) and raw decode, at 20k and 200k indexed frames.")
+    bl.add_argument("--seconds", type=float, default=8.0, help="timed seconds per run (default 8)")
+    bl.add_argument("--workers", type=int, default=2, help="decode threads/processes each (default 2)")
+    bl.add_argument("--batch-size", type=int, default=32, help="clips per batch (default 32)")
+    bl.add_argument("--clip-len", type=int, default=4, help="frames per clip (default 4)")
+    bl.add_argument("--sizes", default="20000,200000", help="indexed frames (default 20000,200000)")
+    bl.add_argument("--workdir", help="keep the datasets here (default: a temporary folder)")
+    bl.add_argument("--json", metavar="FILE", help="write the results as JSON")
     return p
 
 
@@ -180,8 +191,15 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_build
-    result = bench_build(frames=args.frames, repeats=args.repeats, workdir=args.workdir)
+    if args.bench == "loader":
+        from pipeline.bench_loader import bench_loader
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+        result = bench_loader(workdir=args.workdir, sizes=sizes, seconds=args.seconds,
+                              workers=args.workers, batch_size=args.batch_size,
+                              clip_len=args.clip_len)
+    else:
+        from .bench import bench_build
+        result = bench_build(frames=args.frames, repeats=args.repeats, workdir=args.workdir)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import torch
 
-from .tasks import io_labels, pm_pairs
+from .tasks import expand_patches, io_labels, pm_pairs
 
 TENSOR_FIELDS = ("frames", "patient", "video", "position", "frame_index", "io_perm", "io_label",
-                 "pm_a", "pm_b", "pm_label", "mir_mask")
+                 "pm_a", "pm_b", "pm_label", "mir_patches")
 
 
 @dataclass
@@ -25,7 +25,8 @@ class ClipBatch:
     io_label     int64 [B]               ...and predict this class (see ``tasks.io_classes``)
     pm_a, pm_b   int64 [P, 2]            PM: (clip, frame) of each side of a pair
     pm_label     float32 [P]             1 = same patient
-    mir_mask     bool [B, K, 1, H, W]    MIR: True = masked pixel (made on the training device)
+    mir_patches  bool [B, K, gh, gw]     MIR: True = masked patch (made on the training device)
+    mir_mask     bool [B, K, 1, H, W]    MIR: the same per pixel (a property, made on demand)
     """
     frames: torch.Tensor
     patient: torch.Tensor
@@ -39,7 +40,7 @@ class ClipBatch:
     pm_label: torch.Tensor
     epoch: int
     step: int
-    mir_mask: torch.Tensor | None = None
+    mir_patches: torch.Tensor | None = None
     faults: list = field(default_factory=list)   # (shard, key, reason) of skipped members
 
     @property
@@ -49,6 +50,15 @@ class ClipBatch:
     @property
     def clip_len(self) -> int:
         return int(self.frames.shape[1])
+
+    @property
+    def mir_mask(self) -> torch.Tensor | None:
+        """Per-pixel MIR mask [B, K, 1, H, W], expanded from ``mir_patches`` on their device."""
+        if self.mir_patches is None:
+            return None
+        b, k, _, h, w = self.frames.shape
+        return expand_patches(self.mir_patches.reshape(b * k, 1, *self.mir_patches.shape[2:]),
+                              h, w).view(b, k, 1, h, w)
 
     def images(self, dtype=torch.float32) -> torch.Tensor:
         return self.frames.to(dtype) / 255.0

@@ -1,9 +1,19 @@
-"""The CPU path: a WebDataset pipeline in DataLoader workers that decodes whole clip batches.
+"""The CPU path: a WebDataset pipeline that decodes whole clip batches.
 
-Worker ``w`` of ``n`` produces the steps ``w, w+n, w+2n, ...`` of its rank's plan, and the
-DataLoader reads workers round-robin, so batches arrive in step order whatever ``n`` is.
+Two ways to spread the decoding over cores (same batches either way):
+
+* ``num_workers > 0``: DataLoader worker processes. Worker ``w`` of ``n`` produces the steps
+  ``w, w+n, ...`` of its rank's plan and the DataLoader reads workers round-robin, so batches
+  arrive in step order. Each batch crosses to the trainer through shared memory.
+* ``num_workers = 0`` and ``decode_threads > 1``: one background thread runs the pipeline ahead
+  of the training loop (``prefetch`` batches), and a pool of threads decodes the clips of a
+  batch in parallel (OpenCV releases the GIL). No inter-process copy at all: on a 2-core machine
+  this is the faster choice (see BENCHMARKS.md).
 """
 from __future__ import annotations
+
+import queue
+import threading
 
 import torch
 import webdataset as wds
@@ -40,7 +50,43 @@ def cpu_batches(plan: EpochPlan, reader: ClipReader, num_workers: int = 2, prefe
     """An iterable of this rank's ClipBatches for the plan's epoch, in step order."""
     pipeline = wds.DataPipeline(_Steps(plan.steps), wds.map(_DecodeBatch(plan, reader)))
     if num_workers == 0:
-        return pipeline
+        return _prefetched(pipeline, prefetch) if prefetch > 0 else pipeline
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                          prefetch_factor=prefetch, pin_memory=pin_memory,
                          persistent_workers=False)
+
+
+def _prefetched(iterable, depth: int):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead; errors re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def run():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=run, name="clip-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)

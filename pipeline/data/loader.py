@@ -46,7 +46,8 @@ class LoaderConfig:
     mask_grid: tuple = (8, 8)             # MIR: patches per frame (rows, cols)
     io_reverse: str = "same"              # IO: a permutation and its reverse are one class
     pm_positive: str = "video"            # PM: positives from the same "video" or "patient"
-    num_workers: int = 2                  # CPU path: DataLoader workers
+    num_workers: int = 0                  # CPU path: DataLoader worker processes (0: threads)
+    decode_threads: int = 2               # CPU path: threads decoding a batch's clips
     prefetch: int = 2                     # batches prefetched per worker
     loader: str = "auto"                  # "cpu", "dali", or "auto" (DALI when CUDA + DALI)
     dali_threads: int = 4
@@ -102,7 +103,10 @@ class ClipLoader:
         else:
             self.image_size = (size, size)
         self.state = LoaderState()
-        self.reader = ClipReader(self.source, self.table, self.image_size)
+        gh, gw = self.cfg.mask_grid
+        if gh > self.image_size[0] or gw > self.image_size[1] or min(gh, gw) < 1:
+            raise ValueError(f"mask_grid {self.cfg.mask_grid} does not fit {self.image_size} frames")
+        self.reader = ClipReader(self.source, self.table, self.image_size, self.cfg.decode_threads)
         self.faults: list = []
 
     # -- placement ------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ class ClipLoader:
                 raise RuntimeError(f"loader produced step {batch.step}, expected {expected}")
             expected += 1
             batch = batch.to(self.device, non_blocking=True)
-            batch.mir_mask = self.mir_masks(batch)
+            batch.mir_patches = self.mir_patches(batch)
             for shard, key, reason in batch.faults:
                 self.state.faults[reason] += 1
                 self.faults.append((plan.epoch, shard, key, reason))
@@ -154,13 +158,14 @@ class ClipLoader:
         (log.warning if n else log.info)(msg)
         self.state = LoaderState(epoch=plan.epoch + 1, position=0)
 
-    def mir_masks(self, batch) -> torch.Tensor:
-        b, k, _, h, w = batch.frames.shape
+    def mir_patches(self, batch) -> torch.Tensor:
+        """[B, K, gh, gw] MIR patch masks, drawn on the training device from (seed, epoch, clip)."""
+        b, k = batch.frames.shape[:2]
         key = int(batch.position[0]) if b else 0
         seed = int(np.random.SeedSequence([self.seed, batch.epoch, key + 1, 0x4D49]).generate_state(1)[0])
         g = torch.Generator(device=self.device).manual_seed(seed)
-        m = patch_masks(b * k, h, w, self.cfg.mask_grid, self.cfg.mask_ratio, g, self.device)
-        return m.view(b, k, 1, h, w)
+        m = patch_masks(b * k, self.cfg.mask_grid, self.cfg.mask_ratio, g, self.device)
+        return m.view(b, k, *self.cfg.mask_grid)
 
     # -- checkpoint state ------------------------------------------------------------------------
     def state_dict(self) -> dict:

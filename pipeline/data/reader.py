@@ -6,6 +6,8 @@ uses :meth:`ClipReader.fetch` for the bytes and decodes on the GPU.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -32,8 +34,20 @@ def looks_complete(data: bytes) -> bool:
 class ClipReader:
     """Fetches (and on the CPU path decodes) the frames of clips given as index rows."""
 
-    def __init__(self, source: ShardSource, table: VideoTable, image_size: int | None = None):
+    def __init__(self, source: ShardSource, table: VideoTable, image_size: int | None = None,
+                 threads: int = 1):
         self.source, self.table, self.image_size = source, table, image_size
+        self.threads = max(1, threads)
+        self._executor, self._pid = None, None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None or self._pid != os.getpid():   # not shared across a fork
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+            self._pid = os.getpid()
+        return self._executor
+
+    def __getstate__(self):
+        return {**self.__dict__, "_executor": None, "_pid": None}
 
     def fetch(self, rows: np.ndarray) -> tuple[list[bytes] | None, tuple | None]:
         """Encoded bytes of one clip's frames, or (None, (shard, key, reason)) on a fault."""
@@ -69,15 +83,12 @@ class ClipReader:
         """(frames uint8 [B', K, H, W], kept [B] bool, faults): corrupt clips are left out."""
         b, k = clip_rows.shape
         frames = np.empty((b, k, *size), np.uint8)
-        kept = np.ones(b, bool)
-        faults = []
-        n = 0
-        for i in range(b):
-            fault = self.decode(clip_rows[i], frames[n])
-            if fault:
-                kept[i] = False
-                faults.append(fault)
-                log.warning("skipped a corrupt member: shard %s, key %s (%s)", *fault)
-            else:
-                n += 1
-        return frames[:n], kept, faults
+        if self.threads > 1:   # cv2 releases the GIL while decoding
+            results = list(self._pool().map(self.decode, clip_rows, frames))
+        else:
+            results = [self.decode(rows, out) for rows, out in zip(clip_rows, frames)]
+        kept = np.array([r is None for r in results], bool)
+        faults = [r for r in results if r is not None]
+        for fault in faults:
+            log.warning("skipped a corrupt member: shard %s, key %s (%s)", *fault)
+        return (frames if kept.all() else frames[kept]), kept, faults

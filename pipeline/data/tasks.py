@@ -104,19 +104,17 @@ def pm_pairs(rng: np.random.Generator, patient: np.ndarray, video: np.ndarray, k
     return a, b, label
 
 
-def patch_masks(n: int, height: int, width: int, grid: tuple[int, int], ratio: float,
-                generator=None, device=None):
-    """Bool tensor [n, 1, H, W]: True = masked pixel (the reconstruction target).
+def patch_masks(n: int, grid: tuple[int, int], ratio: float, generator=None, device=None):
+    """Bool tensor [n, gh, gw]: True = masked patch; exactly ``round(ratio * gh * gw)`` per frame.
 
-    Exactly ``round(ratio * gh * gw)`` patches per frame. Runs on ``device`` with ``generator``
-    (a torch.Generator on that device), so on a GPU the masks never cross the bus.
+    Runs on ``device`` with ``generator`` (a torch.Generator on that device), so on a GPU the
+    masks never cross the bus. :func:`expand_patches` turns them into pixel masks.
     """
     import torch
-    import torch.nn.functional as F
 
     gh, gw = grid
-    if not (gh >= 1 and gw >= 1 and gh <= height and gw <= width):
-        raise ValueError(f"mask grid {grid} must be between 1x1 and the frame size {height}x{width}")
+    if not (gh >= 1 and gw >= 1):
+        raise ValueError(f"mask grid {grid} must be at least 1x1")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
     n_masked = int(math.floor(ratio * gh * gw + 0.5))
@@ -124,7 +122,17 @@ def patch_masks(n: int, height: int, width: int, grid: tuple[int, int], ratio: f
     idx = scores.argsort(dim=1)[:, :n_masked]
     patches = torch.zeros(n, gh * gw, dtype=torch.bool, device=device)
     patches.scatter_(1, idx, True)
-    patches = patches.view(n, 1, gh, gw)
+    return patches.view(n, gh, gw)
+
+
+def expand_patches(patches, height: int, width: int):
+    """[n, 1, gh, gw] patch mask -> [n, 1, H, W] pixel mask (nearest, exact when H, W divide)."""
+    import torch.nn.functional as F
+
+    n, _, gh, gw = patches.shape
+    if gh > height or gw > width:
+        raise ValueError(f"mask grid {gh}x{gw} is finer than the frame {height}x{width}")
     if height % gh == 0 and width % gw == 0:
-        return patches.repeat_interleave(height // gh, 2).repeat_interleave(width // gw, 3)
+        ph, pw = height // gh, width // gw
+        return patches.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, ph, gw, pw).reshape(n, 1, height, width)
     return F.interpolate(patches.float(), size=(height, width), mode="nearest") > 0.5

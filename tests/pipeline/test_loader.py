@@ -61,10 +61,18 @@ def test_batches_hold_the_indexed_frames_in_order(dataset):
     assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["position"] == 0
 
 
-def test_workers_do_not_change_the_batches(dataset):
-    a = run(ClipLoader(dataset, cfg(num_workers=0), seed=4))
-    b = run(ClipLoader(dataset, cfg(num_workers=2), seed=4))
-    assert a == b
+def test_workers_and_threads_do_not_change_the_batches(dataset):
+    a = run(ClipLoader(dataset, cfg(num_workers=0, decode_threads=1, prefetch=0), seed=4))
+    assert run(ClipLoader(dataset, cfg(num_workers=2), seed=4)) == a
+    assert run(ClipLoader(dataset, cfg(num_workers=0, decode_threads=3, prefetch=2), seed=4)) == a
+
+
+def test_mir_masks_have_the_ratio_and_follow_the_seed(dataset):
+    b = next(iter(ClipLoader(dataset, cfg(mask_grid=(4, 4), mask_ratio=0.5), seed=1)))
+    assert b.mir_patches.shape == (3, 3, 4, 4) and (b.mir_patches.sum(dim=(2, 3)) == 8).all()
+    assert b.mir_mask.shape == b.frames.shape and b.mir_mask.float().mean() == 0.5
+    c = next(iter(ClipLoader(dataset, cfg(mask_grid=(4, 4), mask_ratio=0.5), seed=1)))
+    assert torch.equal(b.mir_patches, c.mir_patches)
 
 
 def test_resume_same_world_size_is_exact(dataset):

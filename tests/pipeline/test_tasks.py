@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.tasks import io_classes, io_labels, patch_masks, pm_pairs
+from pipeline.data.tasks import expand_patches, io_classes, io_labels, patch_masks, pm_pairs
 
 
 @pytest.mark.parametrize("k,reverse,n", [(3, "same", 3), (4, "same", 12), (4, "distinct", 24),
@@ -67,9 +67,11 @@ def test_pm_without_another_patient_gives_no_pairs():
                                            ((7, 7), 0.5, (50, 50))])
 def test_patch_masks_have_the_configured_ratio(grid, ratio, hw):
     g = torch.Generator().manual_seed(0)
-    m = patch_masks(10, *hw, grid, ratio, g)
-    assert m.shape == (10, 1, *hw) and m.dtype == torch.bool
+    p = patch_masks(10, grid, ratio, g)
     n_patches = math.floor(ratio * grid[0] * grid[1] + 0.5)
+    assert p.shape == (10, *grid) and (p.sum(dim=(1, 2)) == n_patches).all()
+    m = expand_patches(p.unsqueeze(1), *hw)
+    assert m.shape == (10, 1, *hw) and m.dtype == torch.bool
     if hw[0] % grid[0] == 0 and hw[1] % grid[1] == 0:
         ph, pw = hw[0] // grid[0], hw[1] // grid[1]
         patches = m.view(10, grid[0], ph, grid[1], pw)
@@ -84,8 +86,10 @@ def test_patch_masks_have_the_configured_ratio(grid, ratio, hw):
 
 
 def test_patch_masks_repeat_for_a_seed_and_check_arguments():
-    a = patch_masks(4, 32, 32, (4, 4), 0.5, torch.Generator().manual_seed(3))
-    b = patch_masks(4, 32, 32, (4, 4), 0.5, torch.Generator().manual_seed(3))
+    a = patch_masks(4, (4, 4), 0.5, torch.Generator().manual_seed(3))
+    b = patch_masks(4, (4, 4), 0.5, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="ratio"):
-        patch_masks(1, 8, 8, (2, 2), 1.5)
+        patch_masks(1, (2, 2), 1.5)
+    with pytest.raises(ValueError, match="finer than the frame"):
+        expand_patches(a[:, None], 2, 2)
