@@ -27,6 +27,7 @@ test: setup
 bench: setup
 	mkdir -p runs
 	$(BIN)/sonostream bench build --json runs/bench_build.json
+	$(BIN)/sonostream bench loader --json runs/bench_loader.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info

@@ -69,9 +69,12 @@ class LoaderConfig:
 
 def resolve_loader(kind: str, device) -> str:
     """'auto' -> 'dali' when the device is CUDA and DALI imports, else 'cpu'."""
+    from .dali import dali_available
+    if kind == "dali" and not dali_available():
+        raise ValueError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
+                         "(or use --loader cpu / auto)")
     if kind != "auto":
         return kind
-    from .dali import dali_available
     return "dali" if torch.device(device).type == "cuda" and dali_available() else "cpu"
 
 

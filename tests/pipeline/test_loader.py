@@ -202,3 +202,11 @@ def test_dali_cpu_graph_gives_the_same_batches(dataset):
         assert a.frames.shape == b.frames.shape and a.frames.dtype == b.frames.dtype
         diff = (a.frames.float() - b.frames.float()).abs()
         assert diff.mean() < 1.0 and diff.max() <= 16        # two JPEG decoders: rounding only
+
+
+def test_loader_command_streams_and_reports(dataset, capsys):
+    from preprocessing.cli import main
+    assert main(["loader", str(dataset), "--loader", "cpu", "--batch-size", "3", "--clip-len", "3",
+                 "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "24 batches" in out and "0 corrupt member(s)" in out and '"epoch": 2' in out
