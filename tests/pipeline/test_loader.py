@@ -129,10 +129,12 @@ def corrupt(dataset, tmp_path):
     return ds, r
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_corrupt_member_is_skipped_counted_and_reported(corrupt, caplog, workers):
+@pytest.mark.parametrize("workers,kind", [(0, "cpu"), (2, "cpu"), (0, "dali")])
+def test_a_corrupt_member_is_skipped_counted_and_reported(corrupt, caplog, workers, kind):
+    if kind == "dali" and not dali_available():
+        pytest.skip("nvidia-dali is not installed")
     ds, r = corrupt
-    loader = ClipLoader(ds, cfg(num_workers=workers), seed=0)   # K=3 clips cover all 9 frames
+    loader = ClipLoader(ds, cfg(num_workers=workers, loader=kind), seed=0)   # K=3 covers all 9 frames
     with caplog.at_level(logging.WARNING, logger="sonostream.loader"):
         batches = list(loader)
     assert len(batches) == len(ClipLoader(ds, cfg(), seed=0))    # training goes on, same steps
