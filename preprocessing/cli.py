@@ -15,6 +15,7 @@ typical use:
   sonostream build --csv data/synth/frames.csv --out data/shards
   sonostream verify data/shards
   sonostream inspect data/shards --contact-sheet sheet.png
+  sonostream import dicom --input scans/ --out data/dicom   # also: import hc18 --root, import video
 
 The frames CSV needs frame_path, patient_id, video_name, frame_id; optional columns are
 mask_path, plane, pixel_size_mm, hc_mm, ellipse_cx/cy/a/b/angle, is_standard_plane; any other
@@ -83,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--contact-sheet", metavar="PNG", help="save a grid of sample frames with mask outlines")
     i.add_argument("--n", type=int, default=16, help="frames on the contact sheet (default 16)")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    from .importers.cli import add_parser as add_import_parser
+    add_import_parser(sub)
 
     lo = sub.add_parser("loader", help="stream clip batches from a dataset and report what came out",
                         description="Run the training loader over a dataset without training: "
@@ -210,6 +214,11 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from .importers.cli import run
+    return run(args)
+
+
 def cmd_loader(args) -> int:
     import time
 
@@ -261,6 +270,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"synth": cmd_synth, "build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect,
+            "import": cmd_import,
             "loader": cmd_loader, "bench": cmd_bench}
 
 if __name__ == "__main__":

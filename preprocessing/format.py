@@ -17,6 +17,7 @@ Sample keys are ``{video_key}/{frame_index:06d}``; tar members are ``{key}.jpg|p
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import Iterable, Sequence
 
@@ -46,6 +47,22 @@ MASK_COLUMN = "mask_path"
 OPTIONAL_COLUMNS = (MASK_COLUMN, *LABEL_COLUMNS)
 PLANES = ("head", "abdomen", "femur")
 ELLIPSE_COLUMNS = ("ellipse_cx", "ellipse_cy", "ellipse_a", "ellipse_b", "ellipse_angle")
+
+def csv_cell(value) -> str:
+    """How a frames CSV writes one value: empty for missing, true/false for booleans, shortest
+    float repr, else str. Every writer of frames CSVs (synth, importers) uses it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def ellipse_perimeter(a: float, b: float) -> float:
+    """Perimeter of an ellipse with semi-axes a, b (Ramanujan's first approximation): the
+    definition of ``hc_mm`` (in mm when a, b are) for every writer and evaluator."""
+    return math.pi * (3 * (a + b) - math.sqrt((3 * a + b) * (a + 3 * b)))
+
 
 # ---------------------------------------------------------------------------------------------
 # Splits

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from preprocessing.format import PLANES
+from preprocessing.format import PLANES, ellipse_perimeter
 
 # Seed tags: the second word of every seed, so that streams for different purposes never collide.
 TAG_PATIENT, TAG_VIDEO, TAG_NOISE, TAG_SHUFFLE = 1, 2, 3, 4
@@ -78,11 +78,6 @@ def hadlock_fl_mm(ga_weeks: float) -> float:
     return _invert(lambda fl: 10.35 + 2.460 * fl + 0.170 * fl**2, ga_weeks, hi=15.0)
 
 
-def ramanujan(a: float, b: float) -> float:
-    """Perimeter of an ellipse with semi-axes a, b (Ramanujan's first approximation)."""
-    return math.pi * (3 * (a + b) - math.sqrt((3 * a + b) * (a + 3 * b)))
-
-
 @dataclass(frozen=True)
 class Patient:
     """One fetus and its mother. Sizes in mm; texture fields are unitless renderer settings."""
@@ -119,7 +114,7 @@ def make_patient(seed: int, index: int) -> Patient:
     spread = np.clip(rng.normal(1.0, [0.03, 0.04, 0.04]), 0.92, 1.08)
     hc = hadlock_hc_mm(ga) * spread[0]
     aspect = u(0.75, 0.85)  # b / a (cephalic index 75-85 %)
-    a = hc / ramanujan(1.0, aspect)
+    a = hc / ellipse_perimeter(1.0, aspect)
     return Patient(
         index=index, patient_id=f"P{index + 1:04d}", ga_weeks=ga, hc_mm=hc,
         head_a_mm=a, head_b_mm=a * aspect, ac_mm=hadlock_ac_mm(ga) * spread[1],
@@ -297,5 +292,5 @@ def frame_labels(frame: Frame, pixel_size_mm: float, standard: bool) -> dict:
         labels.update(ellipse_cx=round(frame.cx, 3), ellipse_cy=round(frame.cy, 3),
                       ellipse_a=a, ellipse_b=b,
                       ellipse_angle=round(frame.angle % math.pi, 5) % math.pi,
-                      hc_mm=round(ramanujan(a * pixel_size_mm, b * pixel_size_mm), 3))
+                      hc_mm=round(ellipse_perimeter(a * pixel_size_mm, b * pixel_size_mm), 3))
     return labels

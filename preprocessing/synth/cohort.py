@@ -20,22 +20,13 @@ import cv2
 from tqdm import tqdm
 
 from preprocessing import atomic
-from preprocessing.format import LABEL_COLUMNS, MASK_COLUMN, REQUIRED_COLUMNS
+from preprocessing.format import LABEL_COLUMNS, MASK_COLUMN, REQUIRED_COLUMNS, csv_cell
 from preprocessing.synth.anatomy import TAG_SHUFFLE, make_patient, plan_video, rng_for
 from preprocessing.synth.render import render_video
 
 CSV_NAME = "frames.csv"
 EXTRA_COLUMNS = ("ga_weeks",)
 COLUMNS = (*REQUIRED_COLUMNS, MASK_COLUMN, *LABEL_COLUMNS, *EXTRA_COLUMNS)
-
-
-def _cell(value) -> str:
-    """CSV text of one value: empty for missing, true/false for booleans, shortest float repr."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def _check(patients, videos_per_patient, frames_per_video, size, seed, workers) -> None:
@@ -73,7 +64,7 @@ def render_patient(out_dir: str, seed: int, index: int, videos: int, frames: int
             values = {"frame_path": frame_path, "patient_id": patient.patient_id,
                       "video_name": video.name, "frame_id": str(f.index), MASK_COLUMN: mask_path,
                       **labels, "ga_weeks": f"{patient.ga_weeks:.1f}"}
-            rows.append([_cell(values[c]) for c in COLUMNS])
+            rows.append([csv_cell(values[c]) for c in COLUMNS])
     return rows
 
 

@@ -1,0 +1,194 @@
+"""What every importer shares: finding inputs, writing frames, masks, frames.csv and rejects.csv.
+
+An import folder holds::
+
+    frames/<video_key>/<frame:06d>.png   8-bit grayscale frame (cropped to the sector if asked)
+    masks/<video_key>/<frame:06d>.png    0/255 head mask, where the source has one
+    frames.csv                           the frames CSV contract (preprocessing.format); last
+    rejects.csv                          source, item, reason: every input that did not make it
+
+Each input file is one transaction (``ImportWriter.item``): it lands whole in frames.csv, or not at
+all and in rejects.csv with a reason that names it. One bad file never stops the import.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from preprocessing import atomic
+from preprocessing import format as fmt
+from preprocessing.imaging import encode
+
+cell = fmt.csv_cell
+
+FRAMES_CSV = "frames.csv"
+REJECTS_CSV = "rejects.csv"
+REJECT_COLUMNS = ("source", "item", "reason")
+CROP_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "crop_method")
+
+
+class ImportProblem(ValueError):
+    """One input cannot be imported; the message says why (it lands in rejects.csv)."""
+
+
+@dataclass
+class ImportResult:
+    out_dir: str
+    csv_path: str
+    inputs: int  # files (or HC18 images) looked at
+    frames: int
+    videos: int
+    patients: int
+    rejects: list[dict] = field(default_factory=list)
+    crop_methods: dict = field(default_factory=dict)  # crop_method -> videos
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.frames / self.seconds if self.seconds else 0.0
+        text = (f"imported {self.frames} frames of {self.videos} videos ({self.patients} patients) "
+                f"from {self.inputs} inputs in {self.seconds:.1f}s ({rate:.0f} frames/s); "
+                f"{len(self.rejects)} rejected")
+        if self.crop_methods:
+            text += "; sector found by " + ", ".join(f"{m}: {n}" for m, n in
+                                                      sorted(self.crop_methods.items()))
+        return text + f"\nframes CSV: {self.csv_path}"
+
+
+def find_inputs(paths: list[str], wanted) -> tuple[list[str], list[str]]:
+    """(files, missing): files given directly, plus files under given folders for which
+    ``wanted(path)`` is true (searched recursively, sorted); paths that do not exist."""
+    files, missing = [], []
+    for p in paths:
+        if os.path.isfile(p):
+            files.append(p)
+        elif os.path.isdir(p):
+            for root, dirs, names in os.walk(p):
+                dirs.sort()
+                files += [os.path.join(root, n) for n in sorted(names)
+                          if not n.startswith(".") and wanted(os.path.join(root, n))]
+        else:
+            missing.append(p)
+    return list(dict.fromkeys(files)), missing
+
+
+def path_hash(path: str) -> str:
+    return hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
+
+
+def crop_columns(sector) -> dict:
+    x0, y0, x1, y1 = sector.box
+    return dict(zip(CROP_COLUMNS, (x0, y0, x1, y1, sector.method)))
+
+
+class ImportWriter:
+    """Writes frames and masks as PNGs, collects CSV rows, and publishes both CSVs at the end."""
+
+    def __init__(self, out_dir: str, source: str, overwrite: bool = False):
+        self.out = Path(out_dir)
+        self.source = source
+        self.rows: list[dict] = []
+        self.rejects: list[dict] = []
+        self.inputs = 0
+        self.videos: dict[tuple[str, str], str] = {}  # (patient, video) -> item that made it
+        self._pending: list[dict] | None = None
+        self._written: list[Path] = []
+        self._t0 = time.perf_counter()
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a folder")
+        leftovers = [n for n in (FRAMES_CSV, "frames", "masks") if (self.out / n).exists()]
+        if leftovers and not overwrite:
+            raise ValueError(f"{self.out} already holds {', '.join(leftovers)} (an earlier import?); "
+                             "pass --overwrite to replace them or choose another --out")
+        for name in (FRAMES_CSV, REJECTS_CSV):
+            (self.out / name).unlink(missing_ok=True)
+        for name in ("frames", "masks"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def reject(self, item: str, reason: str) -> None:
+        self.rejects.append({"source": self.source, "item": str(item), "reason": reason})
+
+    @contextlib.contextmanager
+    def item(self, name: str):
+        """One input: its rows are kept if the block finishes, else it is rejected with the error."""
+        self.inputs += 1
+        self._pending, self._written = [], []
+        try:
+            yield
+        except ImportProblem as e:
+            self._discard(name, str(e))
+        except Exception as e:  # a broken file must not stop the import
+            self._discard(name, f"unexpected error ({type(e).__name__}: {e})")
+        else:
+            self.rows += self._pending
+        finally:
+            self._pending = None
+
+    def _discard(self, name: str, reason: str) -> None:
+        for path in self._written:
+            path.unlink(missing_ok=True)
+        for key in [k for k, v in self.videos.items() if v == name]:
+            del self.videos[key]
+        self.reject(name, reason if name in reason else f"{name}: {reason}")
+
+    def start_video(self, patient_id: str, video_name: str, item: str) -> str:
+        """Claims (patient, video) for ``item``; a second claim is an ImportProblem."""
+        key = (patient_id, video_name)
+        if key in self.videos:
+            raise ImportProblem(f"{item}: patient {patient_id!r} video {video_name!r} was already "
+                                f"imported from {self.videos[key]} (a copy of the same recording?)")
+        self.videos[key] = item
+        return fmt.video_key(patient_id, video_name)
+
+    def add_frame(self, patient_id: str, video_name: str, frame_id: int, image: np.ndarray,
+                  mask: np.ndarray | None = None, **columns) -> None:
+        """Write ``image`` ((H, W) uint8) and its optional 0/255 mask; queue the CSV row."""
+        if self._pending is None:
+            raise RuntimeError("add_frame outside ImportWriter.item()")
+        rel = f"{fmt.video_key(patient_id, video_name)}/{frame_id:06d}.png"
+        row = {"frame_path": f"frames/{rel}", "patient_id": patient_id, "video_name": video_name,
+               "frame_id": str(frame_id)}
+        self._write(row["frame_path"], image)
+        if mask is not None:
+            row[fmt.MASK_COLUMN] = f"masks/{rel}"
+            self._write(row[fmt.MASK_COLUMN], mask)
+        row.update(columns)
+        self._pending.append(row)
+
+    def _write(self, rel: str, image: np.ndarray) -> None:
+        path = self.out / rel
+        atomic.write_bytes(path, encode(image, "png"))
+        self._written.append(path)
+
+    def finish(self) -> ImportResult:
+        """Write rejects.csv, then frames.csv (last: a folder with frames.csv is complete)."""
+        atomic.write_text(self.out / REJECTS_CSV, _csv_text(REJECT_COLUMNS, self.rejects))
+        first = [*fmt.REQUIRED_COLUMNS, fmt.MASK_COLUMN, *fmt.LABEL_COLUMNS]
+        seen = list(dict.fromkeys(k for row in self.rows for k in row))
+        columns = [c for c in first if c in seen or c in fmt.REQUIRED_COLUMNS]
+        columns += [c for c in seen if c not in first]
+        csv_path = self.out / FRAMES_CSV
+        atomic.write_text(csv_path, _csv_text(columns, self.rows))
+        videos = {(r["patient_id"], r["video_name"]): r.get("crop_method") for r in self.rows}
+        methods = Counter(m for m in videos.values() if m)
+        return ImportResult(str(self.out), str(csv_path), self.inputs, len(self.rows), len(videos),
+                            len({r["patient_id"] for r in self.rows}), self.rejects,
+                            dict(methods), time.perf_counter() - self._t0)
+
+
+def _csv_text(columns, rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([cell(row.get(c)) for c in columns] for row in rows)
+    return buf.getvalue()
