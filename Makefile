@@ -14,12 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The main job on the built-in synthetic cohort: synth -> build -> verify -> inspect.
+# The main job on the built-in synthetic cohort: synth -> build -> verify -> inspect -> stream.
 demo: setup
 	$(BIN)/sonostream synth --out $(DEMO)/cohort --preview $(DEMO)/synth_preview.png
 	$(BIN)/sonostream build --csv $(DEMO)/cohort/frames.csv --out $(DEMO)/shards
 	$(BIN)/sonostream verify $(DEMO)/shards
 	$(BIN)/sonostream inspect $(DEMO)/shards --contact-sheet $(DEMO)/contact_sheet.png
+	$(BIN)/sonostream loader $(DEMO)/shards --loader auto --batch-size 16 --clip-len 4 --epochs 2
 
 test: setup
 	$(BIN)/python -m pytest -q
