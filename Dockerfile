@@ -14,7 +14,9 @@ COPY pyproject.toml README.md LICENSE ./
 COPY preprocessing ./preprocessing
 COPY pipeline ./pipeline
 COPY launch ./launch
-RUN python -m pip install "accelerate==1.15.0" . \
+# DALI for the GPU loader (--loader auto picks it when CUDA is present); cuda120 wheels match
+# the CUDA 12.8 base (the dev extras' cuda130 wheel is for this repo's CUDA 13 torch).
+RUN python -m pip install "accelerate==1.15.0" "nvidia-dali-cuda120==2.4.0" . \
  && chmod +x launch/entrypoint.sh
 
 ENTRYPOINT ["/opt/sonostream/launch/entrypoint.sh"]
