@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     lo.add_argument("--max-steps", type=int, help="stop after this many batches")
     lo.add_argument("--seed", type=int, default=0, help="placement seed (default 0)")
     lo.add_argument("--cache-dir", help="where remote shards are cached (default ~/.cache/sonostream)")
+    lo.add_argument("--cache-limit-gb", type=float, help="evict least recently used cached shards "
+                    "beyond this size (default: no limit)")
     lo.add_argument("--shard-url", help="shard URL template with {shard}, e.g. 'pipe:aws s3 cp s3://b/ds/shards/{shard} -'")
 
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
@@ -230,7 +232,7 @@ def cmd_loader(args) -> int:
                        decode_threads=args.threads, loader=args.loader)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = ClipLoader(args.data, cfg, seed=args.seed, device=device, cache_dir=args.cache_dir,
-                        shard_url=args.shard_url)
+                        shard_url=args.shard_url, cache_limit_gb=args.cache_limit_gb)
     print(json.dumps(loader.describe()))
     steps = frames = 0
     t0 = time.perf_counter()

@@ -87,14 +87,16 @@ class LoaderState:
 
 class ClipLoader:
     def __init__(self, data, cfg: LoaderConfig | None = None, *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, device="cpu", cache_dir=None, shard_url=None):
+                 world_size: int = 1, device="cpu", cache_dir=None, shard_url=None,
+                 cache_limit_gb: float | None = None):
         self.cfg = cfg or LoaderConfig()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)
         self.kind = resolve_loader(self.cfg.loader, self.device)
-        self.source = ShardSource(data, cache_dir=cache_dir, shard_url=shard_url)
+        self.source = ShardSource(data, cache_dir=cache_dir, shard_url=shard_url,
+                                  cache_limit_gb=cache_limit_gb)
         self.table = video_table(self.source.index, self.cfg.splits)
         size = self.cfg.image_size or int(self.source.manifest.get("image_size") or 0)
         if not size:  # shards kept source sizes: all frames must agree

@@ -9,7 +9,10 @@ opened with ``webdataset.gopen``).
 Remote shards are downloaded whole into the cache on first use (size and sha256 checked
 against the manifest, written to a temp file and renamed, one download per node even with
 several workers: a lock file serialises them), then read like local ones: each member is one
-``pread`` at the byte offset the index gives, so no tar is parsed on the hot path.
+``pread`` at the byte offset the index gives, so no tar is parsed on the hot path. With
+``cache_limit_gb`` the least recently used shards are deleted after a download once the cache
+is larger (a shard still open keeps working: POSIX keeps unlinked open files; a later read of
+an evicted shard downloads it again).
 """
 from __future__ import annotations
 
@@ -58,8 +61,9 @@ class ShardSource:
     """Index, manifest and member bytes of one dataset, local or remote."""
 
     def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                 shard_url: str | None = None):
+                 shard_url: str | None = None, cache_limit_gb: float | None = None):
         self.root = str(root)
+        self.cache_limit = None if cache_limit_gb is None else int(cache_limit_gb * 2**30)
         self.remote = is_url(self.root) or shard_url is not None
         self.shard_url = shard_url
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
@@ -93,7 +97,32 @@ class ShardSource:
         dest = self.cache_dir / shard
         if not dest.exists():
             self._download(shard, dest)
+            if self.cache_limit is not None:
+                self._evict(keep=dest)
+        else:
+            os.utime(dest)  # recently used
         return dest
+
+    def _evict(self, keep: Path) -> None:
+        """Delete least recently used cached shards until the cache fits its limit."""
+        shards = []
+        for p in self.cache_dir.glob("*.tar"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # another worker evicted it
+                continue
+            shards.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in shards)
+        for _, size, p in sorted(shards):
+            if total <= self.cache_limit:
+                break
+            if p == keep:
+                continue
+            try:
+                p.unlink()
+                total -= size
+            except FileNotFoundError:
+                pass
 
     def _download(self, shard: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -174,6 +174,16 @@ def test_http_shards_give_the_same_batches(dataset, http_root, tmp_path):
         sorted(p.name for p in (dataset / "shards").glob("*.tar"))
 
 
+def test_a_small_cache_evicts_old_shards_and_still_gives_the_same_batches(dataset, http_root, tmp_path):
+    local = run(ClipLoader(dataset, cfg(), seed=3))
+    shard_bytes = max(p.stat().st_size for p in (dataset / "shards").glob("*.tar"))
+    limit = 3 * shard_bytes / 2**30
+    remote = ClipLoader(http_root, cfg(), seed=3, cache_dir=tmp_path / "c", cache_limit_gb=limit)
+    assert run(remote) == local
+    cached = list((tmp_path / "c").glob("*.tar"))
+    assert 1 <= len(cached) <= 3 and sum(p.stat().st_size for p in cached) <= 3 * shard_bytes
+
+
 def test_pipe_shard_urls(dataset, tmp_path):
     local = run(ClipLoader(dataset, cfg(), seed=5))
     piped = ClipLoader(dataset, cfg(), seed=5, cache_dir=tmp_path / "c",
