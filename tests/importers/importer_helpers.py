@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 
@@ -136,3 +137,13 @@ def make_hc18(root: Path, shape=(270, 400), test_images=2) -> Path:
             cv2.imwrite(str(test / name), np.where(fan, rng.integers(20, 90, shape), 0).astype(np.uint8))
             w.writerow([name, "0.1"])
     return root
+
+
+def read_rows(out) -> "pd.DataFrame":
+    """OUT/frames.csv as text, empty cells kept as ''."""
+    return pd.read_csv(Path(out) / "frames.csv", dtype=str, keep_default_na=False)
+
+
+def read_rejects(out) -> list[dict]:
+    with open(Path(out) / "rejects.csv", newline="") as f:
+        return list(csv.DictReader(f))

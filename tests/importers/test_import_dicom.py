@@ -1,27 +1,18 @@
 """`import dicom` on the real scanner files in pydicom-data and on generated bad input."""
-import csv
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, HTJ2KLossless, generate_uid
 
-from importer_helpers import dicom_file
+from importer_helpers import dicom_file, read_rejects, read_rows
 from preprocessing.importers.dicom import import_dicom, looks_like_dicom
 
 
-def _rows(out):
-    return pd.read_csv(Path(out) / "frames.csv", dtype=str, keep_default_na=False)
-
-
-def _rejects(out):
-    with open(Path(out) / "rejects.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _img(out, rel):
@@ -47,7 +38,7 @@ def test_philips_palette_single_and_rle_two_frame(tmp_path):
     single, rle2 = dicom_file("OBXXXX1A.dcm"), dicom_file("OBXXXX1A_rle_2frame.dcm")
     r = import_dicom([single], tmp_path / "a", crop_sector=False, progress=False)
     assert (r.frames, r.videos, r.rejects) == (1, 1, [])
-    row = _rows(tmp_path / "a").iloc[0]
+    row = read_rows(tmp_path / "a").iloc[0]
     assert row.patient_id == "11-05-25-142825" and row.frame_id == "0"
     assert row.video_name == "1.3.46.670589.14.1000.210.2.199999.20110525185628.1.0"
     assert row.manufacturer == "Philips Medical Systems"
@@ -57,7 +48,7 @@ def test_philips_palette_single_and_rle_two_frame(tmp_path):
     assert "crop_x0" not in row  # --no-crop-sector: nothing cropped, nothing recorded
     # The RLE 2-frame file: one video, frames in order; frame 0 is the same image as above.
     r2 = import_dicom([rle2], tmp_path / "b", crop_sector=False, progress=False)
-    rows = _rows(tmp_path / "b")
+    rows = read_rows(tmp_path / "b")
     assert (r2.frames, r2.videos) == (2, 1) and rows.frame_id.tolist() == ["0", "1"]
     assert np.array_equal(_img(tmp_path / "b", rows.frame_path[0]), img)
     assert not np.array_equal(_img(tmp_path / "b", rows.frame_path[1]), img)
@@ -67,7 +58,7 @@ def test_copies_of_one_image_are_rejected_by_sop_instance_uid(tmp_path):
     files = [dicom_file(n) for n in ("OBXXXX1A.dcm", "OBXXXX1A_rle.dcm")]
     r = import_dicom(files, tmp_path / "o", progress=False)
     assert r.frames == 1
-    (rej,) = _rejects(tmp_path / "o")
+    (rej,) = read_rejects(tmp_path / "o")
     assert rej["item"] == files[1] and "already imported from" in rej["reason"]
     assert files[0] in rej["reason"]
 
@@ -77,7 +68,7 @@ def test_ge_rgb_aloka_16bit_palette_and_sonosite_cine(tmp_path):
                                      "examples_ybr_color.dcm")]
     r = import_dicom(files, tmp_path / "o", progress=False)
     assert r.rejects == [] and (r.videos, r.frames) == (3, 1 + 1 + 30)
-    rows = _rows(tmp_path / "o")
+    rows = read_rows(tmp_path / "o")
     by_file = {f: rows[rows.source_file == f] for f in files}
     ge, aloka, cine = (by_file[f] for f in files)
     assert ge.manufacturer.iloc[0] == "G.E. Medical Systems" and ge.pixel_size_mm.iloc[0] == ""
@@ -101,7 +92,7 @@ def test_16bit_monochrome_loop_without_window_uses_the_file_range(tmp_path):
     arr[2, :, :] = 2000
     write_dicom(tmp_path / "m.dcm", arr, bits_stored=12, PatientID="P1")
     r = import_dicom([str(tmp_path / "m.dcm")], tmp_path / "o", crop_sector=False, progress=False)
-    rows = _rows(tmp_path / "o")
+    rows = read_rows(tmp_path / "o")
     assert r.frames == 3 and rows.patient_id.tolist() == ["P1"] * 3
     means = [_img(tmp_path / "o", p).astype(float) for p in rows.frame_path]
     assert means[0].max() == 85 and means[1].max() == 255 and means[1].min() == 0  # 0..3000
@@ -113,7 +104,7 @@ def test_monochrome1_is_inverted_and_missing_patient_id_hashes_the_path(tmp_path
     write_dicom(tmp_path / "inv", arr, photometric="MONOCHROME1")  # no extension, DICM marker
     assert looks_like_dicom(str(tmp_path / "inv"))
     r = import_dicom([str(tmp_path)], tmp_path / "o", crop_sector=False, progress=False)
-    rows = _rows(tmp_path / "o")
+    rows = read_rows(tmp_path / "o")
     assert r.frames == 1 and rows.patient_id[0].startswith("anon-")
     assert _img(tmp_path / "o", rows.frame_path[0]).max() == 55
 
@@ -136,8 +127,8 @@ def test_bad_files_are_rejected_by_name_and_the_rest_goes_on(tmp_path):
     ds.save_as(src / "ht.dcm", enforce_file_format=True)
     good = dicom_file("OBXXXX1A_rle.dcm")
     r = import_dicom([str(src), good, str(tmp_path / "gone.dcm")], tmp_path / "o", progress=False)
-    assert r.frames == 1 and _rows(tmp_path / "o").source_file.tolist() == [good]
-    reasons = {Path(x["item"]).name: x["reason"] for x in _rejects(tmp_path / "o")}
+    assert r.frames == 1 and read_rows(tmp_path / "o").source_file.tolist() == [good]
+    reasons = {Path(x["item"]).name: x["reason"] for x in read_rejects(tmp_path / "o")}
     assert set(reasons) == {"notes.dcm", "empty.dcm", "report.dcm", "ht.dcm", "gone.dcm"}
     for name, reason in reasons.items():
         assert name in reason  # every message names its file
@@ -172,7 +163,7 @@ def test_colour_conversion_matches_an_independent_decode(tmp_path, name):
     if rgb.max() > 255:
         rgb = rgb / 256.0
     expected = rgb @ np.array([0.299, 0.587, 0.114])
-    rows = _rows(tmp_path / "o")
+    rows = read_rows(tmp_path / "o")
     assert len(rows) == len(expected)
     for rel, exp in zip(rows.frame_path, expected):
         assert np.abs(_img(tmp_path / "o", rel) - exp).max() <= 1.5

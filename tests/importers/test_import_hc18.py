@@ -1,26 +1,17 @@
 """`import hc18` on a generated HC18-layout folder whose ellipses are known."""
-import csv
 import math
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
-from importer_helpers import HC18_ELLIPSES, ellipse_mask, make_hc18, ramanujan
+from importer_helpers import HC18_ELLIPSES, ellipse_mask, make_hc18, ramanujan, read_rejects, read_rows
 from preprocessing.importers.hc18 import fill_outline, fit_ellipse, import_hc18
 
 SHAPE = (270, 400)
 
 
-def _rows(out):
-    return pd.read_csv(Path(out) / "frames.csv", dtype=str, keep_default_na=False)
-
-
-def _rejects(out):
-    with open(Path(out) / "rejects.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _angle_diff(a, b):
@@ -32,7 +23,7 @@ def test_masks_ellipses_and_hc_are_recovered(tmp_path, crop):
     root = make_hc18(tmp_path / "hc18", SHAPE)
     r = import_hc18(str(root), tmp_path / "out", crop_sector=crop, progress=False)
     assert r.rejects == [] and (r.frames, r.patients) == (6, 5)
-    rows = _rows(tmp_path / "out")
+    rows = read_rows(tmp_path / "out")
     train = rows[rows.hc18_set == "training_set"]
     assert len(train) == 4
     for _, row in train.iterrows():
@@ -86,14 +77,14 @@ def test_bad_input_is_rejected_by_name(tmp_path):
     with open(root / "training_set_pixel_size_and_HC.csv", "a") as f:
         f.write("004_HC.png,0.1,100\n099_HC.png,0.1,100\n")  # 099: listed, no image
     r = import_hc18(str(root), tmp_path / "out", progress=False)
-    reasons = {Path(x["item"]).name: x["reason"] for x in _rejects(tmp_path / "out")}
+    reasons = {Path(x["item"]).name: x["reason"] for x in read_rejects(tmp_path / "out")}
     assert set(reasons) == {"001_HC.png", "003_HC.png", "004_HC.png", "099_HC.png"}
     for name, reason in reasons.items():
         assert name in reason
     assert "no annotation 001_HC_Annotation.png" in reasons["001_HC.png"]
     assert "missing from training_set_pixel_size_and_HC.csv" in reasons["003_HC.png"]
     assert "no such image" in reasons["099_HC.png"]
-    rows = _rows(tmp_path / "out")
+    rows = read_rows(tmp_path / "out")
     assert r.frames == 5 and "001_HC" not in rows[rows.hc18_set == "training_set"].video_name.tolist()
 
 

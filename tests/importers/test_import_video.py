@@ -1,23 +1,14 @@
 """`import video` on small videos written in the test (moving fan, static overlay text)."""
-import csv
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
-from importer_helpers import fan_loop, write_empty_video, write_video
+from importer_helpers import fan_loop, write_empty_video, write_video, read_rejects, read_rows
 from preprocessing.importers.video import import_video
 
 
-def _rows(out):
-    return pd.read_csv(Path(out) / "frames.csv", dtype=str, keep_default_na=False)
-
-
-def _rejects(out):
-    with open(Path(out) / "rejects.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _box(mask):
@@ -35,7 +26,7 @@ def test_mp4_is_cropped_to_the_moving_fan(tmp_path, loop):
     path = write_video(tmp_path / "scan.mp4", frames, fps=10)
     r = import_video([str(path)], tmp_path / "out", stride=3, progress=False)
     assert r.rejects == [] and (r.videos, r.frames) == (1, 4)
-    rows = _rows(tmp_path / "out")
+    rows = read_rows(tmp_path / "out")
     assert rows.frame_id.tolist() == ["0", "3", "6", "9"]
     assert rows.time_s.astype(float).tolist() == pytest.approx([0.0, 0.3, 0.6, 0.9])
     assert set(rows.frame_time_ms) == {"300.0"} and set(rows.patient_id) == {"scan"}
@@ -59,7 +50,7 @@ def test_no_crop_avi_and_patient_from_folder(tmp_path, loop):
         write_video(tmp_path / "in" / patient / "loop.avi", frames[:5], codec="mpeg4")
     r = import_video([str(tmp_path / "in")], tmp_path / "out", crop_sector=False,
                      patient_from="folder", progress=False)
-    rows = _rows(tmp_path / "out")
+    rows = read_rows(tmp_path / "out")
     assert (r.videos, r.frames, r.patients) == (2, 10, 2)
     assert sorted(set(rows.patient_id)) == ["p1", "p2"] and set(rows.video_name) == {"loop"}
     assert "crop_x0" not in rows.columns
@@ -67,7 +58,7 @@ def test_no_crop_avi_and_patient_from_folder(tmp_path, loop):
     assert img.shape == (120, 160)
     # Per file, the same stems clash: the second is rejected, naming the first.
     r = import_video([str(tmp_path / "in")], tmp_path / "out2", progress=False)
-    (rej,) = _rejects(tmp_path / "out2")
+    (rej,) = read_rejects(tmp_path / "out2")
     assert r.videos == 1 and "already imported from" in rej["reason"]
 
 
@@ -81,12 +72,12 @@ def test_unreadable_and_empty_videos_are_rejected(tmp_path, loop):
     write_empty_video(src / "noframes.avi")
     good = write_video(src / "good.mp4", frames[:4])
     r = import_video([str(src)], tmp_path / "out", progress=False)
-    reasons = {Path(x["item"]).name: x["reason"] for x in _rejects(tmp_path / "out")}
+    reasons = {Path(x["item"]).name: x["reason"] for x in read_rejects(tmp_path / "out")}
     assert set(reasons) == {"zero.mp4", "junk.mov", "noframes.avi"}
     assert all(name in reason for name, reason in reasons.items())
     assert "not a readable video" in reasons["zero.mp4"] and "not a readable" in reasons["junk.mov"]
     assert "holds no frame" in reasons["noframes.avi"]
-    assert r.frames == 4 and set(_rows(tmp_path / "out").source_file) == {str(good)}
+    assert r.frames == 4 and set(read_rows(tmp_path / "out").source_file) == {str(good)}
 
 
 def test_usage_errors(tmp_path):
