@@ -16,6 +16,7 @@ typical use:
   sonostream verify data/shards
   sonostream inspect data/shards --contact-sheet sheet.png
   sonostream import dicom --input scans/ --out data/dicom   # also: import hc18 --root, import video
+  sonostream loader data/shards --loader auto       # stream clip batches, report frames/s + faults
 
 The frames CSV needs frame_path, patient_id, video_name, frame_id; optional columns are
 mask_path, plane, pixel_size_mm, hc_mm, ellipse_cx/cy/a/b/angle, is_standard_plane; any other

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class ShardSource:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
+        self._lock = threading.Lock()   # decode threads open shards concurrently
         self.index, self.manifest = self._load()
         self._shard_info = {s["name"]: s for s in self.manifest.get("shards", [])}
 
@@ -152,14 +154,18 @@ class ShardSource:
 
     def read(self, shard: str, offset: int, size: int) -> bytes:
         if os.getpid() != self._pid:  # forked into a worker: descriptors are not ours to share
-            self._fds, self._pid = {}, os.getpid()
+            self._fds, self._pid, self._lock = {}, os.getpid(), threading.Lock()
         fd = self._fds.get(shard)
         if fd is None:
-            path = self.path_of(shard)
-            try:
-                fd = self._fds[shard] = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise DatasetError(f"{path}: shard is missing; re-copy the dataset or rebuild it") from None
+            with self._lock:
+                fd = self._fds.get(shard)
+                if fd is None:
+                    path = self.path_of(shard)
+                    try:
+                        fd = self._fds[shard] = os.open(path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        raise DatasetError(f"{path}: shard is missing; re-copy the dataset or "
+                                           "rebuild it") from None
         data = os.pread(fd, size, offset)
         if len(data) != size:
             raise EOFError(f"{size} bytes at {offset} run past the end of {shard}")
@@ -173,4 +179,8 @@ class ShardSource:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_fds"] = {}
+        state["_lock"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
