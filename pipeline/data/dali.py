@@ -54,9 +54,7 @@ class _EncodedSteps:
                 if fault is None:
                     bad = [j for j, d in enumerate(datas) if not looks_complete(d)]
                     if bad:
-                        t = self.reader.table
-                        row = clip[bad[0]]
-                        fault = (t.shards[t.shard_id[row]], str(t.keys[row]), "image does not decode")
+                        fault = self.reader.fault(clip[bad[0]], "image does not decode")
                 if fault:
                     kept[i] = False
                     faults.append(fault)

@@ -14,8 +14,7 @@ Another world size or batch size: the same global order continues from ``positio
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -82,7 +81,6 @@ def resolve_loader(kind: str, device) -> str:
 class LoaderState:
     epoch: int = 0
     position: int = 0
-    faults: Counter = field(default_factory=Counter)
 
 
 class ClipLoader:
@@ -111,7 +109,7 @@ class ClipLoader:
         gh, gw = self.cfg.mask_grid
         if gh > self.image_size[0] or gw > self.image_size[1] or min(gh, gw) < 1:
             raise ValueError(f"mask_grid {self.cfg.mask_grid} does not fit {self.image_size} frames")
-        self.reader = ClipReader(self.source, self.table, self.image_size, self.cfg.decode_threads)
+        self.reader = ClipReader(self.source, self.table, self.cfg.decode_threads)
         self.faults: list = []
 
     # -- placement ------------------------------------------------------------------------------
@@ -149,15 +147,13 @@ class ClipLoader:
             expected += 1
             batch = batch.to(self.device, non_blocking=True)
             batch.mir_patches = self.mir_patches(batch)
-            for shard, key, reason in batch.faults:
-                self.state.faults[reason] += 1
-                self.faults.append((plan.epoch, shard, key, reason))
+            self.faults.extend((plan.epoch, *f) for f in batch.faults)
             self.state.position = start + expected * G
             yield batch
-        n = sum(self.state.faults.values())
+        listed = [f"{s}:{k} ({r})" for e, s, k, r in self.faults if e == plan.epoch]
+        n = len(listed)
         msg = f"epoch {plan.epoch}: {expected} steps on rank {self.rank}"
         if n:
-            listed = [f"{s}:{k} ({r})" for e, s, k, r in self.faults if e == plan.epoch]
             msg += f"; {n} corrupt member(s) skipped: " + ", ".join(listed[:10]) + (
                 f" and {len(listed) - 10} more" if len(listed) > 10 else "")
         (log.warning if n else log.info)(msg)
@@ -195,9 +191,10 @@ class ClipLoader:
         self.state = LoaderState(epoch=int(state["epoch"]), position=int(state["position"]))
 
     def describe(self) -> dict:
+        clips = self.clips_per_epoch()
         return {"loader": self.kind, "videos": self.table.num_videos, "frames": self.table.num_frames,
-                "clips_per_epoch": self.clips_per_epoch(), "steps_per_epoch": steps_per_epoch(
-                    self.clips_per_epoch(), self.cfg.batch_size, self.world_size),
+                "clips_per_epoch": clips,
+                "steps_per_epoch": steps_per_epoch(clips, self.cfg.batch_size, self.world_size),
                 "image_size": list(self.image_size), **{k: v for k, v in asdict(self.cfg).items()
                                                         if k in ("batch_size", "clip_len", "stride")}}
 

@@ -1,7 +1,7 @@
 """Reading and decoding the frames of a batch of clips; skipping corrupt members.
 
-Shared by both loader paths: the CPU path decodes here (in DataLoader workers), the DALI path
-uses :meth:`ClipReader.fetch` for the bytes and decodes on the GPU.
+Shared by both loader paths: the CPU path decodes here (in decode threads or DataLoader
+workers), the DALI path uses :meth:`ClipReader.fetch` for the bytes and decodes on the GPU.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ _PNG_SIG, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 def looks_complete(data: bytes) -> bool:
     """Cheap check that an encoded frame is a whole JPEG or PNG (for decoders that abort)."""
     if data[:2] == _JPEG_SOI:
-        return data.rstrip(b"\x00")[-2:] == _JPEG_EOI
+        return data[-64:].rstrip(b"\x00")[-2:] == _JPEG_EOI
     if data[:8] == _PNG_SIG:
         return data[-8:] == _PNG_END
     return False
@@ -34,9 +34,8 @@ def looks_complete(data: bytes) -> bool:
 class ClipReader:
     """Fetches (and on the CPU path decodes) the frames of clips given as index rows."""
 
-    def __init__(self, source: ShardSource, table: VideoTable, image_size: int | None = None,
-                 threads: int = 1):
-        self.source, self.table, self.image_size = source, table, image_size
+    def __init__(self, source: ShardSource, table: VideoTable, threads: int = 1):
+        self.source, self.table = source, table
         self.threads = max(1, threads)
         self._executor, self._pid = None, None
 
@@ -48,6 +47,11 @@ class ClipReader:
 
     def __getstate__(self):
         return {**self.__dict__, "_executor": None, "_pid": None}
+
+    def fault(self, row: int, reason: str) -> tuple[str, str, str]:
+        """(shard, key, reason) of a bad member, as logged and reported."""
+        t = self.table
+        return t.shards[t.shard_id[row]], str(t.keys[row]), reason
 
     def fetch(self, rows: np.ndarray) -> tuple[list[bytes] | None, tuple | None]:
         """Encoded bytes of one clip's frames, or (None, (shard, key, reason)) on a fault."""
@@ -62,7 +66,7 @@ class ClipReader:
             return [self.source.read(t.shards[i], int(o), int(s))
                     for i, o, s in zip(shard_ids.tolist(), off.tolist(), size.tolist())], None
         except EOFError as e:
-            return None, (t.shards[shard_ids[0]], str(t.keys[rows[0]]), str(e))
+            return None, self.fault(rows[0], str(e))
 
     def decode(self, rows: np.ndarray, out: np.ndarray):
         """Decode one clip into ``out`` [K, H, W]; returns None or a fault (shard, key, reason)."""
@@ -72,8 +76,7 @@ class ClipReader:
         for j, (row, data) in enumerate(zip(rows.tolist(), datas)):
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
             if img is None or img.ndim != 2:
-                return (self.table.shards[self.table.shard_id[row]], str(self.table.keys[row]),
-                        "image does not decode")
+                return self.fault(row, "image does not decode")
             if img.shape != out.shape[1:]:
                 img = cv2.resize(img, (out.shape[2], out.shape[1]), interpolation=cv2.INTER_AREA)
             out[j] = img

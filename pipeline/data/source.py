@@ -171,11 +171,6 @@ class ShardSource:
             raise EOFError(f"{size} bytes at {offset} run past the end of {shard}")
         return data
 
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {}
-
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_fds"] = {}
