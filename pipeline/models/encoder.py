@@ -1,0 +1,85 @@
+"""The image encoder: a torchvision ResNet with a 1-channel stem, randomly initialised.
+
+No weights are downloaded (ultrasound is not ImageNet, and clusters are often offline). The
+module *is* a torchvision ``ResNet`` minus ``avgpool``/``fc``, so its state dict uses the
+torchvision names (``conv1.weight``, ``layer1.0.conv1.weight``, ...) that
+segmentation-models-pytorch's ResNet encoders also use: ``encoder.pt`` loads into either.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+# name -> (block, blocks per stage). "tiny" (a ResNet-10: one block per stage) is the debug size.
+ARCHS = {
+    "tiny": (BasicBlock, [1, 1, 1, 1]),
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+}
+FORMAT = "sonostream-encoder/1"
+
+
+@dataclass
+class EncoderConfig:
+    arch: str = "resnet18"      # tiny | resnet18 | resnet34 | resnet50
+    in_chans: int = 1           # grayscale B-mode
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.in_chans < 1:
+            raise ValueError(f"model.in_chans must be >= 1, got {self.in_chans}")
+
+
+class ResNetEncoder(ResNet):
+    """imgs (N, in_chans, H, W) -> feature map (N, out_dim, H/32, W/32)."""
+
+    def __init__(self, arch: str = "resnet18", in_chans: int = 1):
+        EncoderConfig(arch, in_chans)  # validates
+        block, layers = ARCHS[arch]
+        super().__init__(block, layers)
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        del self.fc, self.avgpool
+        self.arch, self.in_chans = arch, in_chans
+        self.out_dim = feature_dim(arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def export_encoder(state_dict: dict, arch: str, in_chans: int, path, **meta) -> None:
+    """Write ``encoder.pt``: plain dict of str/int/float and tensors, so ``weights_only=True`` loads it."""
+    from preprocessing.atomic import atomic_open
+    blob = {"format": FORMAT, "arch": arch, "in_chans": in_chans, "out_dim": feature_dim(arch),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()}, **meta}
+    with atomic_open(path, "wb") as f:
+        torch.save(blob, f)
+
+
+def feature_dim(arch: str) -> int:
+    """Channels of the encoder's last feature map."""
+    return 512 * ARCHS[arch][0].expansion
+
+
+def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
+    """A fresh :class:`ResNetEncoder` holding the weights of ``encoder.pt`` at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"encoder checkpoint {path} does not exist (pretraining writes RUN/encoder.pt)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a sonostream encoder (expected format {FORMAT!r}); "
+                         "pass the encoder.pt a pretraining run wrote")
+    if arch is not None and blob["arch"] != arch:
+        raise ValueError(f"{path} holds a {blob['arch']} encoder, not {arch}; set model.arch to "
+                         f"{blob['arch']!r} or pass another encoder")
+    enc = ResNetEncoder(blob["arch"], blob["in_chans"])
+    enc.load_state_dict(blob["state_dict"], strict=True)
+    return enc

@@ -1,0 +1,108 @@
+"""Metrics and figures of a run: ``metrics.jsonl``, loss curves, reconstruction panels."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from preprocessing.atomic import atomic_open
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to RUN/metrics.jsonl (main process only).
+
+    On resume from step S, lines for steps after S (logged by the run that died after its last
+    checkpoint) are dropped first, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path, resume_step: int | None = None):
+        self.path = Path(path)
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            kept = [ln for ln in read_metrics(self.path) if ln.get("step", 0) <= resume_step]
+            with atomic_open(self.path, "w") as f:
+                for row in kept:
+                    f.write(json.dumps(row) + "\n")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_metrics(path) -> list[dict]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:   # a line cut by a crash: the rest is still good
+                continue
+    return rows
+
+
+CURVES = (("loss", "total"), ("loss_mir", "MIR"), ("loss_pm", "PM"), ("loss_io", "IO"))
+
+
+def plot_curves(metrics_path, out_png) -> Path | None:
+    """Losses (left) and PM/IO accuracy (right) against the step; None when nothing was logged."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = read_metrics(metrics_path) if Path(metrics_path).exists() else []
+    if not rows:
+        return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [r["step"] for r in rows]
+    for key, label in CURVES:
+        ys = [r.get(key, math.nan) for r in rows]
+        if any(not math.isnan(y) for y in ys):
+            a.plot(steps, ys, label=label)
+    a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_title("losses")
+    a.legend()
+    for key, label in (("acc_pm", "PM accuracy"), ("acc_io", "IO accuracy")):
+        ys = [r.get(key, math.nan) for r in rows]
+        if any(not math.isnan(y) for y in ys):
+            b.plot(steps, ys, label=label)
+    b.set_ylim(0, 1)
+    b.set_xlabel("step")
+    b.set_title("accuracy")
+    b.legend()
+    fig.tight_layout()
+    with atomic_open(out_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_reconstruction(masked, recon, target, out_png, title: str = "") -> Path:
+    """Rows of (masked input | reconstruction | target); arrays (N, H, W) in -1..1."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(masked)
+    fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.2 * n), squeeze=False)
+    for i in range(n):
+        for j, (img, name) in enumerate(((masked, "masked input"), (recon, "reconstruction"),
+                                         (target, "target"))):
+            ax = axes[i, j]
+            ax.imshow(img[i], cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_open(out_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return Path(out_png)
