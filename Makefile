@@ -14,21 +14,33 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The main job on the built-in synthetic cohort: synth -> build -> verify -> inspect -> stream.
+# DeepSpeed (for the ZeRO-2 test) builds against the torch already installed: after it, without
+# build isolation (else its build pulls another torch), and with DS_BUILD_OPS=0 (no CUDA ops at
+# install time). Accelerate's DeepSpeed path imports transformers, so that comes too.
+$(VENV)/.deepspeed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet setuptools wheel
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed==0.19.8" "transformers==5.23.0"
+	touch $@
+
+# The main job on the built-in synthetic cohort: synth -> build -> verify -> inspect -> stream
+# -> pretrain (debug size, CPU; a re-run continues from the run's last checkpoint).
 demo: setup
 	$(BIN)/sonostream synth --out $(DEMO)/cohort --preview $(DEMO)/synth_preview.png
 	$(BIN)/sonostream build --csv $(DEMO)/cohort/frames.csv --out $(DEMO)/shards
 	$(BIN)/sonostream verify $(DEMO)/shards
 	$(BIN)/sonostream inspect $(DEMO)/shards --contact-sheet $(DEMO)/contact_sheet.png
 	$(BIN)/sonostream loader $(DEMO)/shards --loader auto --batch-size 16 --clip-len 4 --epochs 2
+	$(BIN)/sonostream pretrain --config launch/configs/debug/pretrain.yaml --data $(DEMO)/shards \
+		--out $(DEMO)/pretrain $$(test -f $(DEMO)/pretrain/checkpoints/latest && echo --resume latest)
 
-test: setup
+test: setup $(VENV)/.deepspeed
 	$(BIN)/python -m pytest -q
 
 bench: setup
 	mkdir -p runs
 	$(BIN)/sonostream bench build --json runs/bench_build.json
 	$(BIN)/sonostream bench loader --json runs/bench_loader.json
+	$(BIN)/sonostream bench step --json runs/bench_step.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info

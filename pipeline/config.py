@@ -45,6 +45,11 @@ def _coerce(value, hint, where: str):
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):   # YAML 1.1 reads 5e-4 (no dot) as text
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")
     return value

@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from pipeline.train.pretrain import load_pretrain_config, train
+    from pipeline.train.pretrain import TrainingError, load_pretrain_config, train
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("accelerate", "DeepSpeed", "matplotlib", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -64,6 +64,9 @@ def run(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,7 +19,7 @@ from torch import nn
 @dataclass
 class HeadsConfig:
     latent_channels: int = 64      # MIR: VAE latent channels per stride-32 location
-    decoder_width: int = 256       # MIR: channels of the first upsampling stage (halved per stage)
+    decoder_width: int = 128       # MIR: channels of the first upsampling stage (halved per stage)
     pm_hidden: int = 512           # PM: hidden units of the pair MLP
     io_hidden: int = 512           # IO: hidden units of the ordering MLP
 
@@ -36,11 +36,15 @@ def _norm(c: int) -> nn.GroupNorm:
 class MIRDecoder(nn.Module):
     """feat (N, C, h, w) -> recon (N, out_chans, H, W), mu and logvar (N, z, h, w).
 
-    Five stages of ConvTranspose(2, stride 2) undo the encoder's stride 32. A 3x3 conv refines
-    the three coarse stages only: at full resolution it would cost more than the encoder's stem.
+    Three learned 2x upsamplings (ConvTranspose + 3x3 conv) take the stride-32 latent to
+    stride 4; a 1x1 conv then predicts every pixel of each 4x4 cell and PixelShuffle lays them
+    out at full resolution (as MAE predicts a patch's pixels). Every output pixel has its own
+    learned weights, unlike decoding small and interpolating up; and no activation map is
+    larger than stride 4, which keeps the decoder a small fraction of the encoder's cost even
+    when it reconstructs all K frames of every clip.
     """
 
-    STAGES = 5
+    STAGES, CELL = 3, 4   # 2**3 * 4 = 32, the encoder's stride
 
     def __init__(self, in_dim: int, cfg: HeadsConfig, out_chans: int = 1):
         super().__init__()
@@ -48,11 +52,10 @@ class MIRDecoder(nn.Module):
         layers, c = [], cfg.latent_channels
         for i in range(self.STAGES):
             w = max(16, cfg.decoder_width >> i)
-            layers += [nn.ConvTranspose2d(c, w, 2, stride=2), _norm(w), nn.GELU()]
-            if i < 3:
-                layers += [nn.Conv2d(w, w, 3, padding=1), _norm(w), nn.GELU()]
+            layers += [nn.ConvTranspose2d(c, w, 2, stride=2), _norm(w), nn.GELU(),
+                       nn.Conv2d(w, w, 3, padding=1), _norm(w), nn.GELU()]
             c = w
-        layers.append(nn.Conv2d(c, out_chans, 3, padding=1))
+        layers += [nn.Conv2d(c, out_chans * self.CELL ** 2, 1), nn.PixelShuffle(self.CELL)]
         self.up = nn.Sequential(*layers)
 
     def forward(self, feat: torch.Tensor, size: tuple[int, int], noise_seed: int | None = None):

@@ -25,12 +25,17 @@ from pipeline.models import EncoderConfig, HeadsConfig, PretrainModel, export_en
 from pipeline.models.pretrain import apply_mask
 from pipeline.objectives import TasksConfig, pretrain_losses
 
-from .checkpoint import TrainState, list_checkpoints, resolve_resume, save_checkpoint
+from .checkpoint import (TrainState, latest_checkpoint, list_checkpoints, resolve_resume,
+                         save_checkpoint)
 from .logs import MetricsLog, plot_curves, plot_reconstruction, read_metrics
 from .optim import OptimConfig, build_optimizer, build_scheduler
 
 log = logging.getLogger("sonostream.pretrain")
 PRECISIONS = ("no", "bf16", "fp16")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. the loss stays non-finite); the message says what to change."""
 
 
 @dataclass
@@ -132,7 +137,14 @@ def make_accelerator(cfg: PretrainConfig, out: Path):
     # drops a DeepSpeed plugin, so the DeepSpeed path keeps cpu=False and passes gloo explicitly.
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1 or use_ds
     kwargs = [InitProcessGroupKwargs(backend="gloo")] if multi and not cuda else []
-    return Accelerator(cpu=not cuda and not use_ds, mixed_precision=cfg.train.precision,
+    if use_ds and cfg.train.precision == "fp16":
+        raise ValueError("with DeepSpeed, train.precision runs as torch autocast inside the engine, "
+                         "which has no fp16 loss scaler here: use train.precision bf16")
+    # DeepSpeed: Accelerate applies no autocast and DeepSpeed's own bf16 mode casts the weights
+    # (BatchNorm then sees bf16 weights beside fp32 stats). So the engine keeps fp32 weights and
+    # runs the forward under torch autocast (fill_deepspeed_auto); encoder.pt stays fp32.
+    return Accelerator(cpu=not cuda and not use_ds,
+                       mixed_precision="no" if use_ds else cfg.train.precision,
                        gradient_accumulation_steps=cfg.train.grad_accum,
                        log_with=list(cfg.train.trackers) or None, project_dir=str(out),
                        kwargs_handlers=kwargs)
@@ -148,6 +160,8 @@ def fill_deepspeed_auto(acc, per_rank: int, cfg: PretrainConfig) -> None:
                        ("gradient_clipping", cfg.train.clip_grad)):
         if ds.get(key, "auto") == "auto":
             ds[key] = value
+    if cfg.train.precision == "bf16" and "torch_autocast" not in ds:
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
 
 
 def noise_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -174,6 +188,7 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
           stop_after: int | None = None, cache_dir=None, shard_url=None, quiet: bool = False) -> dict:
     """Pretrain; returns a summary (step reached, last metrics, paths). Raises ValueError on bad input."""
     out = Path(out)
+    stopper = StopSignal()   # first: a signal during set-up must not kill the job uncheckpointed
     ckpt = check_inputs(data, out, resume)
     if ckpt is not None:
         check_resume_config(ckpt, cfg)
@@ -222,7 +237,6 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
         acc.init_trackers("tb", config=flat(to_dict(cfg)))
 
     stop_at = min(tc.steps, stop_after) if stop_after else tc.steps
-    stopper = StopSignal()
     step = state.step
     window, count = {}, 0                      # this rank's sums since the last log
     carried = dict(state.window), state.window_count   # all ranks' sums carried over a resume
@@ -261,7 +275,7 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
         try:
             for batch in batches:
                 with acc.accumulate(model):
-                    mask = batch.mir_mask
+                    mask = batch.mir_mask if "mir" in cfg.tasks.active else None
                     frames = batch.images()
                     out_ = model(frames, mask, batch.io_perm, batch.pm_a, batch.pm_b,
                                  noise_seed=noise_seed(tc.seed, acc.step, acc.process_index))
@@ -290,13 +304,15 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
                             optimizer.zero_grad(set_to_none=True)
                             nonfinite_run += 1
                             state.nonfinite_skipped += 1
-                            log.warning("step %d: non-finite loss, step skipped (%d in a row)",
-                                        step + 1, nonfinite_run)
+                            if main:
+                                log.warning("step %d: non-finite loss, step skipped (%d in a row)",
+                                            step + 1, nonfinite_run)
                             if nonfinite_run >= tc.max_nonfinite:
-                                raise RuntimeError(
+                                raise TrainingError(
                                     f"the loss was not finite for {nonfinite_run} steps in a row (last at "
                                     f"step {step + 1}); lower optim.lr_encoder/lr_heads, use train.precision "
-                                    f"bf16 instead of fp16, or check the data. Checkpoint: {out}/checkpoints")
+                                    f"bf16 instead of fp16, or check the data. Last checkpoint: "
+                                    f"{latest_checkpoint(out) or 'none'}")
                         else:
                             if tc.clip_grad > 0:
                                 grad_norm = acc.clip_grad_norm_(model.parameters(), tc.clip_grad)
@@ -324,10 +340,10 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
                                "grad_norm": None if grad_norm is None else float(grad_norm),
                                "images_per_s": frames_seen * world / dt if dt > 0 else None,
                                "nonfinite_skipped": state.nonfinite_skipped}
-                        metrics.write(row)
+                        metrics.write(row)   # a window of only skipped steps has no losses
                         acc.log({kk: v for kk, v in row.items() if isinstance(v, (int, float))}, step=step)
-                        bar.set_postfix(loss=f"{row['loss']:.4f}")
-                        if quiet is False and not bar.disable:
+                        if "loss" in row and not bar.disable:
+                            bar.set_postfix(loss=f"{row['loss']:.4f}")
                             bar.write(_console_line(row, stop_at))
                     window, count, carried = {}, 0, ({}, 0)
                     frames_seen, t_log = 0, time.perf_counter()

@@ -148,6 +148,7 @@ def test_config_errors_say_the_fix(tmp_path):
         load_pretrain_config(None, ["train.steps=ten"])
     with pytest.raises(ValueError, match="every weight is 0"):
         load_pretrain_config(None, ["tasks.mir=0", "tasks.pm=0", "tasks.io=0"])
+    assert load_pretrain_config(None, ["optim.lr_encoder=5e-4"]).optim.lr_encoder == 5e-4  # YAML 1.1 text
     cfg = load_pretrain_config(None, ["tasks.pm=0"], max_steps=7)
     assert cfg.train.steps == 7 and cfg.tasks.active == ("mir", "io")
     assert PretrainModel("tiny", 4, 12, tasks=cfg.tasks.active).pm is None

@@ -122,3 +122,13 @@ def test_bad_input_errors_before_training(shards, full_run, tmp_path, capsys):
     assert main([*base, "--data", str(shards), "--out", str(tmp_path / "o3"), "--set", "train.bach_size=4"]) == 2
     assert "did you mean 'batch_size'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "o3").exists()
+
+
+def test_a_loss_that_stays_non_finite_stops_the_run_with_advice(shards, tmp_path):
+    proc = pretrain(shards, tmp_path / "run", "--set", "optim.lr_encoder=1e30", "--set",
+                    "optim.lr_heads=1e30", "--set", "optim.warmup_steps=0", "--set",
+                    "train.clip_grad=0", "--set", "train.max_nonfinite=2", check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "not finite for 2 steps in a row" in proc.stderr and "lower optim.lr_encoder" in proc.stderr
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert rows[0]["step"] == 1 and math.isfinite(rows[0]["loss"])
