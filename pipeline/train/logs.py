@@ -50,7 +50,7 @@ def read_metrics(path) -> list[dict]:
 CURVES = (("loss", "total"), ("loss_mir", "MIR"), ("loss_pm", "PM"), ("loss_io", "IO"))
 
 
-def plot_curves(metrics_path, out_png) -> Path | None:
+def plot_curves(metrics_path, out_png, io_chance: float | None = None) -> Path | None:
     """Losses (left) and PM/IO accuracy (right) against the step; None when nothing was logged."""
     import matplotlib
     matplotlib.use("Agg")
@@ -72,6 +72,8 @@ def plot_curves(metrics_path, out_png) -> Path | None:
         ys = [r.get(key, math.nan) for r in rows]
         if any(not math.isnan(y) for y in ys):
             b.plot(steps, ys, label=label)
+    if io_chance:
+        b.axhline(io_chance, color="gray", ls=":", lw=1, label="IO chance")
     b.set_ylim(0, 1)
     b.set_xlabel("step")
     b.set_title("accuracy")
@@ -84,14 +86,14 @@ def plot_curves(metrics_path, out_png) -> Path | None:
 
 
 def plot_reconstruction(masked, recon, target, out_png, title: str = "") -> Path:
-    """Rows of (masked input | reconstruction | target); arrays (N, H, W) in -1..1."""
+    """Rows of (masked input | prediction in the hidden patches | target); arrays (N, H, W) in -1..1."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = len(masked)
     fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.2 * n), squeeze=False)
     for i in range(n):
-        for j, (img, name) in enumerate(((masked, "masked input"), (recon, "reconstruction"),
+        for j, (img, name) in enumerate(((masked, "masked input"), (recon, "hidden patches predicted"),
                                          (target, "target"))):
             ax = axes[i, j]
             ax.imshow(img[i], cmap="gray", vmin=-1, vmax=1)

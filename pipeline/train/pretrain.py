@@ -372,7 +372,7 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
         enc = {kk[len("encoder."):]: v for kk, v in sd.items() if kk.startswith("encoder.")}
         export_encoder(enc, cfg.model.arch, cfg.model.in_chans, out / "encoder.pt", step=step,
                        complete=step >= tc.steps)
-        plot_curves(out / "metrics.jsonl", out / "curves.png")
+        plot_curves(out / "metrics.jsonl", out / "curves.png", io_chance=1 / classes if classes else None)
         metrics.close()
         rows = read_metrics(out / "metrics.jsonl")
         summary["last"] = rows[-1] if rows else None
@@ -392,11 +392,12 @@ def _group_lr(optimizer, prefix: str):
 
 
 def _figure_arrays(out: dict, mask, n: int):
-    """First n frames of the batch as numpy: masked input, reconstruction, target (all -1..1)."""
+    """First n frames of the batch as numpy (all -1..1): masked input, the prediction pasted
+    into the hidden patches (the visible ones are the input's, as MAE shows it), target."""
     with torch.no_grad():
         t = out["target"][:n].float()
         m = mask.flatten(0, 1)[:n]
-        r = out["recon"][:n].float().clamp(-1, 1)
+        r = torch.where(m, out["recon"][:n].float().clamp(-1, 1), t)
         return (apply_mask(t, m)[:, 0].cpu().numpy(), r[:, 0].cpu().numpy(), t[:, 0].cpu().numpy())
 
 

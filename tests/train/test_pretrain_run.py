@@ -132,3 +132,14 @@ def test_a_loss_that_stays_non_finite_stops_the_run_with_advice(shards, tmp_path
     assert "not finite for 2 steps in a row" in proc.stderr and "lower optim.lr_encoder" in proc.stderr
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert rows[0]["step"] == 1 and math.isfinite(rows[0]["loss"])
+
+
+def test_gradient_accumulation_and_tensorboard(shards, tmp_path):
+    out = tmp_path / "run"
+    pretrain(shards, out, "--max-steps", "3", "--set", "train.grad_accum=2", "--set",
+             "train.trackers=[tensorboard]")
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]       # optimizer steps, not micro-steps
+    state = torch.load(out / "checkpoints" / "step-3" / "custom_checkpoint_1.pkl", weights_only=False)
+    assert state["loader"]["position"] == 3 * 2 * 8      # 2 micro-batches of 8 clips per step
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
