@@ -11,7 +11,7 @@ import torch
 from pipeline.models import load_encoder
 from pipeline.train.logs import read_metrics
 
-from conftest import DEBUG_CONFIG, FAST, ROOT
+from pretrain_helpers import DEBUG_CONFIG, FAST, ROOT
 
 pytestmark = pytest.mark.slow
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no",

@@ -16,7 +16,7 @@ from pipeline.models import load_encoder
 from pipeline.pretrain import main
 from pipeline.train.logs import read_metrics
 
-from conftest import DEBUG_CONFIG, FAST, ROOT
+from pretrain_helpers import DEBUG_CONFIG, FAST, ROOT
 
 STEPS = 30
 

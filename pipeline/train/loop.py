@@ -1,0 +1,324 @@
+"""The training machinery every job shares (pretraining now, fine-tuning next): the accelerator,
+the step loop with gradient accumulation, clipping, the non-finite guard and stop signals,
+windowed metrics, checkpoints with exact resume, and trackers.
+
+A job builds its loader, model, optimizer and LR scheduler, then hands :func:`fit` a ``step_fn``
+that turns one micro-batch into ``(loss, logs, outputs)``. Models hold no distributed code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import TrainState, latest_checkpoint, list_checkpoints, resolve_resume, save_checkpoint
+from .logs import MetricsLog, plot_reconstruction
+
+log = logging.getLogger("sonostream.train")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. the loss stays non-finite); the message says what to change."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256          # samples per micro-step over ALL ranks (each rank: / world size)
+    steps: int = 10000             # optimizer steps: the schedule's length and the run's end
+    grad_accum: int = 1            # micro-steps per optimizer step
+    precision: str = "bf16"        # no | bf16 | fp16 (autocast; fp16 adds a loss scaler)
+    clip_grad: float = 1.0         # max global gradient norm (0: no clipping)
+    seed: int = 0                  # model init, loader order, masks, noise
+    log_every: int = 10            # metrics.jsonl / trackers / console every N steps
+    checkpoint_every: int = 1000   # checkpoint every N steps (and always at the end)
+    keep_checkpoints: int = 3      # newest step-N folders kept (0: keep all)
+    figure_every: int = 1000       # the job's figure every N steps (0: off)
+    figure_frames: int = 4         # frames shown in that figure
+    max_nonfinite: int = 10        # stop after this many steps in a row with a non-finite loss
+    trackers: tuple = ("tensorboard",)   # Accelerate trackers (tensorboard, wandb, ...); [] = none
+
+    def __post_init__(self):
+        self.trackers = tuple(self.trackers)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for k in ("batch_size", "steps", "grad_accum", "log_every", "checkpoint_every", "figure_frames",
+                  "max_nonfinite"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+
+
+class StopSignal:
+    """SIGTERM / SIGUSR1 (Slurm's warning before a time limit): checkpoint at the next step, exit."""
+
+    def __init__(self):
+        self.received = None
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(s, self._handle)
+            except ValueError:   # not the main thread (e.g. called from a notebook thread)
+                pass
+
+    def _handle(self, signum, _frame):
+        self.received = signal.Signals(signum).name
+
+
+def check_run_dir(out: Path, resume: str | None) -> Path | None:
+    """The checkpoint to resume from; refuses to start over a run that has checkpoints."""
+    ckpt = resolve_resume(resume, out)
+    if ckpt is None and list_checkpoints(out):
+        raise ValueError(f"{out} already holds checkpoints; pass --resume latest to continue that "
+                         "run, or choose another --out")
+    return ckpt
+
+
+def make_accelerator(tc: TrainConfig, out: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+    cuda = torch.cuda.is_available()
+    use_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if tc.precision == "fp16" and not cuda:
+        raise ValueError("train.precision fp16 needs a GPU; use bf16 or no on CPU")
+    if use_ds and tc.precision == "fp16":
+        raise ValueError("with DeepSpeed, train.precision runs as torch autocast inside the engine, "
+                         "which has no fp16 loss scaler here: use train.precision bf16")
+    # Without CUDA, gloo. `cpu=True` makes Accelerate pick its MULTI_CPU (gloo) mode, but it also
+    # drops a DeepSpeed plugin, so the DeepSpeed path keeps cpu=False and passes gloo explicitly.
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1 or use_ds
+    kwargs = [InitProcessGroupKwargs(backend="gloo")] if multi and not cuda else []
+    # DeepSpeed: Accelerate applies no autocast and DeepSpeed's own bf16 mode casts the weights
+    # (BatchNorm then sees bf16 weights beside fp32 stats). So the engine keeps fp32 weights and
+    # runs the forward under torch autocast (fill_deepspeed_auto); exported weights stay fp32.
+    return Accelerator(cpu=not cuda and not use_ds,
+                       mixed_precision="no" if use_ds else tc.precision,
+                       gradient_accumulation_steps=tc.grad_accum,
+                       log_with=list(tc.trackers) or None, project_dir=str(out),
+                       kwargs_handlers=kwargs)
+
+
+def per_rank_batch(acc, tc: TrainConfig) -> int:
+    world = acc.num_processes
+    if tc.batch_size % world:
+        raise ValueError(f"train.batch_size {tc.batch_size} does not divide by the world size {world}; "
+                         f"use a multiple of {world}, e.g. {max(world, tc.batch_size // world * world)}")
+    return tc.batch_size // world
+
+
+def fill_deepspeed_auto(acc, per_rank: int, tc: TrainConfig) -> None:
+    """Our loader is not a DataLoader, so DeepSpeed's "auto" batch and clipping come from here."""
+    plugin = acc.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    for key, value in (("train_micro_batch_size_per_gpu", per_rank),
+                       ("gradient_clipping", tc.clip_grad)):
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+    if tc.precision == "bf16" and "torch_autocast" not in ds:
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+
+
+def noise_seed(seed: int, micro_step: int, rank: int) -> int:
+    """A seed per (micro-step, rank): random draws inside a step repeat exactly after a resume."""
+    return int(np.random.SeedSequence([seed, micro_step, rank, 0x5641]).generate_state(1)[0])
+
+
+class MetricWindow:
+    """Per-rank sums of the logged values since the last log; summed over ranks when read.
+
+    Across a resume, rank 0 carries the all-rank sums saved in the checkpoint, so a window that
+    spans the resume averages exactly what an uninterrupted run would have averaged."""
+
+    def __init__(self, acc, carried: dict | None = None, carried_count: int = 0):
+        self.acc, self.sums, self.count = acc, {}, 0
+        self.carried, self.carried_count = dict(carried or {}), carried_count
+
+    def add(self, logs: dict) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach().float()
+        self.count += 1
+
+    def totals(self) -> tuple[dict, int]:
+        """All-rank sums and count (a collective: every rank calls it); rank 0 adds the carry."""
+        keys = sorted(self.sums)
+        sums, n = {}, 0
+        if keys:
+            vec = torch.stack([self.sums[k] for k in keys]
+                              + [torch.tensor(float(self.count), device=self.acc.device)])
+            vec = self.acc.reduce(vec, reduction="sum").tolist()
+            sums, n = dict(zip(keys, vec[:-1])), int(vec[-1])
+        if self.acc.is_main_process:
+            for k, v in self.carried.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += self.carried_count
+        return sums, n
+
+    def reset(self) -> None:
+        self.sums, self.count, self.carried, self.carried_count = {}, 0, {}, 0
+
+
+def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *, step_fn,
+        ckpt: Path | None, run_info: dict, stopper: StopSignal, stop_after: int | None = None,
+        quiet: bool = False, figure_fn=None, lr_groups=("encoder", "heads")) -> dict:
+    """Train until ``tc.steps`` (or ``stop_after``, or a stop signal); checkpoint; return the end state.
+
+    ``step_fn(batch, step, micro_step) -> (loss, logs, outputs)``: ``logs`` are 0-dim tensors
+    averaged into metrics.jsonl; ``figure_fn(outputs, batch) -> arrays`` (main rank) feeds the
+    masked / predicted / target figure every ``tc.figure_every`` steps. ``run_info`` (the config)
+    is saved beside each checkpoint.
+    """
+    model, optimizer = acc.prepare(model, optimizer)
+    state = TrainState()
+    # The scheduler is not passed to prepare(): Accelerate would step it once per process.
+    acc.register_for_checkpointing(scheduler, state)
+    if ckpt is not None:
+        acc.load_state(str(ckpt))
+        loader.load_state_dict(state.loader)
+        acc.print(f"resumed from {ckpt} at step {state.step} (epoch {loader.state.epoch}, "
+                  f"position {loader.state.position})")
+    main = acc.is_main_process
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=state.step if ckpt else None) if main else None
+
+    stop_at = min(tc.steps, stop_after) if stop_after else tc.steps
+    step, last_ckpt = state.step, (state.step if ckpt else -1)
+    window = MetricWindow(acc, state.window, state.window_count)
+    grad_norm, bad, nonfinite_run, stop_reason, figure = None, False, 0, None, None
+    samples_seen, t_log = 0, time.perf_counter()
+    bar = _progress(stop_at, step, disable=quiet or not main)
+
+    def checkpoint():
+        nonlocal last_ckpt
+        sums, n = window.totals()
+        state.step, state.loader = step, loader.state_dict()
+        state.window, state.window_count = (sums, n) if main else ({}, 0)
+        save_checkpoint(acc, out, step, tc.keep_checkpoints,
+                        info={"step": step, **run_info, "loader": state.loader})
+        last_ckpt = step
+
+    model.train()
+    while step < stop_at and stop_reason is None:
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                with acc.accumulate(model):
+                    loss, logs, outputs = step_fn(model, batch, step, acc.step)
+                    # One tiny collective per micro-step: all ranks agree to skip a non-finite
+                    # loss (else DDP would hang) and to stop on a signal.
+                    flags = acc.gather(torch.stack([
+                        torch.isfinite(loss.detach()).float(),
+                        torch.tensor(float(stopper.received is not None), device=acc.device)]).view(1, 2))
+                    finite, signalled = bool(flags[:, 0].min() > 0), bool(flags[:, 1].max() > 0)
+                    if finite:
+                        acc.backward(loss)
+                        window.add({"loss": loss, **logs})
+                    else:
+                        # Zero gradients through every parameter keep DDP/DeepSpeed hooks aligned.
+                        bad = True
+                        acc.backward(sum((p * 0).sum() for p in model.parameters()))
+                    if (acc.sync_gradients and main and figure_fn and tc.figure_every
+                            and (step + 1) % tc.figure_every == 0):
+                        figure = figure_fn(outputs, batch)
+                    if acc.sync_gradients:
+                        if bad:   # DeepSpeed has stepped inside backward(): a zero-grad update
+                            optimizer.zero_grad(set_to_none=True)
+                            nonfinite_run += 1
+                            state.nonfinite_skipped += 1
+                            if main:
+                                log.warning("step %d: non-finite loss, step skipped (%d in a row)",
+                                            step + 1, nonfinite_run)
+                            if nonfinite_run >= tc.max_nonfinite:
+                                raise TrainingError(
+                                    f"the loss was not finite for {nonfinite_run} steps in a row (last at "
+                                    f"step {step + 1}); lower optim.lr_encoder/lr_heads, use train.precision "
+                                    f"bf16 instead of fp16, or check the data. Last checkpoint: "
+                                    f"{latest_checkpoint(out) or 'none'}")
+                        else:
+                            if tc.clip_grad > 0:
+                                grad_norm = acc.clip_grad_norm_(model.parameters(), tc.clip_grad)
+                            optimizer.step()
+                            scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                            nonfinite_run = 0
+                        bad = False
+                samples_seen += _images(batch)
+                if not acc.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                if step % tc.log_every == 0 or step == 1 or step == stop_at or signalled:
+                    sums, n = window.totals()
+                    if main:
+                        dt = time.perf_counter() - t_log
+                        row = {"step": step, "epoch": getattr(batch, "epoch", None),
+                               **{k: v / max(n, 1) for k, v in sorted(sums.items())},
+                               **{f"lr_{g}": _group_lr(optimizer, g) for g in lr_groups},
+                               "grad_norm": None if grad_norm is None else float(grad_norm),
+                               "images_per_s": samples_seen * acc.num_processes / dt if dt > 0 else None,
+                               "nonfinite_skipped": state.nonfinite_skipped}
+                        metrics.write(row)   # a window of only skipped steps has no losses
+                        acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+                        if "loss" in row and not bar.disable:
+                            bar.set_postfix(loss=f"{row['loss']:.4f}")
+                            bar.write(_console_line(row, stop_at))
+                    window.reset()
+                    samples_seen, t_log = 0, time.perf_counter()
+                if figure is not None:
+                    plot_reconstruction(*figure, out / "figures" / f"recon-step-{step:06d}.png",
+                                        title=f"step {step}")
+                    figure = None
+                if signalled:
+                    stop_reason = "signal"
+                elif step >= stop_at:
+                    stop_reason = "end"
+                if step % tc.checkpoint_every == 0 or stop_reason:
+                    checkpoint()
+                if stop_reason:
+                    break
+        finally:
+            batches.close()
+    bar.close()
+    if last_ckpt != step:
+        checkpoint()
+    if main:
+        metrics.close()
+        if stop_reason == "signal":
+            acc.print(f"stopped by {stopper.received} at step {step}; continue with --resume latest")
+    return {"model": model, "step": step, "complete": step >= tc.steps, "stopped_by": stop_reason}
+
+
+def full_state_dict(acc, model) -> dict:
+    """The whole model's weights. DeepSpeed ZeRO-3 gathers shards, so every rank must call it."""
+    return acc.get_state_dict(model) if acc.state.deepspeed_plugin else acc.unwrap_model(model).state_dict()
+
+
+def _images(batch) -> int:
+    frames = getattr(batch, "frames", None)
+    return int(frames.shape[0] * frames.shape[1]) if frames is not None and frames.dim() == 5 else len(frames)
+
+
+def _group_lr(optimizer, prefix: str):
+    for g in optimizer.param_groups:
+        if str(g.get("name", "")).startswith(prefix):
+            return g["lr"]
+    return None
+
+
+def _console_line(row: dict, total: int) -> str:
+    parts = [f"step {row['step']}/{total}", f"loss {row['loss']:.4f}"]
+    for k, v in row.items():
+        if k.startswith(("loss_", "acc_")) and isinstance(v, float):
+            parts.append(f"{k} {v:.3f}")
+    if row.get("images_per_s"):
+        parts.append(f"{row['images_per_s']:.0f} img/s")
+    return " | ".join(parts)
+
+
+def _progress(total: int, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True)
