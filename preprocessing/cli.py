@@ -156,6 +156,19 @@ def _parser() -> argparse.ArgumentParser:
     bs.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     bs.add_argument("--steps", type=int, default=5, help="timed steps of each; the median is reported (default 5)")
     bs.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bt = bsub.add_parser("train", help="pretraining images/s: real shards vs a batch already on the device",
+                         description="End-to-end pretraining throughput of a run config on one "
+                         "device (the GPU when present): the loader streaming real shards against "
+                         "the same model stepping one batch kept on the device, and images/s at "
+                         "fp32 vs bf16. Goal on a GPU: real / synthetic >= 0.9.")
+    bt.add_argument("--data", required=True, help="dataset folder or URL")
+    bt.add_argument("--config", help="run config YAML (default: built-in defaults)")
+    bt.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one config value (repeatable); train.batch_size is the one device's batch")
+    bt.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
+    bt.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    bt.add_argument("--precisions", default="no,bf16", help="synthetic precisions (default no,bf16)")
+    bt.add_argument("--json", metavar="FILE", help="write the results as JSON")
     return p
 
 
@@ -286,6 +299,10 @@ def cmd_bench(args) -> int:
         result = bench_loader(workdir=args.workdir, sizes=sizes, seconds=args.seconds,
                               workers=args.workers, batch_size=args.batch_size,
                               clip_len=args.clip_len)
+    elif args.bench == "train":
+        from pipeline.bench_train import bench_train
+        result = bench_train(args.data, args.config, args.set, steps=args.steps, warmup=args.warmup,
+                             precisions=tuple(args.precisions.split(",")))
     elif args.bench == "step":
         from pipeline.bench_step import bench_step
         from pipeline.models.encoder import ARCHS   # checked here: the parser stays torch-free

@@ -25,7 +25,8 @@ from .loop import (StopSignal, TrainConfig, TrainingError, check_run_dir, fill_d
                    full_state_dict, make_accelerator, noise_seed, per_rank_batch)
 from .optim import OptimConfig, build_optimizer, build_scheduler
 
-__all__ = ["PretrainConfig", "TrainConfig", "TrainingError", "load_pretrain_config", "train"]
+__all__ = ["PretrainConfig", "TrainConfig", "TrainingError", "load_pretrain_config",
+           "pretrain_forward", "train"]
 
 
 @dataclass
@@ -125,13 +126,8 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
         acc.init_trackers("tb", config=flat(to_dict(cfg)))
 
     def step_fn(model, batch, step, micro_step):
-        """One micro-batch: the B*K frames through the encoder once, then the three heads."""
-        mask = batch.mir_mask if "mir" in tasks.active else None
-        out_ = model(batch.images(), mask, batch.io_perm, batch.pm_a, batch.pm_b,
-                     noise_seed=noise_seed(tc.seed, micro_step, acc.process_index))
-        losses = pretrain_losses(out_, batch, mask, tasks, step)
-        out_["mask"] = mask
-        return losses.pop("loss"), losses, out_
+        return pretrain_forward(model, batch, tasks, step,
+                                noise_seed(tc.seed, micro_step, acc.process_index))
 
     def figure_fn(out_, batch):
         return _figure_arrays(out_, out_["mask"], tc.figure_frames) if "recon" in out_ else None
@@ -154,6 +150,16 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
     acc.wait_for_everyone()
     acc.end_training()
     return summary
+
+
+def pretrain_forward(model, batch, tasks: TasksConfig, step: int, seed: int | None):
+    """One micro-batch: the B*K frames through the encoder once, then the three heads.
+    Returns (weighted loss, the other logged terms, the model's outputs + the MIR mask)."""
+    mask = batch.mir_mask if "mir" in tasks.active else None
+    out = model(batch.images(), mask, batch.io_perm, batch.pm_a, batch.pm_b, noise_seed=seed)
+    losses = pretrain_losses(out, batch, mask, tasks, step)
+    out["mask"] = mask
+    return losses.pop("loss"), losses, out
 
 
 def _figure_arrays(out: dict, mask, n: int):
