@@ -52,14 +52,32 @@ def check_run(out, steps=6, ranks=2):
     return rows
 
 
-def test_two_processes_on_gloo(shards, tmp_path):
-    cmd = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--main_process_port", "0", *trainer_args(shards, tmp_path / "run")]
-    proc = run(cmd)
+DDP = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0"]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    proc = run([*DDP, *trainer_args(shards, out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_two_processes_on_gloo(ddp_run):
+    out, proc = ddp_run
     assert "2 process(es), 4 clips x 4 frames per rank" in proc.stdout
     assert "MULTI_CPU" in proc.stdout
-    check_run(tmp_path / "run")
+    check_run(out)
+
+
+def test_two_processes_resume_exactly(shards, ddp_run, tmp_path):
+    out = tmp_path / "run"
+    first = run([*DDP, *trainer_args(shards, out, "--stop-after", "3")])
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run([*DDP, *trainer_args(shards, out, "--resume", "latest")])
+    assert second.returncode == 0, second.stderr[-3000:]
+    want = {r["step"]: r["loss"] for r in read_metrics(ddp_run[0] / "metrics.jsonl")}
+    assert {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")} == want
 
 
 def test_batch_size_that_does_not_divide_fails_before_training(shards, tmp_path):
