@@ -36,7 +36,8 @@ import torch
 from pipeline.data.batch import label_batch
 from pipeline.data.tasks import io_classes, patch_masks
 from pipeline.models.pretrain import PretrainModel, apply_mask, normalize
-from pipeline.objectives import TasksConfig, beta_at, io_loss, mir_loss, pm_loss, pretrain_losses
+from pipeline.objectives import TasksConfig, beta_at, io_loss, mir_loss, pm_loss
+from pipeline.train.pretrain import pretrain_forward
 from pipeline.train.optim import OptimConfig, build_optimizer
 
 MASK_RATIO = 0.6
@@ -77,9 +78,7 @@ def build(arch: str, clip_len: int, seed: int = 0):
 
 def fused_step(model: PretrainModel, optimizer, inp: dict, cfg: TasksConfig, step: int) -> float:
     """The trainer's step: one encoder pass over the B*K masked frames feeds all three heads."""
-    cb, mask = inp["batch"], inp["mask"]
-    out = model(inp["frames"], mask, cb.io_perm, cb.pm_a, cb.pm_b, noise_seed=step)
-    loss = pretrain_losses(out, cb, mask, cfg, BETA_STEP)["loss"]
+    loss, _, _ = pretrain_forward(model, inp["batch"], cfg, BETA_STEP, seed=step)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
