@@ -30,10 +30,8 @@ def _sync(device):
 def bench_train(data, config=None, overrides=(), steps: int = 20, warmup: int = 3,
                 precisions=MEASURED) -> dict:
     from pipeline.data import ClipLoader
-    from pipeline.data.tasks import io_classes
-    from pipeline.models import PretrainModel
     from pipeline.train.optim import build_optimizer
-    from pipeline.train.pretrain import load_pretrain_config, pretrain_forward
+    from pipeline.train.pretrain import build_model, load_pretrain_config, pretrain_forward
     cfg = load_pretrain_config(config, overrides)
     for p in precisions:
         if p not in MEASURED:
@@ -42,8 +40,7 @@ def bench_train(data, config=None, overrides=(), steps: int = 20, warmup: int = 
     tc, k, tasks = cfg.train, cfg.loader.clip_len, cfg.tasks
     torch.manual_seed(tc.seed)
     loader = ClipLoader(data, replace(cfg.loader, batch_size=tc.batch_size), seed=tc.seed, device=device)
-    classes = len(io_classes(k, cfg.loader.io_reverse)) if "io" in tasks.active else 0
-    model = PretrainModel(cfg.model.arch, k, classes, cfg.heads, tasks.active, cfg.model.in_chans).to(device)
+    model = build_model(cfg).to(device)
     model.train()
     optimizer = build_optimizer(model, cfg.optim)
     dtypes = {"no": None, "bf16": torch.bfloat16}

@@ -36,7 +36,8 @@ class Dataset:
         return data
 
 
-def open_dataset(root: str | Path) -> Dataset:
+def check_dataset_dir(root: str | Path) -> Path:
+    """A finished dataset folder, or a DatasetError that says what to do (reads nothing big)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder; pass the --out folder of `sonostream build`")
@@ -48,4 +49,10 @@ def open_dataset(root: str | Path) -> Dataset:
     manifest_path = root / fmt.MANIFEST_FILE
     if not manifest_path.exists():
         raise DatasetError(f"{root}: {fmt.MANIFEST_FILE} is missing; rebuild with --overwrite")
-    return Dataset(root, pq.read_table(index), json.loads(manifest_path.read_text()))
+    return root
+
+
+def open_dataset(root: str | Path) -> Dataset:
+    root = check_dataset_dir(root)
+    return Dataset(root, pq.read_table(root / fmt.INDEX_FILE),
+                   json.loads((root / fmt.MANIFEST_FILE).read_text()))

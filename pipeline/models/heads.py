@@ -93,6 +93,7 @@ class IOHead(nn.Module):
 
     def __init__(self, in_dim: int, clip_len: int, classes: int, cfg: HeadsConfig):
         super().__init__()
+        self.classes = classes
         self.mlp = nn.Sequential(nn.Linear(clip_len * in_dim, cfg.io_hidden), nn.ReLU(inplace=True),
                                  nn.Linear(cfg.io_hidden, classes))
 

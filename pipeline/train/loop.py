@@ -298,8 +298,9 @@ def full_state_dict(acc, model) -> dict:
 
 
 def _images(batch) -> int:
-    frames = getattr(batch, "frames", None)
-    return int(frames.shape[0] * frames.shape[1]) if frames is not None and frames.dim() == 5 else len(frames)
+    """Images in a batch: B*K for clips (B, K, C, H, W), B for frames (B, C, H, W)."""
+    shape = batch.frames.shape
+    return int(shape[0] * shape[1]) if len(shape) == 5 else int(shape[0])
 
 
 def _group_lr(optimizer, prefix: str):

@@ -13,6 +13,8 @@ import torch
 import yaml
 
 from pipeline.config import flat, load_config, to_dict
+from preprocessing.atomic import write_text
+from preprocessing.dataset import check_dataset_dir
 from pipeline.data import ClipLoader, LoaderConfig
 from pipeline.data.source import is_url
 from pipeline.data.tasks import io_classes
@@ -25,7 +27,7 @@ from .loop import (StopSignal, TrainConfig, TrainingError, check_run_dir, fill_d
                    full_state_dict, make_accelerator, noise_seed, per_rank_batch)
 from .optim import OptimConfig, build_optimizer, build_scheduler
 
-__all__ = ["PretrainConfig", "TrainConfig", "TrainingError", "load_pretrain_config",
+__all__ = ["PretrainConfig", "TrainConfig", "TrainingError", "build_model", "load_pretrain_config",
            "pretrain_forward", "train"]
 
 
@@ -62,12 +64,7 @@ def load_pretrain_config(path, overrides=(), max_steps: int | None = None) -> Pr
 # ---------------------------------------------------------------------------------------------
 def check_inputs(data: str, out: Path, resume: str | None) -> Path | None:
     if not is_url(data):
-        d = Path(data)
-        if not d.is_dir():
-            raise ValueError(f"--data {d} is not a folder; pass the --out folder of `sonostream build`")
-        if not (d / "index.parquet").is_file():
-            raise ValueError(f"--data {d} has no index.parquet (an unfinished or wrong folder); build "
-                             f"the dataset with `sonostream build --csv FRAMES.csv --out {d}`")
+        check_dataset_dir(data)   # the contract's own checks and messages
     return check_run_dir(out, resume)
 
 
@@ -110,15 +107,14 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
                          f"step's train.batch_size {tc.batch_size}: lower train.batch_size or "
                          "loader.clip_len, or add data")
     k, tasks = cfg.loader.clip_len, cfg.tasks
-    classes = len(io_classes(k, cfg.loader.io_reverse)) if "io" in tasks.active else 0
-    model = PretrainModel(cfg.model.arch, k, classes, cfg.heads, tasks.active, cfg.model.in_chans)
+    model = build_model(cfg)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
     fill_deepspeed_auto(acc, per_rank, tc)
 
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         acc.print(f"pretraining {cfg.model.arch} on {loader.describe()} | {acc.num_processes} "
                   f"process(es), {per_rank} clips x {k} frames per rank, accumulation "
                   f"{tc.grad_accum}, precision {tc.precision}, {acc.distributed_type}")
@@ -143,6 +139,7 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
         enc = {kk[len("encoder."):]: v for kk, v in sd.items() if kk.startswith("encoder.")}
         export_encoder(enc, cfg.model.arch, cfg.model.in_chans, out / "encoder.pt", step=step,
                        complete=end["complete"])
+        classes = model.io.classes if model.io is not None else 0
         plot_curves(out / "metrics.jsonl", out / "curves.png", io_chance=1 / classes if classes else None)
         rows = read_metrics(out / "metrics.jsonl")
         summary["last"] = rows[-1] if rows else None
@@ -150,6 +147,13 @@ def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
     acc.wait_for_everyone()
     acc.end_training()
     return summary
+
+
+def build_model(cfg: PretrainConfig) -> PretrainModel:
+    """The model a run config describes (random init: seed first)."""
+    k, active = cfg.loader.clip_len, cfg.tasks.active
+    classes = len(io_classes(k, cfg.loader.io_reverse)) if "io" in active else 0
+    return PretrainModel(cfg.model.arch, k, classes, cfg.heads, active, cfg.model.in_chans)
 
 
 def pretrain_forward(model, batch, tasks: TasksConfig, step: int, seed: int | None):

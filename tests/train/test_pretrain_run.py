@@ -1,5 +1,4 @@
 """Pretraining runs end to end in a subprocess (one process, CPU): losses, exact resume, export."""
-import json
 import math
 import os
 import signal
@@ -114,7 +113,7 @@ def test_bad_input_errors_before_training(shards, full_run, tmp_path, capsys):
     base = ["--config", str(DEBUG_CONFIG)]
     (tmp_path / "empty").mkdir()
     assert main([*base, "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
-    assert "has no index.parquet" in capsys.readouterr().err
+    assert "no index.parquet, so it is not a finished dataset" in capsys.readouterr().err
     assert main([*base, "--data", str(shards), "--out", str(tmp_path / "o2"), "--resume", "latest"]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
     assert main([*base, "--data", str(shards), "--out", str(full_run)]) == 2
