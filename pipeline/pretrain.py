@@ -52,11 +52,16 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
-def run(args) -> int:
-    from pipeline.train.pretrain import TrainingError, load_pretrain_config, train
+def quiet_logs() -> None:
+    """Our INFO lines; only warnings from the libraries around us."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("accelerate", "DeepSpeed", "matplotlib", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(args) -> int:
+    from pipeline.train.pretrain import TrainingError, load_pretrain_config, train
+    quiet_logs()
     try:
         cfg = load_pretrain_config(args.config, args.set, args.max_steps)
         train(cfg, args.data, args.out, resume=args.resume, stop_after=args.stop_after,

@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
         "`accelerate launch ... -m pipeline.pretrain` with the same flags.",
         epilog=PRETRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter))
 
+    from pipeline.segment_cli import add_parsers as add_segment_parsers
+    add_segment_parsers(sub)
+
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     bb = bsub.add_parser("build", help="build frames/s at 1 and 2 workers on a synthetic cohort",
@@ -326,8 +329,14 @@ def cmd_pretrain(args) -> int:
     return run(args)
 
 
+def _segment_commands() -> dict:
+    from pipeline.segment_cli import COMMANDS as SEGMENT
+    return SEGMENT
+
+
 COMMANDS = {"synth": cmd_synth, "build": cmd_build, "verify": cmd_verify, "inspect": cmd_inspect,
-            "import": cmd_import, "loader": cmd_loader, "pretrain": cmd_pretrain, "bench": cmd_bench}
+            "import": cmd_import, "loader": cmd_loader, "pretrain": cmd_pretrain, "bench": cmd_bench,
+            **_segment_commands()}
 
 if __name__ == "__main__":
     sys.exit(main())

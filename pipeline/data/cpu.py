@@ -50,13 +50,13 @@ def cpu_batches(plan: EpochPlan, reader: ClipReader, num_workers: int = 2, prefe
     """An iterable of this rank's ClipBatches for the plan's epoch, in step order."""
     pipeline = wds.DataPipeline(_Steps(plan.steps), wds.map(_DecodeBatch(plan, reader)))
     if num_workers == 0:
-        return _prefetched(pipeline, prefetch) if prefetch > 0 else pipeline
+        return prefetched(pipeline, prefetch) if prefetch > 0 else pipeline
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                          prefetch_factor=prefetch, pin_memory=pin_memory,
                          persistent_workers=False)
 
 
-def _prefetched(iterable, depth: int):
+def prefetched(iterable, depth: int):
     """Iterate ``iterable`` in a background thread, ``depth`` items ahead; errors re-raised here."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -50,8 +50,10 @@ def read_metrics(path) -> list[dict]:
 CURVES = (("loss", "total"), ("loss_mir", "MIR"), ("loss_pm", "PM"), ("loss_io", "IO"))
 
 
-def plot_curves(metrics_path, out_png, io_chance: float | None = None) -> Path | None:
-    """Losses (left) and PM/IO accuracy (right) against the step; None when nothing was logged."""
+def plot_curves(metrics_path, out_png, io_chance: float | None = None, curves=None,
+                scores=(("acc_pm", "PM accuracy"), ("acc_io", "IO accuracy"))) -> Path | None:
+    """Losses (left) and scores in 0..1 (right) against the step; None when nothing was logged.
+    ``curves`` / ``scores``: (metrics key, legend label) pairs (default: pretraining's)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -60,7 +62,7 @@ def plot_curves(metrics_path, out_png, io_chance: float | None = None) -> Path |
         return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [r["step"] for r in rows]
-    for key, label in CURVES:
+    for key, label in curves or CURVES:
         ys = [r.get(key, math.nan) for r in rows]
         if any(not math.isnan(y) for y in ys):
             a.plot(steps, ys, label=label)
@@ -68,7 +70,7 @@ def plot_curves(metrics_path, out_png, io_chance: float | None = None) -> Path |
     a.set_xlabel("step")
     a.set_title("losses")
     a.legend()
-    for key, label in (("acc_pm", "PM accuracy"), ("acc_io", "IO accuracy")):
+    for key, label in scores:
         ys = [r.get(key, math.nan) for r in rows]
         if any(not math.isnan(y) for y in ys):
             b.plot(steps, ys, label=label)
@@ -76,7 +78,7 @@ def plot_curves(metrics_path, out_png, io_chance: float | None = None) -> Path |
         b.axhline(io_chance, color="gray", ls=":", lw=1, label="IO chance")
     b.set_ylim(0, 1)
     b.set_xlabel("step")
-    b.set_title("accuracy")
+    b.set_title("scores")
     b.legend()
     fig.tight_layout()
     with atomic_open(out_png, "wb") as f:

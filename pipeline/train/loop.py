@@ -165,13 +165,14 @@ class MetricWindow:
 
 def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *, step_fn,
         ckpt: Path | None, run_info: dict, stopper: StopSignal, stop_after: int | None = None,
-        quiet: bool = False, figure_fn=None, lr_groups=("encoder", "heads")) -> dict:
+        quiet: bool = False, figure_fn=None, lr_groups=("encoder", "heads"), on_step=None) -> dict:
     """Train until ``tc.steps`` (or ``stop_after``, or a stop signal); checkpoint; return the end state.
 
     ``step_fn(batch, step, micro_step) -> (loss, logs, outputs)``: ``logs`` are 0-dim tensors
     averaged into metrics.jsonl; ``figure_fn(outputs, batch) -> arrays`` (main rank) feeds the
     masked / predicted / target figure every ``tc.figure_every`` steps. ``run_info`` (the config)
-    is saved beside each checkpoint.
+    is saved beside each checkpoint. ``on_step(model)`` runs after every optimizer step that was
+    taken (e.g. a mean teacher's EMA update).
     """
     model, optimizer = acc.prepare(model, optimizer)
     state = TrainState()
@@ -245,6 +246,8 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                             scheduler.step()
                             optimizer.zero_grad(set_to_none=True)
                             nonfinite_run = 0
+                            if on_step is not None:
+                                on_step(model)
                         bad = False
                 samples_seen += _images(batch)
                 if not acc.sync_gradients:

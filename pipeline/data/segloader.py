@@ -1,0 +1,179 @@
+"""SegLoader: batches of labelled frames (+ unlabelled ones for semi-supervised training).
+
+    loader = SegLoader("data/shards", SegDataConfig(label_fraction=0.1), batch_size=8,
+                       unlabelled_batch=8, seed=0, rank=acc.process_index,
+                       world_size=acc.num_processes, device=acc.device)
+
+Each stream (labelled rows, unlabelled rows) is an endless sequence of epochs, each a fresh
+permutation drawn from (seed, stream, epoch). Step ``s`` of rank ``r`` takes the global positions
+``s*G + r*B ... + B-1`` (G = B * world size), so the whole state is the number of steps taken:
+the same seed and world size give the same batches after a resume, and a labelled set smaller
+than one global batch (5 % of a small cohort) still fills every batch. An "epoch" of iteration
+is ``max(1, labelled // G)`` steps, for logs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cpu import prefetched
+from .frames import FrameReader, FrameTable, Selection, select_frames
+from .source import ShardSource
+
+STATE_VERSION = 1
+
+
+@dataclass
+class SegDataConfig:
+    split: str = "train"            # frames trained on
+    label_fraction: float = 1.0     # share of the split's labelled patients whose masks are used
+    image_size: int | None = None   # None: as stored; must be a multiple of 32 for the UNet
+    decode_threads: int = 2         # threads decoding a batch
+    prefetch: int = 2               # batches decoded ahead of the training loop
+
+    def __post_init__(self):
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"data.label_fraction must be in (0, 1], got {self.label_fraction}")
+        if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
+            raise ValueError(f"data.image_size must be a multiple of 32 (the UNet halves it 5 "
+                             f"times), got {self.image_size}")
+
+
+@dataclass
+class SegBatch:
+    """frames uint8 [B, 1, H, W]; masks uint8 [B, 1, H, W] 0/1; plane int64 [B] (-1: unknown);
+    pixel_size float32 [B] (nan: unknown); unlabelled uint8 [Bu, 1, H, W] or None."""
+    frames: torch.Tensor
+    masks: torch.Tensor
+    plane: torch.Tensor
+    pixel_size: torch.Tensor
+    unlabelled: torch.Tensor | None
+    rows: np.ndarray
+    epoch: int
+    step: int
+
+    def to(self, device, non_blocking: bool = False) -> "SegBatch":
+        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return SegBatch(mv(self.frames), mv(self.masks), mv(self.plane), mv(self.pixel_size),
+                        mv(self.unlabelled), self.rows, self.epoch, self.step)
+
+
+def stream_rows(rows: np.ndarray, positions: np.ndarray, seed: int, stream: int) -> np.ndarray:
+    """Rows at global ``positions`` of an endless sequence of per-epoch permutations of ``rows``."""
+    n = len(rows)
+    epochs, within = np.divmod(positions, n)
+    out = np.empty(len(positions), np.int64)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng([seed, stream, int(e), 0x5E6]).permutation(n)
+        sel = epochs == e
+        out[sel] = rows[perm[within[sel]]]
+    return out
+
+
+class SegLoader:
+    def __init__(self, data, cfg: SegDataConfig | None = None, *, batch_size: int,
+                 unlabelled_batch: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 device="cpu", cache_dir=None, shard_url=None):
+        self.cfg = cfg or SegDataConfig()
+        self.B, self.Bu = batch_size, unlabelled_batch
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device = torch.device(device)
+        self.source = ShardSource(data, cache_dir=cache_dir, shard_url=shard_url)
+        self.table = FrameTable.from_index(self.source.index)
+        self.sel: Selection = select_frames(self.table, self.cfg.split, self.cfg.label_fraction,
+                                            seed, str(data))
+        s = self.cfg.image_size
+        rows = self.sel.labelled
+        if s is None:
+            sizes = set(zip(self.table.height[rows].tolist(), self.table.width[rows].tolist()))
+            if len(sizes) != 1:
+                raise ValueError(f"{data}: frames have several sizes {sorted(sizes)[:4]}; set "
+                                 "data.image_size")
+            self.image_size = sizes.pop()
+            if self.image_size[0] % 32 or self.image_size[1] % 32:
+                raise ValueError(f"{data}: stored frames are {self.image_size}, not multiples of 32; "
+                                 "set data.image_size (e.g. 256)")
+        else:
+            self.image_size = (s, s)
+        self.reader = FrameReader(self.source, self.table, self.image_size, self.cfg.decode_threads)
+        self.steps_done = 0
+
+    # -- what a step holds -----------------------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        return self.B * self.world_size
+
+    def step_rows(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(labelled rows, unlabelled rows or None) of this rank at global step ``step``."""
+        def take(rows, b, stream):
+            pos = step * b * self.world_size + self.rank * b + np.arange(b)
+            return stream_rows(rows, pos, self.seed, stream)
+        lab = take(self.sel.labelled, self.B, 0)
+        return lab, (take(self.sel.unlabelled, self.Bu, 1) if self.Bu else None)
+
+    def batch(self, step: int) -> SegBatch:
+        lab, unl = self.step_rows(step)
+        t = self.table
+        frames, masks = self.reader.images(lab, masks=True)
+        unlabelled = None if unl is None else torch.from_numpy(self.reader.images(unl)).unsqueeze(1)
+        return SegBatch(torch.from_numpy(frames).unsqueeze(1), torch.from_numpy(masks).unsqueeze(1),
+                        torch.from_numpy(t.plane[lab]),
+                        torch.from_numpy(t.pixel_size[lab].astype(np.float32)), unlabelled, lab,
+                        epoch=self.epoch_of(step), step=step)
+
+    def epoch_of(self, step: int) -> int:
+        return step * self.global_batch // len(self.sel.labelled)
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.sel.labelled) // self.global_batch)
+
+    # -- iteration: one "epoch" of steps per call --------------------------------------------------
+    def __iter__(self):
+        start = self.steps_done
+        steps = range(start, start + self.steps_per_epoch())
+        source = (self.batch(s) for s in steps)
+        it = prefetched(source, self.cfg.prefetch) if self.cfg.prefetch > 0 else source
+        for b in it:
+            self.steps_done = b.step + 1
+            yield b.to(self.device, non_blocking=True)
+
+    # -- checkpoint state ------------------------------------------------------------------------
+    @property
+    def state(self):   # what the trainer prints on resume
+        return _State(self.epoch_of(self.steps_done), self.steps_done * self.global_batch)
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "steps": self.steps_done, "seed": self.seed,
+                "split": self.cfg.split, "label_fraction": self.cfg.label_fraction,
+                "batch_size": self.B, "unlabelled_batch": self.Bu, "world_size": self.world_size,
+                "labelled_frames": int(len(self.sel.labelled))}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        differ = [k for k in ("seed", "split", "label_fraction", "labelled_frames")
+                  if state.get(k) != mine[k]]
+        if differ:
+            raise ValueError("cannot resume: the checkpoint's data used other " + ", ".join(
+                f"{k}={state.get(k)!r} (now {mine[k]!r})" for k in differ)
+                + "; use the run's config and dataset")
+        if (state["batch_size"], state["world_size"]) != (self.B, self.world_size):
+            # the global positions continue, so no frame is skipped or repeated out of turn
+            consumed = state["steps"] * state["batch_size"] * state["world_size"]
+            self.steps_done = consumed // self.global_batch
+        else:
+            self.steps_done = int(state["steps"])
+
+    def describe(self) -> dict:
+        return {"split": self.cfg.split, "label_fraction": self.cfg.label_fraction,
+                "labelled_patients": len(self.sel.patients), "patients": self.sel.total_patients,
+                "labelled_frames": int(len(self.sel.labelled)),
+                "unlabelled_frames": int(len(self.sel.unlabelled)) if self.Bu else 0,
+                "image_size": list(self.image_size)}
+
+
+@dataclass
+class _State:
+    epoch: int
+    position: int

@@ -1,0 +1,126 @@
+"""The fetal head segmenter: a segmentation-models-pytorch UNet on our ResNet encoder.
+
+smp's ResNet encoders *are* torchvision ResNets, like ours, so ``encoder.pt`` loads into
+``Segmenter.encoder`` with ``strict=True`` (every weight, by name). Our debug arch ``tiny``
+(a ResNet-10) is registered with smp under ``sonostream-tiny``. The optional plane head
+(multi-task mode) is smp's classification head on the deepest features.
+
+``segmenter.pt`` (what ``finetune`` writes and ``evaluate`` / ``segment-video`` read) is a plain
+dict that loads with ``weights_only=True``: format, arch, in_chans, image_size, planes,
+decoder_channels, mode, init, step, complete, state_dict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from preprocessing import format as fmt
+
+from .encoder import ARCHS, FORMAT as ENCODER_FORMAT
+from .pretrain import normalize
+
+FORMAT = "sonostream-segmenter/1"
+SMP_NAMES = {"tiny": "sonostream-tiny", "resnet18": "resnet18", "resnet34": "resnet34",
+             "resnet50": "resnet50"}
+
+
+@dataclass
+class SegmenterConfig:
+    arch: str = "resnet18"                         # tiny | resnet18 | resnet34 | resnet50
+    in_chans: int = 1
+    decoder_channels: tuple = (256, 128, 64, 32, 16)
+    plane_dropout: float = 0.2                     # multi-task plane head
+
+    def __post_init__(self):
+        self.decoder_channels = tuple(self.decoder_channels)
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if len(self.decoder_channels) != 5:
+            raise ValueError("model.decoder_channels needs 5 widths (one per UNet stage)")
+
+
+def _register_tiny() -> None:
+    from segmentation_models_pytorch import encoders
+    from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
+    from torchvision.models.resnet import BasicBlock
+    if SMP_NAMES["tiny"] not in encoders.encoders:
+        encoders.encoders[SMP_NAMES["tiny"]] = {
+            "encoder": ResNetEncoder, "pretrained_settings": {},
+            "params": {"out_channels": [3, 64, 64, 128, 256, 512], "block": BasicBlock,
+                       "layers": list(ARCHS["tiny"][1])}}
+
+
+def build_segmenter(cfg: SegmenterConfig, planes: int = 0):
+    """A randomly initialised UNet; ``planes`` > 0 adds the plane classification head."""
+    import segmentation_models_pytorch as smp
+    _register_tiny()
+
+    class Segmenter(smp.Unet):
+        """imgs float (N, C, H, W) in 0..1, H and W multiples of 32 ->
+        (mask logits (N, 1, H, W), plane logits (N, planes) or None)."""
+
+        def forward(self, x):
+            out = super().forward(normalize(x))   # -1..1, as the encoder was pretrained
+            return out if isinstance(out, tuple) else (out, None)
+
+    aux = {"classes": planes, "dropout": cfg.plane_dropout} if planes else None
+    return Segmenter(SMP_NAMES[cfg.arch], encoder_weights=None, in_channels=cfg.in_chans, classes=1,
+                     decoder_channels=list(cfg.decoder_channels), aux_params=aux)
+
+
+def load_pretrained_encoder(model, path, arch: str, in_chans: int = 1) -> dict:
+    """Copy ``encoder.pt`` into ``model.encoder`` (every weight, strict). Returns its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--init {path}: no such file (pretraining writes RUN/encoder.pt; "
+                         "--init none trains from scratch)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
+        raise ValueError(f"--init {path} is not a sonostream encoder (format "
+                         f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "
+                         "pass the encoder.pt a pretraining run wrote")
+    if blob["arch"] != arch or blob["in_chans"] != in_chans:
+        raise ValueError(f"--init {path} holds a {blob['arch']} encoder with {blob['in_chans']} "
+                         f"input channel(s), but model.arch is {arch} with {in_chans}: set "
+                         f"model.arch: {blob['arch']} or pass an encoder of that architecture")
+    model.encoder.load_state_dict(dict(blob["state_dict"]), strict=True)
+    return {k: v for k, v in blob.items() if k != "state_dict"}
+
+
+def export_segmenter(state_dict: dict, cfg: SegmenterConfig, path, *, image_size, planes,
+                     **meta) -> None:
+    from preprocessing.atomic import atomic_open
+    blob = {"format": FORMAT, "arch": cfg.arch, "in_chans": cfg.in_chans,
+            "decoder_channels": list(cfg.decoder_channels), "image_size": list(image_size),
+            "planes": list(planes), **meta,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()}}
+    with atomic_open(path, "wb") as f:
+        torch.save(blob, f)
+
+
+def load_segmenter(path) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on CPU, metadata) from a ``segmenter.pt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist (finetune writes RUN/segmenter.pt)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
+        raise ValueError(f"{path} is not a sonostream segmenter ({type(e).__name__}); pass the "
+                         "segmenter.pt a finetune run wrote") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        what = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        hint = " (that is a pretrained encoder: fine-tune it first)" if what == ENCODER_FORMAT else ""
+        raise ValueError(f"{path} is not a sonostream segmenter (format {what!r}){hint}; pass the "
+                         "segmenter.pt a finetune run wrote")
+    cfg = SegmenterConfig(arch=blob["arch"], in_chans=blob["in_chans"],
+                          decoder_channels=tuple(blob["decoder_channels"]))
+    model = build_segmenter(cfg, planes=len(blob["planes"]))
+    model.load_state_dict(blob["state_dict"], strict=True)
+    model.eval()
+    return model, {k: v for k, v in blob.items() if k != "state_dict"}
+
+
+PLANES = fmt.PLANES
