@@ -23,15 +23,22 @@ $(VENV)/.deepspeed: $(VENV)/.installed
 	touch $@
 
 # The main job on the built-in synthetic cohort: synth -> build -> verify -> inspect -> stream
-# -> pretrain (debug size, CPU; a re-run continues from the run's last checkpoint).
+# -> pretrain (debug size, CPU; a re-run continues from the run's last checkpoint)
+# -> label-efficiency experiment (scratch vs pretrained x supervised/semi/multitask x 5-100%
+# labels: 24 small fine-tuning runs, each evaluated; a re-run skips finished runs) -> evaluate.
 demo: setup
 	$(BIN)/sonostream synth --out $(DEMO)/cohort --preview $(DEMO)/synth_preview.png
-	$(BIN)/sonostream build --csv $(DEMO)/cohort/frames.csv --out $(DEMO)/shards
+	$(BIN)/sonostream build --csv $(DEMO)/cohort/frames.csv --out $(DEMO)/shards \
+		--val-fraction 0.1 --test-fraction 0.25
 	$(BIN)/sonostream verify $(DEMO)/shards
 	$(BIN)/sonostream inspect $(DEMO)/shards --contact-sheet $(DEMO)/contact_sheet.png
 	$(BIN)/sonostream loader $(DEMO)/shards --loader auto --batch-size 16 --clip-len 4 --epochs 2
 	$(BIN)/sonostream pretrain --config launch/configs/debug/pretrain.yaml --data $(DEMO)/shards \
 		--out $(DEMO)/pretrain $$(test -f $(DEMO)/pretrain/checkpoints/latest && echo --resume latest)
+	$(BIN)/sonostream experiment label-efficiency --data $(DEMO)/shards --out $(DEMO)/label_efficiency \
+		--encoder $(DEMO)/pretrain/encoder.pt --config launch/configs/debug/finetune.yaml
+	$(BIN)/sonostream evaluate --checkpoint $(DEMO)/label_efficiency/runs/pretrained-semi-0.1/segmenter.pt \
+		--data $(DEMO)/shards --split test --out $(DEMO)/evaluate --quiet
 
 test: setup $(VENV)/.deepspeed
 	$(BIN)/python -m pytest -q

@@ -99,3 +99,16 @@ def test_summarize_skips_and_counts_none():
     assert summarize([])["n"] == 0
     with pytest.raises(ValueError):
         summarize([1.0, float("nan")])
+
+
+def test_largest_component_drops_specks_and_keeps_the_edge():
+    from pipeline.eval.evaluate import largest_component
+    prob = np.zeros((40, 40), np.float32)
+    prob[10:30, 10:30] = 0.9
+    prob[9, 10:30] = 0.3          # sub-pixel edge information below 0.5, next to the head
+    prob[2:4, 35:37] = 0.8        # a speck
+    mask, p = largest_component(prob)
+    assert mask.sum() == 400 and not mask[2, 35]
+    assert p[2, 35] == 0 and p[9, 15] == pytest.approx(0.3)
+    one, same = largest_component(np.where(prob > 0.85, prob, 0))
+    assert one.sum() == 400 and same is not None

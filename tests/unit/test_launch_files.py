@@ -9,7 +9,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / "launch"
-RUN_CONFIGS = sorted((LAUNCH / "configs").rglob("*.yaml"))
+RUN_CONFIGS = sorted((LAUNCH / "configs").rglob("pretrain.yaml"))
+FINETUNE_CONFIGS = sorted((LAUNCH / "configs").rglob("finetune.yaml"))
 ACCELERATE = sorted((LAUNCH / "accelerate").glob("*.yaml"))
 DEEPSPEED = sorted((LAUNCH / "deepspeed").glob("*.json"))
 SBATCH = LAUNCH / "slurm" / "pretrain.sbatch"
@@ -30,6 +31,20 @@ def test_run_config_loads(path):
     assert set(raw) <= {"model", "heads", "tasks", "loader", "optim", "train"}
     assert "batch_size" not in raw.get("loader", {})
     assert cfg.train.batch_size == raw["train"]["batch_size"]   # the file's values, not defaults
+
+
+def test_every_config_is_a_pretrain_or_finetune_config():
+    assert set((LAUNCH / "configs").rglob("*.yaml")) == set(RUN_CONFIGS) | set(FINETUNE_CONFIGS)
+    assert len(FINETUNE_CONFIGS) == 2
+
+
+@pytest.mark.parametrize("path", FINETUNE_CONFIGS, ids=lambda p: str(p.relative_to(LAUNCH)))
+def test_finetune_config_loads(path):
+    from pipeline.train.finetune import load_finetune_config
+    cfg = load_finetune_config(path)
+    raw = yaml.safe_load(path.read_text())
+    assert cfg.train.batch_size == raw["train"]["batch_size"]
+    assert cfg.model.arch == raw["model"]["arch"] and cfg.data.image_size % 32 == 0
 
 
 def test_real_config_is_the_real_size():
