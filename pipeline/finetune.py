@@ -51,22 +51,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from pipeline.pretrain import run_job
     from pipeline.train.finetune import load_finetune_config, train
-    from pipeline.train.loop import TrainingError
-    from pipeline.pretrain import quiet_logs
-    quiet_logs()
-    try:
+
+    def job():
         cfg = load_finetune_config(args.config, args.set, mode=args.mode, init=args.init,
                                    label_fraction=args.label_fraction, max_steps=args.max_steps)
         train(cfg, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
               cache_dir=args.cache_dir, shard_url=args.shard_url, quiet=args.quiet)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_job(job)
 
 
 def main(argv=None) -> int:

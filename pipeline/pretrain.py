@@ -60,12 +60,18 @@ def quiet_logs() -> None:
 
 
 def run(args) -> int:
-    from pipeline.train.pretrain import TrainingError, load_pretrain_config, train
+    from pipeline.train.pretrain import load_pretrain_config, train
+    return run_job(lambda: train(load_pretrain_config(args.config, args.set, args.max_steps),
+                                 args.data, args.out, resume=args.resume, stop_after=args.stop_after,
+                                 cache_dir=args.cache_dir, shard_url=args.shard_url, quiet=args.quiet))
+
+
+def run_job(job) -> int:
+    """Run a training job: exit status 2 for bad input (ValueError), 1 when training fails."""
+    from pipeline.train.loop import TrainingError
     quiet_logs()
     try:
-        cfg = load_pretrain_config(args.config, args.set, args.max_steps)
-        train(cfg, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
-              cache_dir=args.cache_dir, shard_url=args.shard_url, quiet=args.quiet)
+        job()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
