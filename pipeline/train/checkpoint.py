@@ -106,3 +106,18 @@ def save_checkpoint(accelerator, run, step: int, keep: int, info: dict | None = 
     return final
 
 
+
+
+def check_saved_sections(ckpt: Path, now: dict, sections) -> dict | None:
+    """The config saved with ``ckpt`` (None for a checkpoint without run.yaml); raises when one
+    of ``sections`` differs from ``now`` (the model must be the one we build, or loading it
+    fails deep in torch)."""
+    info = Path(ckpt) / "run.yaml"
+    if not info.is_file():
+        return None
+    saved = yaml.safe_load(info.read_text())["config"]
+    for section in sections:
+        if saved.get(section) != now[section]:
+            raise ValueError(f"cannot resume from {ckpt}: its {section} config {saved.get(section)} "
+                             f"differs from this run's {now[section]}; use the run's config")
+    return saved

@@ -30,6 +30,7 @@ from pipeline.objectives.segment import (MODES, MultitaskConfig, SemiConfig, con
 from preprocessing.atomic import write_text
 from preprocessing.dataset import check_dataset_dir
 
+from .checkpoint import check_saved_sections
 from .logs import plot_curves, read_metrics
 from .loop import (StopSignal, TrainConfig, check_run_dir, fill_deepspeed_auto, fit, full_state_dict,
                    make_accelerator, noise_seed, per_rank_batch)
@@ -75,15 +76,7 @@ def load_finetune_config(path, overrides=(), *, mode=None, init=None, label_frac
 
 
 def check_resume_config(ckpt: Path, cfg: FinetuneConfig) -> None:
-    info = ckpt / "run.yaml"
-    if not info.is_file():
-        return
-    saved = yaml.safe_load(info.read_text())["config"]
-    now = to_dict(cfg)
-    for section in ("task", "model"):
-        if saved.get(section) != now[section]:
-            raise ValueError(f"cannot resume from {ckpt}: its {section} config {saved.get(section)} "
-                             f"differs from this run's {now[section]}; use the run's config")
+    check_saved_sections(ckpt, to_dict(cfg), ("task", "model"))
 
 
 class MeanTeacher:

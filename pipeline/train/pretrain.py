@@ -22,6 +22,7 @@ from pipeline.models import EncoderConfig, HeadsConfig, PretrainModel, export_en
 from pipeline.models.pretrain import apply_mask
 from pipeline.objectives import TasksConfig, pretrain_losses
 
+from .checkpoint import check_saved_sections
 from .logs import plot_curves, read_metrics
 from .loop import (StopSignal, TrainConfig, TrainingError, check_run_dir, fill_deepspeed_auto, fit,
                    full_state_dict, make_accelerator, noise_seed, per_rank_batch)
@@ -70,16 +71,8 @@ def check_inputs(data: str, out: Path, resume: str | None) -> Path | None:
 
 def check_resume_config(ckpt: Path, cfg: PretrainConfig) -> None:
     """The checkpoint's model must be the one we build, or loading it fails deep in torch."""
-    info = ckpt / "run.yaml"
-    if not info.is_file():
-        return
-    saved = yaml.safe_load(info.read_text())["config"]
-    now = to_dict(cfg)
-    for section in ("model", "heads"):
-        if saved.get(section) != now[section]:
-            raise ValueError(f"cannot resume from {ckpt}: its {section} config {saved.get(section)} "
-                             f"differs from this run's {now[section]}; use the run's config")
-    if TasksConfig(**saved["tasks"]).active != cfg.tasks.active:
+    saved = check_saved_sections(ckpt, to_dict(cfg), ("model", "heads"))
+    if saved is not None and TasksConfig(**saved["tasks"]).active != cfg.tasks.active:
         raise ValueError(f"cannot resume from {ckpt}: it trained tasks {TasksConfig(**saved['tasks']).active}, "
                          f"this run has {cfg.tasks.active}")
 
