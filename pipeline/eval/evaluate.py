@@ -32,6 +32,7 @@ from pipeline.data.source import ShardSource
 from pipeline.models.segmenter import load_segmenter
 from preprocessing import atomic
 from preprocessing import format as fmt
+from preprocessing.imaging import Letterbox
 
 from .hc import HC18_COLUMNS, fit_ellipse, hc18_row
 from .metrics import dice, hd95, iou, summarize
@@ -47,17 +48,35 @@ def pick_device(device=None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def _to_model(frame: np.ndarray, size: tuple[int, int]):
+    """(model input, letterbox or None): square frames are resized, others letterboxed (as
+    ``build`` stores them: longer side to the size, centred on black)."""
+    if frame.shape == tuple(size):
+        return frame, None
+    if frame.shape[0] == frame.shape[1]:
+        return cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA), None
+    lb = Letterbox.fit(frame.shape[0], frame.shape[1], size[0])
+    return lb.apply(frame), lb
+
+
+def _from_model(prob: np.ndarray, frame: np.ndarray, lb) -> np.ndarray:
+    if lb is not None:
+        prob = prob[lb.pad_y:lb.pad_y + lb.out_h, lb.pad_x:lb.pad_x + lb.out_w]
+    if prob.shape == frame.shape:
+        return prob
+    return cv2.resize(prob, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
 @torch.no_grad()
 def predict(model, frames: list[np.ndarray], size: tuple[int, int], device) -> tuple[list, np.ndarray | None]:
     """Probability maps at each frame's own size ([H, W] float32) and plane logits [N, P]."""
-    x = np.stack([f if f.shape == tuple(size) else
-                  cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in frames])
-    x = torch.from_numpy(x).to(device).unsqueeze(1).float() / 255.0
+    if size[0] != size[1]:
+        raise ValueError(f"the model's input size must be square, got {size}")
+    inputs = [_to_model(f, size) for f in frames]
+    x = torch.from_numpy(np.stack([x for x, _ in inputs])).to(device).unsqueeze(1).float() / 255.0
     logits, plane = model(x)
     probs = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-    out = [p if p.shape == f.shape else
-           cv2.resize(p, (f.shape[1], f.shape[0]), interpolation=cv2.INTER_LINEAR)
-           for p, f in zip(probs, frames)]
+    out = [_from_model(p, f, lb) for p, f, (_, lb) in zip(probs, frames, inputs)]
     return out, (None if plane is None else plane.float().cpu().numpy())
 
 
@@ -179,8 +198,8 @@ def aggregate(records: list[dict], planes: list) -> dict:
 
 def write_outputs(out: Path, metrics: dict, records, hc18, cases, n_overlays: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "per_image.csv", _csv(PER_IMAGE_COLUMNS, records))
-    atomic.write_text(out / "hc18.csv", _csv(HC18_COLUMNS, hc18))
+    atomic.write_text(out / "per_image.csv", csv_text(PER_IMAGE_COLUMNS, records))
+    atomic.write_text(out / "hc18.csv", csv_text(HC18_COLUMNS, hc18))
     if cases and n_overlays > 0:
         cases.sort(key=lambda c: (c[0], c[1]))
         k = min(n_overlays, len(cases))
@@ -193,7 +212,7 @@ def write_outputs(out: Path, metrics: dict, records, hc18, cases, n_overlays: in
     atomic.write_json(out / "metrics.json", metrics)
 
 
-def _csv(columns, rows) -> str:
+def csv_text(columns, rows) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)

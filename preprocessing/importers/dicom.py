@@ -211,31 +211,46 @@ def _frame_time_ms(ds) -> float | None:
     return None
 
 
+class Loop:
+    """One DICOM file opened for its frames: ``images()`` yields them as the importer stores
+    them (cropped to the sector when asked); ``pixel_size_mm`` may be None."""
+
+    def __init__(self, path: str, crop_sector: bool = True):
+        self.path = path
+        self.ds = ds = read_dataset(path)
+        check_decoder(ds, path)
+        self.frames = Frames(ds, path)
+        self.count = self.frames.count
+        self.h, self.w = int(ds.Rows), int(ds.Columns)
+        box, self.pixel_size_mm = region(ds, self.h, self.w)
+        self.sector = None
+        if crop_sector:
+            probe = SectorProbe()
+            for gray, colour in self.frames:
+                probe.add(gray, colour)
+            self.sector = probe.find(box)
+        self.frame_time_ms = _frame_time_ms(ds) if self.count > 1 else None
+
+    def images(self):
+        n = 0
+        for n, (gray, colour) in enumerate(self.frames, 1):
+            if gray.shape != (self.h, self.w):
+                raise ImportProblem(f"{self.path}: frame {n - 1} is {gray.shape[1]}x{gray.shape[0]}, "
+                                    f"the header says {self.w}x{self.h}")
+            yield self.sector.apply(gray, colour) if self.sector else gray
+        if n == 0:
+            raise ImportProblem(f"{self.path}: the pixel data holds no frame")
+
+
 def _import_file(writer: ImportWriter, path: str, crop_sector: bool) -> None:
-    ds = read_dataset(path)
-    check_decoder(ds, path)
-    frames = Frames(ds, path)
-    h, w = int(ds.Rows), int(ds.Columns)
-    box, pixel_size = region(ds, h, w)
-    sector = None
-    if crop_sector:
-        probe = SectorProbe()
-        for gray, colour in frames:
-            probe.add(gray, colour)
-        sector = probe.find(box)
+    loop = Loop(path, crop_sector)
+    ds = loop.ds
     patient = str(ds.get("PatientID") or "").strip() or f"anon-{path_hash(path)}"
     video = str(ds.get("SOPInstanceUID") or "").strip() or Path(path).stem
-    columns = {"pixel_size_mm": pixel_size, "source_file": path,
+    columns = {"pixel_size_mm": loop.pixel_size_mm, "source_file": path,
                "manufacturer": str(ds.get("Manufacturer") or ""),
-               "frame_time_ms": _frame_time_ms(ds) if frames.count > 1 else None,
-               **(crop_columns(sector) if sector else {})}
+               "frame_time_ms": loop.frame_time_ms,
+               **(crop_columns(loop.sector) if loop.sector else {})}
     writer.start_video(patient, video, path)
-    n = 0
-    for n, (gray, colour) in enumerate(frames, 1):
-        if gray.shape != (h, w):
-            raise ImportProblem(f"{path}: frame {n - 1} is {gray.shape[1]}x{gray.shape[0]}, "
-                                f"the header says {w}x{h}")
-        writer.add_frame(patient, video, n - 1, sector.apply(gray, colour) if sector else gray,
-                         **columns)
-    if n == 0:
-        raise ImportProblem(f"{path}: the pixel data holds no frame")
+    for n, image in enumerate(loop.images()):
+        writer.add_frame(patient, video, n, image, **columns)

@@ -12,7 +12,10 @@ video_name is the file name without extension.
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -79,8 +82,10 @@ def frame_rate(path: str) -> float | None:
         return float(rate) if rate else None
 
 
-def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool,
-                 patient_from: str) -> None:
+def read_loop(path: str, stride: int = 1, crop_sector: bool = True):
+    """(sector or None, iterable of (frame index, time in s or None, image)): the frames as the
+    importer stores them (cropped to the sector when asked). Raises ImportProblem naming ``path``
+    when the file cannot be decoded or holds no frame."""
     frames, cache, size = decode(path, stride), [], 0
     probe = SectorProbe()
     if crop_sector:
@@ -94,6 +99,14 @@ def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool
             raise ImportProblem(f"{path}: the video holds no frame")
         frames = cache if cache is not None else decode(path, stride)
     sector = probe.find() if crop_sector else None
+    images = ((index, time_s, sector.apply(gray, colour) if sector else gray)
+              for index, time_s, gray, colour in frames)
+    return sector, images
+
+
+def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool,
+                 patient_from: str) -> None:
+    sector, frames = read_loop(path, stride, crop_sector)
     stem = Path(path).stem
     patient = stem if patient_from == "file" else Path(os.path.abspath(path)).parent.name
     rate = frame_rate(path)
@@ -102,8 +115,39 @@ def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool
                **(crop_columns(sector) if sector else {})}
     writer.start_video(patient, stem, path)
     n = 0
-    for n, (index, time_s, gray, colour) in enumerate(frames, 1):
-        writer.add_frame(patient, stem, index, sector.apply(gray, colour) if sector else gray,
+    for n, (index, time_s, image) in enumerate(frames, 1):
+        writer.add_frame(patient, stem, index, image,
                          time_s=round(time_s, 4) if time_s is not None else None, **columns)
     if n == 0:
         raise ImportProblem(f"{path}: the video holds no frame")
+
+
+def write_mp4(path, frames, fps: float = 10.0, crf: int = 18) -> Path:
+    """Encode ``frames`` ((H, W) uint8 gray or (H, W, 3) uint8 RGB, all one size) as H.264 mp4,
+    atomically (a temp file in the same folder, then rename). Odd sizes are padded by one black
+    row/column (yuv420p needs even sizes). Returns the path."""
+    import av
+
+    from preprocessing import atomic
+    path = Path(path)
+    with atomic.atomic_open(path, "wb") as fh:
+        with av.open(fh, "w", format="mp4") as out:
+            stream = None
+            for img in frames:
+                rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+                h, w = rgb.shape[:2]
+                if h % 2 or w % 2:
+                    rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)))
+                if stream is None:
+                    stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+                    stream.width, stream.height = rgb.shape[1], rgb.shape[0]
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf), "preset": "veryfast"}
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            if stream is None:
+                raise ValueError(f"{path}: no frames to write")
+            for packet in stream.encode():
+                out.mux(packet)
+    return path
