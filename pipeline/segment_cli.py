@@ -1,4 +1,5 @@
-"""The segmentation commands of ``sonostream``: finetune, evaluate, experiment label-efficiency.
+"""The segmentation commands of ``sonostream``: finetune, evaluate, experiment label-efficiency,
+segment-video, and the end-to-end demo.
 
 Argument parsing only (no torch at import, so ``sonostream --help`` stays fast).
 """
@@ -24,6 +25,24 @@ Every (init, mode, fraction) run is trained with the same config and seed, then 
 """
 
 
+SEGMENT_VIDEO_EPILOG = """\
+examples:
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --input sweep.mp4 --out runs/sv \\
+      --pixel-size-mm 0.15
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --input scans/cine.dcm --out runs/sv
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --input scans/ --out runs/sv   # each loop
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --data runs/demo/shards \\
+      --video-key P0003__sweep_01 --out runs/sv
+
+writes O/per_frame.csv (frame_index,head_present,cx,cy,a,b,angle_rad,hc_mm,quality: smoothed;
+pixels of the source file, radians, mm), O/per_frame_raw.csv (before smoothing), O/summary.json
+(best frame, HC there, jitter), O/best_frame.png, O/best_overlay.png, O/overlay.mp4 and
+O/hc_over_time.png. A folder --input gives O/<file name>/ per loop and O/summary.csv.
+Frames without a head have no HC; without a pixel size (DICOM header, dataset, or
+--pixel-size-mm) HC is empty and the plot shows the perimeter in pixels.
+"""
+
+
 def add_parsers(sub) -> None:
     from pipeline.finetune import EXAMPLES, add_arguments
     add_arguments(sub.add_parser(
@@ -45,6 +64,30 @@ def add_parsers(sub) -> None:
     e.add_argument("--overlays", type=int, default=8, help="best and worst frames drawn (default 8; 0: none)")
     e.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    v = sub.add_parser("segment-video", help="segment a cine loop: per-frame HC, smoothing, best frame, overlay mp4",
+                       description="Segment every frame of a cine loop (video file, multi-frame "
+                       "DICOM, or a video in the shards), smooth the head's ellipse over time, pick "
+                       "the frame that shows the head best and report HC there.",
+                       epilog=SEGMENT_VIDEO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--checkpoint", required=True, help="segmenter.pt written by `sonostream finetune`")
+    what = v.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", help="video file (mp4, avi, ...), DICOM file, or a folder of them")
+    what.add_argument("--video-key", help="a video in --data (index.parquet's video_key)")
+    v.add_argument("--data", help="dataset folder written by `sonostream build` (with --video-key)")
+    v.add_argument("--out", required=True, help="output folder")
+    v.add_argument("--pixel-size-mm", type=float, help="mm per pixel of the file's frames (video files "
+                   "carry none; DICOM's header value is used when this is not given)")
+    v.add_argument("--no-crop-sector", dest="crop_sector", action="store_false",
+                   help="segment the whole frame (default: crop to the ultrasound sector, as "
+                   "`sonostream import` stores frames)")
+    v.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
+    v.add_argument("--no-video", dest="video", action="store_false", help="skip overlay.mp4")
+    v.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from pipeline.demo import add_parser as add_demo_parser
+    add_demo_parser(sub)
 
     x = sub.add_parser("experiment", help="experiments that train and evaluate many runs")
     xsub = x.add_subparsers(dest="experiment", required=True, metavar="WHICH")
@@ -97,4 +140,15 @@ def cmd_experiment(args) -> int:
     return 0
 
 
-COMMANDS = {"finetune": cmd_finetune, "evaluate": cmd_evaluate, "experiment": cmd_experiment}
+def cmd_segment_video(args) -> int:
+    from pipeline.eval.segment_video import run
+    return run(args)
+
+
+def cmd_demo(args) -> int:
+    from pipeline.demo import cmd_demo as run
+    return run(args)
+
+
+COMMANDS = {"demo": cmd_demo, "finetune": cmd_finetune, "evaluate": cmd_evaluate, "experiment": cmd_experiment,
+            "segment-video": cmd_segment_video}

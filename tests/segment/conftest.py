@@ -40,3 +40,16 @@ def unlabelled_shards(seg_cohort):
     """The same frames without masks."""
     csv = rewrite_csv(seg_cohort, seg_cohort.parent / "no_masks.csv", drop=("mask_path",))
     return _build(csv, seg_cohort.parent / "shards_no_masks")
+
+
+@pytest.fixture(scope="session")
+def trained_segmenter(seg_shards):
+    """A multitask tiny UNet trained briefly on seg_shards (64x64): finds most heads."""
+    from pipeline.train.finetune import load_finetune_config, train
+
+    from seg_helpers import DEBUG_CONFIG
+    out = seg_shards.parent / "segmenter-run"
+    cfg = load_finetune_config(DEBUG_CONFIG, ["train.trackers=[]", "data.prefetch=0"],
+                               mode="multitask", label_fraction=1.0, max_steps=60)
+    train(cfg, str(seg_shards), out, quiet=True)
+    return out / "segmenter.pt"
