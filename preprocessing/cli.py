@@ -18,6 +18,9 @@ typical use:
   sonostream import dicom --input scans/ --out data/dicom   # also: import hc18 --root, import video
   sonostream loader data/shards --loader auto       # stream clip batches, report frames/s + faults
   sonostream pretrain --config launch/configs/debug/pretrain.yaml --data data/shards --out runs/pt
+  sonostream finetune ... / evaluate ... / experiment label-efficiency ...   # segmentation
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --input cine.dcm --out runs/sv
+  sonostream demo --out runs/demo                   # all of it on the synthetic cohort -> report.md
 
 The frames CSV needs frame_path, patient_id, video_name, frame_id; optional columns are
 mask_path, plane, pixel_size_mm, hc_mm, ellipse_cx/cy/a/b/angle, is_standard_plane; any other
@@ -172,6 +175,19 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     bt.add_argument("--precisions", default="no,bf16", help="synthetic precisions (default no,bf16)")
     bt.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bv = bsub.add_parser("video", help="segment-video on unseen synthetic sweeps: speed, smoothing, best frame",
+                         description="Segment synthetic head sweeps (patients no cohort of the same "
+                         "seed has below index 1000) with a segmenter.pt and report: model frames/s "
+                         "at batch 1 and --batch side by side, HC error and error jitter of the "
+                         "per-frame fits against the smoothed track, and the best frame's distance "
+                         "to the labelled standard plane against the naive largest-area frame.")
+    bv.add_argument("--checkpoint", required=True, help="segmenter.pt written by `sonostream finetune`")
+    bv.add_argument("--sweeps", type=int, default=8, help="sweeps, one patient each (default 8)")
+    bv.add_argument("--frames", type=int, default=48, help="frames per sweep (default 48)")
+    bv.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
+    bv.add_argument("--batch", type=int, default=16, help="frames per forward pass (default 16)")
+    bv.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
+    bv.add_argument("--json", metavar="FILE", help="write the results as JSON")
     return p
 
 
@@ -306,6 +322,10 @@ def cmd_bench(args) -> int:
         from pipeline.bench_train import bench_train
         result = bench_train(args.data, args.config, args.set, steps=args.steps, warmup=args.warmup,
                              precisions=tuple(args.precisions.split(",")))
+    elif args.bench == "video":
+        from pipeline.bench_video import bench_video
+        result = bench_video(args.checkpoint, sweeps=args.sweeps, frames=args.frames,
+                             size=args.size, batch=args.batch, device=args.device)
     elif args.bench == "step":
         from pipeline.bench_step import bench_step
         from pipeline.models.encoder import ARCHS   # checked here: the parser stays torch-free
