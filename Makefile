@@ -22,23 +22,12 @@ $(VENV)/.deepspeed: $(VENV)/.installed
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed==0.19.8" "transformers==5.23.0"
 	touch $@
 
-# The main job on the built-in synthetic cohort: synth -> build -> verify -> inspect -> stream
-# -> pretrain (debug size, CPU; a re-run continues from the run's last checkpoint)
-# -> label-efficiency experiment (scratch vs pretrained x supervised/semi/multitask x 5-100%
-# labels: 24 small fine-tuning runs, each evaluated; a re-run skips finished runs) -> evaluate.
+# The main job on the built-in synthetic cohort, ending in $(DEMO)/report.md: synth -> build ->
+# verify -> inspect -> pretrain -> finetune (supervised, semi, multitask) -> evaluate ->
+# label-efficiency (small) -> segment-video on a synthetic sweep and a real 2-frame DICOM -> report.
+# About 10 minutes on 2 CPU cores; a re-run skips finished stages (see `sonostream demo --help`).
 demo: setup
-	$(BIN)/sonostream synth --out $(DEMO)/cohort --preview $(DEMO)/synth_preview.png
-	$(BIN)/sonostream build --csv $(DEMO)/cohort/frames.csv --out $(DEMO)/shards \
-		--val-fraction 0.1 --test-fraction 0.25
-	$(BIN)/sonostream verify $(DEMO)/shards
-	$(BIN)/sonostream inspect $(DEMO)/shards --contact-sheet $(DEMO)/contact_sheet.png
-	$(BIN)/sonostream loader $(DEMO)/shards --loader auto --batch-size 16 --clip-len 4 --epochs 2
-	$(BIN)/sonostream pretrain --config launch/configs/debug/pretrain.yaml --data $(DEMO)/shards \
-		--out $(DEMO)/pretrain $$(test -f $(DEMO)/pretrain/checkpoints/latest && echo --resume latest)
-	$(BIN)/sonostream experiment label-efficiency --data $(DEMO)/shards --out $(DEMO)/label_efficiency \
-		--encoder $(DEMO)/pretrain/encoder.pt --config launch/configs/debug/finetune.yaml
-	$(BIN)/sonostream evaluate --checkpoint $(DEMO)/label_efficiency/runs/pretrained-semi-0.1/segmenter.pt \
-		--data $(DEMO)/shards --split test --out $(DEMO)/evaluate --quiet
+	$(BIN)/sonostream demo --out $(DEMO)
 
 test: setup $(VENV)/.deepspeed
 	$(BIN)/python -m pytest -q

@@ -80,6 +80,6 @@ def test_console_script_and_readme_commands_exist():
     mod = __import__(module, fromlist=[func])
     assert callable(getattr(mod, func))
     from preprocessing.cli import COMMANDS
-    used = set(re.findall(r"^\s*sonostream (\w+)", (ROOT / "README.md").read_text(), re.M))
-    used |= set(re.findall(r"sonostream (\w+)", (ROOT / "Makefile").read_text()))
+    used = set(re.findall(r"^\s*sonostream ([\w-]+)", (ROOT / "README.md").read_text(), re.M))
+    used |= set(re.findall(r"sonostream ([\w-]+)", (ROOT / "Makefile").read_text()))
     assert used and used <= set(COMMANDS), used - set(COMMANDS)
