@@ -70,6 +70,10 @@ def find_dicom(name: str = DICOM_NAME) -> Path | None:
     return None
 
 
+class StageFailed(RuntimeError):
+    """A stage raised; the message names it and where its log is."""
+
+
 class Demo:
     def __init__(self, out, size: str = "default", quiet: bool = True):
         if size not in SIZES:
@@ -229,12 +233,21 @@ class Demo:
             if tty:
                 log(f"{head} ...", end="\r", flush=True)
             t0 = time.perf_counter()
-            if self.quiet:
-                self.state.mkdir(parents=True, exist_ok=True)
-                with open(self.state / f"{name}.log", "w") as f, contextlib.redirect_stdout(f):
+            try:
+                if self.quiet:
+                    self.state.mkdir(parents=True, exist_ok=True)
+                    with open(self.state / f"{name}.log", "w") as f, contextlib.redirect_stdout(f):
+                        result = fn()
+                else:
                     result = fn()
-            else:
-                result = fn()
+            except (ValueError, FileNotFoundError):
+                log(f"{head} failed", flush=True)
+                raise   # our own errors say what to fix
+            except Exception as e:
+                log(f"{head} failed", flush=True)
+                where = f"; its output is in {self.state / (name + '.log')}" if self.quiet else ""
+                raise StageFailed(f"stage {name} failed ({type(e).__name__}: {e}){where}; fix "
+                                  "it and run the demo again: finished stages are skipped") from e
             took = time.perf_counter() - t0
             atomic.write_json(marker, {"stage": name, "seconds": round(took, 2),
                                        "result": _jsonable(result)})
@@ -318,6 +331,10 @@ def cmd_demo(args) -> int:
                          "(run from a checkout, or install with `pip install -e .`)")
     demo = Demo(args.out, args.size, quiet=not args.verbose)
     print(f"sonostream demo ({args.size}) in {args.out}", flush=True)
-    total = demo.run()
+    try:
+        total = demo.run()
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"demo finished in {total:.1f}s ({total / 60:.1f} min); report: {Path(args.out) / 'report.md'}")
     return 0

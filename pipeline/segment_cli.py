@@ -76,8 +76,8 @@ def add_parsers(sub) -> None:
     what.add_argument("--video-key", help="a video in --data (index.parquet's video_key)")
     v.add_argument("--data", help="dataset folder written by `sonostream build` (with --video-key)")
     v.add_argument("--out", required=True, help="output folder")
-    v.add_argument("--pixel-size-mm", type=float, help="mm per pixel of the file's frames (video files "
-                   "carry none; DICOM's header value is used when this is not given)")
+    v.add_argument("--pixel-size-mm", type=float, help="mm per pixel of the frames (video files carry "
+                   "none; otherwise the DICOM header's or the dataset's value is used)")
     v.add_argument("--no-crop-sector", dest="crop_sector", action="store_false",
                    help="segment the whole frame (default: crop to the ultrasound sector, as "
                    "`sonostream import` stores frames)")

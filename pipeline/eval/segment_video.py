@@ -41,8 +41,12 @@ def run(args) -> int:
     common = dict(model=model, batch_size=args.batch_size, device=args.device, video=args.video,
                   quiet=args.quiet)
     if args.video_key:
-        s = segment_video(args.checkpoint, args.out, cine=read_shards(args.data, args.video_key),
-                          **common)
+        cine = read_shards(args.data, args.video_key)
+        if args.pixel_size_mm is not None:
+            if not args.pixel_size_mm > 0:
+                raise ValueError(f"--pixel-size-mm must be a positive number, got {args.pixel_size_mm}")
+            cine.pixel_size_mm = float(args.pixel_size_mm)
+        s = segment_video(args.checkpoint, args.out, cine=cine, **common)
         print(describe(s) + f"\nwrote {args.out}/")
         return 0
     files = find_loops(args.input)

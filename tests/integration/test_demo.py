@@ -48,3 +48,21 @@ def test_demo_refuses_a_folder_made_with_other_settings(tmp_path, capsys):
     (out / ".demo" / "settings.json").write_text(json.dumps({"size": "default"}))
     assert main(["demo", "--out", str(out), "--size", "smoke"]) == 2
     assert "another --out" in capsys.readouterr().err
+
+
+def test_a_failing_stage_names_itself_and_keeps_the_finished_ones(tmp_path, capsys, monkeypatch):
+    from pipeline import demo
+
+    def boom(self):
+        print("inspect's own output")
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(demo.Demo, "inspect", boom)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "smoke"]) == 1
+    cap = capsys.readouterr()
+    assert "stage inspect failed (RuntimeError: disk on fire)" in cap.err
+    assert str(out / ".demo" / "inspect.log") in cap.err
+    assert "inspect's own output" in (out / ".demo" / "inspect.log").read_text()
+    assert re.search(r"\[ 4/12\] inspect\s+failed", cap.out)
+    done = sorted(p.stem for p in (out / ".demo").glob("*.json") if p.stem != "settings")
+    assert done == ["build", "synth", "verify"]
