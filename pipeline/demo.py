@@ -7,7 +7,7 @@ the sweep and on a real 2-frame ultrasound DICOM (pydicom-data) -> report.md
 Every stage leaves D/.demo/<stage>.json when it finishes (what it made, how long it took); a re-run
 skips finished stages, and the training stages resume from their last checkpoint, so an
 interrupted demo continues where it stopped. ``--size smoke`` is the smallest setting (seconds per
-stage; what the test suite runs); ``default`` is what ``make demo`` runs (about 10 minutes on 2 CPU
+stage; what the test suite runs); ``default`` is what ``make demo`` runs (about 6 minutes on 2 CPU
 cores).
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing import atomic
+
 
 def _configs() -> Path:
     """launch/configs/debug of the source tree (editable install), else of the working folder
@@ -304,7 +305,7 @@ DEMO_EPILOG = """\
 stages: synth, build, verify, inspect, pretrain, finetune (supervised, semi, multitask), evaluate,
 label_efficiency, sweep, video_sweep, video_dicom, report. A finished stage leaves
 D/.demo/<stage>.json and is skipped on a re-run; training resumes from its last checkpoint.
---size smoke runs every stage at toy size in about a minute (the test suite's setting).
+--size smoke runs every stage at toy size in about 30 seconds (the test suite's setting).
 """
 
 
@@ -317,7 +318,7 @@ def add_parser(sub) -> None:
                        epilog=DEMO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     d.add_argument("--size", default="default", choices=sorted(SIZES),
-                   help="default: what `make demo` runs (~10 min on 2 CPU cores); smoke: toy size")
+                   help="default: what `make demo` runs (~6 min on 2 CPU cores); smoke: toy size (~30 s)")
     d.add_argument("--verbose", action="store_true", help="progress bars and logs of every stage")
 
 

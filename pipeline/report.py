@@ -5,7 +5,6 @@ Numbers come from the stages' own outputs (metrics.json, results.md, summary.jso
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -164,6 +163,3 @@ def write_report(out: Path, settings, results: dict, size: str) -> Path:
     atomic.write_text(path, "\n".join(lines))
     return path
 
-
-def load(path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -32,6 +32,8 @@ from .evaluate import MIN_HEAD_PIXELS, largest_component, pick_device, predict
 from .hc import Ellipse, fit_ellipse
 from .temporal import Track, best_frame, jitter, smooth_track
 
+SHIFT = 4
+
 
 @dataclasses.dataclass
 class CineResult:
@@ -45,9 +47,9 @@ class CineResult:
 def ellipse_iou(mask: np.ndarray, e: Ellipse) -> float:
     """IoU of a bool mask and the filled ellipse ``e`` drawn on the same grid."""
     drawn = np.zeros(mask.shape, np.uint8)
-    s = 16
+    s = 1 << SHIFT   # cv2 fixed point: centre and axes at 1/16 px
     cv2.ellipse(drawn, (round(e.cx * s), round(e.cy * s)), (round(e.a * s), round(e.b * s)),
-                math.degrees(e.angle), 0, 360, 1, -1, cv2.LINE_8, 4)
+                math.degrees(e.angle), 0, 360, 1, -1, cv2.LINE_8, SHIFT)
     inter = np.logical_and(mask, drawn).sum()
     union = np.logical_or(mask, drawn).sum()
     return float(inter / union) if union else 0.0

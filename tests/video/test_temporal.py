@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.eval.cine import measure
 from pipeline.eval.temporal import Track, best_frame, clean_presence, jitter, smooth_track
+from preprocessing.format import ellipse_perimeter
 from preprocessing.synth.anatomy import make_patient, plan_video
 
 SIZE = 128
@@ -45,9 +46,9 @@ def measured(video, rng, **kw) -> Track:
 
 
 def true_hc(video) -> np.ndarray:
-    return np.array([Track.from_ellipses([None], [0]).perimeter_px()[0] if not f.has_head else
-                     math.pi * (3 * (f.a_px + f.b_px) - math.sqrt((3 * f.a_px + f.b_px) * (f.a_px + 3 * f.b_px)))
-                     for f in video.frames]) * video.pixel_size_mm
+    ps = video.pixel_size_mm
+    return np.array([ellipse_perimeter(f.a_px * ps, f.b_px * ps) if f.has_head else np.nan
+                     for f in video.frames])
 
 
 @pytest.mark.parametrize("patient", [0, 1, 2, 3])
