@@ -176,8 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--precisions", default="no,bf16", help="synthetic precisions (default no,bf16)")
     bt.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bv = bsub.add_parser("video", help="segment-video on unseen synthetic sweeps: speed, smoothing, best frame",
-                         description="Segment synthetic head sweeps (patients no cohort of the same "
-                         "seed has below index 1000) with a segmenter.pt and report: model frames/s "
+                         description="Segment synthetic head sweeps of patients 1000, 1001, ... (unseen by "
+                         "any cohort of fewer patients) with a segmenter.pt and report: model frames/s "
                          "at batch 1 and --batch side by side, HC error and error jitter of the "
                          "per-frame fits against the smoothed track, and the best frame's distance "
                          "to the labelled standard plane against the naive largest-area frame.")

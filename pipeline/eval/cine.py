@@ -105,9 +105,8 @@ def shifted(track: Track, offset) -> Track:
 
 def summarize(cine, result: CineResult, checkpoint) -> dict:
     ps = cine.pixel_size_mm
-    unit = "mm" if ps else "px"
-    raw_hc = result.raw.hc_mm(ps) if ps else result.raw.perimeter_px()
-    smooth_hc = result.smooth.hc_mm(ps) if ps else result.smooth.perimeter_px()
+    raw_hc, unit = result.raw.size_series(ps)
+    smooth_hc, _ = result.smooth.size_series(ps)
     b = result.best
     out = {"source": cine.source, "kind": cine.kind, "checkpoint": str(checkpoint),
            "frames": len(cine.frames), "head_frames_raw": int(result.raw.present.sum()),

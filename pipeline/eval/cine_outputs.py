@@ -45,9 +45,7 @@ def _video_frames(cine, result, hc: np.ndarray, unit: str):
     h, w = cine.frames[0].shape[:2]
     scale = max(1, math.ceil(MIN_VIDEO_SIDE / max(h, w)))
     for i in range(len(cine.frames)):
-        rgb = frame_overlay(cine, result, i)
-        if rgb.shape[:2] != (h, w):   # frames of one loop share a size; pad/crop a stray one
-            rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_NEAREST)
+        rgb = frame_overlay(cine, result, i)   # a loop's frames share one size (see cine_source)
         if scale > 1:
             rgb = cv2.resize(rgb, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
         bar = np.zeros((18, rgb.shape[1], 3), np.uint8)
@@ -100,9 +98,8 @@ def write_outputs(out: Path, cine, result, summary: dict, video: bool = True) ->
     for name, track in (("per_frame.csv", result.smooth), ("per_frame_raw.csv", result.raw)):
         rows = shifted(track, cine.offset).rows(ps, cine.frame_index)
         atomic.write_text(out / name, csv_text(COLUMNS, rows))
-    unit = "mm" if ps else "px"
-    raw_hc = result.raw.hc_mm(ps) if ps else result.raw.perimeter_px()
-    smooth_hc = result.smooth.hc_mm(ps) if ps else result.smooth.perimeter_px()
+    raw_hc, unit = result.raw.size_series(ps)
+    smooth_hc, _ = result.smooth.size_series(ps)
     files = {"per_frame": "per_frame.csv", "per_frame_raw": "per_frame_raw.csv",
              "hc_plot": "hc_over_time.png"}
     if result.best is not None:

@@ -118,8 +118,9 @@ def read_shards(data: str, video_key: str) -> Cine:
         known = sorted(set(keys.to_pylist()))
         raise ValueError(f"--video-key {video_key!r} is not in {data} ({len(known)} videos, e.g. "
                          f"{', '.join(known[:4])}); `sonostream inspect {data}` lists them")
-    order = source.index.column("frame_index").to_numpy()[rows]
-    rows = rows[np.argsort(order, kind="stable")]
+    frame_index = source.index.column("frame_index").to_numpy()[rows]
+    order = np.argsort(frame_index, kind="stable")
+    rows, frame_index = rows[order], frame_index[order]
     table = FrameTable.from_index(source.index)
     reader = FrameReader(source, table, None, threads=2)
     frames = [reader.image(int(r)) for r in rows]
@@ -135,6 +136,5 @@ def read_shards(data: str, video_key: str) -> Cine:
     if "frame_time_ms" in source.index.column_names:
         ms = source.index.column("frame_time_ms")[int(rows[0])].as_py()
         fps = 1000.0 / float(ms) if ms else None
-    return Cine(video_key, f"{data}#{video_key}", "shards", frames,
-                source.index.column("frame_index").to_numpy()[rows].tolist(),
+    return Cine(video_key, f"{data}#{video_key}", "shards", frames, frame_index.tolist(),
                 float(np.median(sizes)) if len(sizes) else None, fps, truth=truth)

@@ -82,6 +82,12 @@ class Track:
             return np.full(len(self), np.nan)
         return self.perimeter_px() * pixel_size_mm
 
+    def size_series(self, pixel_size_mm: float | None) -> tuple[np.ndarray, str]:
+        """(HC per frame in mm, "mm") with a pixel size, else (perimeter in pixels, "px")."""
+        if pixel_size_mm:
+            return self.hc_mm(pixel_size_mm), "mm"
+        return self.perimeter_px(), "px"
+
     def rows(self, pixel_size_mm: float | None, frame_index=None) -> list[dict]:
         """per_frame.csv rows: frame_index, head_present, cx, cy, a, b, angle_rad, hc_mm, quality."""
         hc = self.hc_mm(pixel_size_mm)

@@ -16,7 +16,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-
 from tqdm import tqdm
 
 from preprocessing.importers.common import (ImportProblem, ImportResult, ImportWriter,
