@@ -16,9 +16,7 @@ writes the index.
 from __future__ import annotations
 
 import collections
-import csv
 import hashlib
-import io
 import itertools
 import json
 import multiprocessing as mp
@@ -46,7 +44,7 @@ BUILD_STATE = "build.json"
 META_SKIP = {"shard", "offset", "size", "mask_offset", "mask_size", "num_frames"}
 
 
-class BuildError(ValueError):
+class BuildError(fmt.SonostreamError):
     """The build cannot start or finish; the message says what to do."""
 
 
@@ -63,15 +61,17 @@ class BuildOptions:
 
     def __post_init__(self):
         if self.image_size < 0 or 0 < self.image_size < 16:
-            raise ValueError(f"image size must be 0 (keep source size) or >= 16, got {self.image_size}")
+            raise fmt.SonostreamError(f"image size must be 0 (keep source size) or >= 16, got "
+                                      f"{self.image_size}")
         if self.codec not in fmt.IMAGE_EXT:
-            raise ValueError(f"codec must be one of {sorted(fmt.IMAGE_EXT)}, got {self.codec!r}")
+            raise fmt.SonostreamError(f"codec must be one of {sorted(fmt.IMAGE_EXT)}, got "
+                                      f"{self.codec!r}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
+            raise fmt.SonostreamError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
         if self.shard_size_mb <= 0:
-            raise ValueError(f"shard size must be positive, got {self.shard_size_mb} MB")
+            raise fmt.SonostreamError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.min_video_frames < 1:
-            raise ValueError(f"min video frames must be >= 1, got {self.min_video_frames}")
+            raise fmt.SonostreamError(f"min video frames must be >= 1, got {self.min_video_frames}")
         fmt.check_fractions(self.val_fraction, self.test_fraction)
 
 
@@ -277,11 +277,7 @@ def _finish(out: Path, plan: Plan, opts: BuildOptions, fingerprint: dict,
 
 
 def _write_rejects(path: Path, rejects: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fmt.REJECT_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rejects)
-    atomic.write_text(path, buf.getvalue())
+    atomic.write_text(path, fmt.csv_text(fmt.REJECT_COLUMNS, rejects))
 
 
 def _summarize(out_dir: str, rows: int, table: pa.Table, rejects: list[dict],

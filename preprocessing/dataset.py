@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import format as fmt
+from .format import SonostreamError
 
 
-class DatasetError(ValueError):
+class DatasetError(SonostreamError):
     """The folder is not a finished dataset; the message says what to do."""
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import format as fmt
+from .format import Letterbox
 from .frames_csv import FrameRow
-from .imaging import (ImageError, Letterbox, binarize_mask, decode_raw, encode, is_png_gray8,
+from .imaging import (ImageError, binarize_mask, decode_raw, encode, is_png_gray8, letterbox,
                       read_bytes, to_gray8)
 
 
@@ -53,11 +55,11 @@ def encode_frame(row: FrameRow, opts: EncodeOptions) -> Encoded:
     elif geo.identity and already_gray8 and opts.codec == "jpeg" and _is_jpeg(data):
         image = data
     else:
-        image = encode(geo.apply(img), opts.codec, opts.jpeg_quality)
+        image = encode(letterbox(img, geo), opts.codec, opts.jpeg_quality)
     mask = None
     if row.mask_path is not None:
         mask = _encode_mask(row.mask_path, img.shape, geo)
-    return Encoded(image, mask, geo, _stored_labels(row.labels, geo))
+    return Encoded(image, mask, geo, stored_labels(row.labels, geo))
 
 
 _MASK_MEMO: dict[tuple, bytes | str] = {}  # per worker process: (digest, shape, geometry) -> out
@@ -95,20 +97,20 @@ def _check_mask(data: bytes, frame_shape: tuple[int, int], geo: Letterbox) -> by
         return str(e)
     if geo.identity and binary is mask and is_png_gray8(data):
         return data
-    return encode(geo.apply(binary, mask=True), "png")
+    return encode(letterbox(binary, geo, mask=True), "png")
 
 
-def _stored_labels(labels: dict, geo: Letterbox) -> dict:
-    """Pixel-valued labels mapped from source to stored pixels (HC in mm is unchanged)."""
+def stored_labels(labels: dict, geo: Letterbox) -> dict:
+    """Pixel-valued labels mapped from source to stored pixels by the contract's geometry (HC in
+    mm is unchanged)."""
     out = dict(labels)
     if geo.identity:
         return out
     if out.get("pixel_size_mm") is not None:
-        out["pixel_size_mm"] = out["pixel_size_mm"] / geo.scale
+        out["pixel_size_mm"] = geo.stored_pixel_size(out["pixel_size_mm"])
     if out.get("ellipse_cx") is not None:
-        out["ellipse_cx"], out["ellipse_cy"] = geo.point(out["ellipse_cx"], out["ellipse_cy"])
-        out["ellipse_a"] *= geo.scale
-        out["ellipse_b"] *= geo.scale
+        keys = fmt.ELLIPSE_COLUMNS   # all given or none (frames_csv checks)
+        out.update(zip(keys, geo.ellipse_to_stored(*(out[k] for k in keys))))
     return out
 
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import format as fmt
+from .format import SonostreamError
 
 
-class CsvError(ValueError):
+class CsvError(SonostreamError):
     """The CSV as a whole cannot be built; the message says how to fix it."""
 
 
@@ -95,9 +96,10 @@ def _parse_float(text: str, name: str, positive: bool) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{name} {text!r} is not a number") from None
+        raise SonostreamError(f"{name} {text!r} is not a number") from None
     if not math.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{name} {text!r} must be a {'positive ' if positive else ''}finite number")
+        raise SonostreamError(f"{name} {text!r} must be a {'positive ' if positive else ''}finite "
+                              f"number")
     return value
 
 
@@ -109,7 +111,7 @@ def parse_labels(cells: dict) -> dict:
     out: dict = {}
     plane = cells.get("plane", "").strip().lower()
     if plane and plane not in fmt.PLANES:
-        raise ValueError(f"plane {cells['plane']!r} is not one of {', '.join(fmt.PLANES)}")
+        raise SonostreamError(f"plane {cells['plane']!r} is not one of {', '.join(fmt.PLANES)}")
     out["plane"] = plane or None
     out["pixel_size_mm"] = _parse_float(cells.get("pixel_size_mm", ""), "pixel_size_mm", True)
     out["hc_mm"] = _parse_float(cells.get("hc_mm", ""), "hc_mm", True)
@@ -117,11 +119,12 @@ def parse_labels(cells: dict) -> dict:
         out[name] = _parse_float(cells.get(name, ""), name, name in ("ellipse_a", "ellipse_b"))
     given = [n for n in fmt.ELLIPSE_COLUMNS if out[n] is not None]
     if given and len(given) != len(fmt.ELLIPSE_COLUMNS):
-        raise ValueError(f"ellipse is incomplete: give all of {', '.join(fmt.ELLIPSE_COLUMNS)} "
-                         f"or none (found {', '.join(given)})")
+        raise SonostreamError(f"ellipse is incomplete: give all of "
+                              f"{', '.join(fmt.ELLIPSE_COLUMNS)} "
+                               f"or none (found {', '.join(given)})")
     flag = cells.get("is_standard_plane", "").strip().lower()
     if flag and flag not in _TRUE | _FALSE:
-        raise ValueError(f"is_standard_plane {cells['is_standard_plane']!r} is not true/false")
+        raise SonostreamError(f"is_standard_plane {cells['is_standard_plane']!r} is not true/false")
     out["is_standard_plane"] = (flag in _TRUE) if flag else None
     return out
 

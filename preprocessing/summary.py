@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from . import atomic
 from . import format as fmt
 from .dataset import Dataset, open_dataset
+from .format import SonostreamError
 from .imaging import decode_gray
 
 
@@ -106,7 +107,7 @@ def contact_sheet(root: str, out_png: str, n: int = 16, seed: int = 0, tile: int
     green, each tile captioned with its split, video and frame index."""
     ds = open_dataset(root)
     if ds.index.num_rows == 0:
-        raise ValueError(f"{root}: the index has no frames to show")
+        raise SonostreamError(f"{root}: the index has no frames to show")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(ds.index.num_rows, size=min(n, ds.index.num_rows), replace=False))
     rows = ds.index.take(pc.cast(pick, "int64")).to_pylist()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from preprocessing.format import SonostreamError
+
 
 @dataclass
 class AugmentConfig:
@@ -28,9 +30,9 @@ class AugmentConfig:
     def __post_init__(self):
         for k in ("flip", "rotate_deg", "scale", "shift", "gain", "gamma", "speckle"):
             if getattr(self, k) < 0:
-                raise ValueError(f"augment.{k} must be >= 0, got {getattr(self, k)}")
+                raise SonostreamError(f"augment.{k} must be >= 0, got {getattr(self, k)}")
         if self.flip > 1 or self.scale >= 1 or self.gain >= 1:
-            raise ValueError("augment.flip must be <= 1, augment.scale and augment.gain < 1")
+            raise SonostreamError("augment.flip must be <= 1, augment.scale and augment.gain < 1")
 
 
 def _uniform(n: int, half: float, g: torch.Generator, device) -> torch.Tensor:

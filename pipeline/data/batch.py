@@ -52,6 +52,11 @@ class ClipBatch:
         return int(self.frames.shape[1])
 
     @property
+    def num_images(self) -> int:
+        """Frames the model sees in this batch (B * K): what images/s counts."""
+        return self.batch_size * self.clip_len
+
+    @property
     def mir_mask(self) -> torch.Tensor | None:
         """Per-pixel MIR mask [B, K, 1, H, W], expanded from ``mir_patches`` on their device."""
         if self.mir_patches is None:

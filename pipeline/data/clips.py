@@ -1,6 +1,7 @@
 """Clips: K frames of one video in temporal order, enumerated per epoch from the index.
 
-A :class:`VideoTable` is built once from ``index.parquet`` (one split or several). Each epoch,
+A :class:`VideoTable` groups the rows of an :class:`IndexView` (one split or several) by video,
+once. Each epoch,
 :func:`epoch_clips` cuts every video into non-overlapping clips of ``span = (K-1)*stride + 1``
 frames, at an offset drawn per (seed, epoch, video), so an epoch shows each frame at most once
 and successive epochs see different cuts. Everything is vectorised numpy: a million-frame index
@@ -15,7 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
+
+from preprocessing.format import SonostreamError
+
+from .index import IndexView
 
 SHORT_VIDEO_POLICIES = ("repeat", "skip")
 
@@ -28,11 +32,12 @@ class ClipConfig:
 
     def __post_init__(self):
         if self.clip_len < 1:
-            raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
+            raise SonostreamError(f"clip_len must be >= 1, got {self.clip_len}")
         if self.stride < 1:
-            raise ValueError(f"stride must be >= 1, got {self.stride}")
+            raise SonostreamError(f"stride must be >= 1, got {self.stride}")
         if self.short_videos not in SHORT_VIDEO_POLICIES:
-            raise ValueError(f"short_videos must be one of {SHORT_VIDEO_POLICIES}, got {self.short_videos!r}")
+            raise SonostreamError(f"short_videos must be one of {SHORT_VIDEO_POLICIES}, "
+                                  f"got {self.short_videos!r}")
 
     @property
     def span(self) -> int:
@@ -44,21 +49,15 @@ class VideoTable:
     """The frames of the selected splits, grouped by video, videos in on-disk order.
 
     ``rows[start[v] : start[v] + length[v]]`` are the index rows of video v in frame order;
-    per-frame arrays (shard_id, offset, size, key) are indexed by those row numbers.
+    per-row arrays (shard id, offset, size, key, frame index) are the ``view``'s.
     """
+    view: IndexView
     start: np.ndarray        # [V] int64, into `rows`
     length: np.ndarray       # [V] int64
     rows: np.ndarray         # [F] int64 index rows, grouped by video, in frame order
     video_shard: np.ndarray  # [V] int64 shard id of the video's first frame
-    patient: np.ndarray      # [V] int64 patient code
+    patient: np.ndarray      # [V] int64 patient code (``view.patient_ids[code]`` is the id)
     video_keys: np.ndarray   # [V] object
-    patient_ids: np.ndarray  # [P] object: patient code -> id
-    shards: list             # shard id -> shard name
-    shard_id: np.ndarray     # [N] int64 per index row
-    offset: np.ndarray       # [N] int64 per index row
-    size: np.ndarray         # [N] int64 per index row
-    keys: np.ndarray         # [N] object per index row
-    frame_index: np.ndarray  # [N] int64 per index row
 
     @property
     def num_videos(self) -> int:
@@ -69,36 +68,25 @@ class VideoTable:
         return len(self.rows)
 
 
-def video_table(index: pa.Table, splits=("train",)) -> VideoTable:
+def video_table(view: IndexView, splits=("train",)) -> VideoTable:
     """Group the index rows of ``splits`` by video (videos ordered by where they start on disk)."""
-    col = lambda name: index.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
-    split = col("split")
-    unknown = set(splits) - set(np.unique(split).tolist()) - {"train", "val", "test"}
-    if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; the index has {sorted(set(split))}")
-    shard_names, shard_id = np.unique(col("shard"), return_inverse=True)
-    offset = col("offset").astype(np.int64)
-    vkeys, vcode = np.unique(col("video_key"), return_inverse=True)
-    pids, pcode = np.unique(col("patient_id"), return_inverse=True)
-    frame_index = col("frame_index").astype(np.int64)
-    selected = np.flatnonzero(np.isin(split, list(splits)))
+    selected = view.rows_of(splits)
     if len(selected) == 0:
-        raise ValueError(f"the index has no frames in split(s) {list(splits)}")
+        raise SonostreamError(f"the index has no frames in split(s) {list(splits)}")
+    vcode = view.video
     # Group by video, frames in order; then order videos by (shard, byte offset of first frame).
-    sel = selected[np.lexsort((frame_index[selected], vcode[selected]))]
+    sel = selected[np.lexsort((view.frame_index[selected], vcode[selected]))]
     first = np.flatnonzero(np.r_[True, vcode[sel][1:] != vcode[sel][:-1]])
     length = np.diff(np.r_[first, len(sel)])
     heads = sel[first]
-    vorder = np.lexsort((offset[heads], shard_id[heads]))
+    vorder = np.lexsort((view.offset[heads], view.shard_id[heads]))
     starts = np.r_[0, np.cumsum(length[vorder])[:-1]]
     rows = _regroup(sel, first, length, vorder)
     heads = heads[vorder]
-    return VideoTable(start=starts.astype(np.int64), length=length[vorder].astype(np.int64),
-                      rows=rows.astype(np.int64), video_shard=shard_id[heads].astype(np.int64),
-                      patient=pcode[heads].astype(np.int64), video_keys=vkeys[vcode[heads]],
-                      patient_ids=pids, shards=[str(s) for s in shard_names],
-                      shard_id=shard_id.astype(np.int64), offset=offset,
-                      size=col("size").astype(np.int64), keys=col("key"), frame_index=frame_index)
+    return VideoTable(view=view, start=starts.astype(np.int64),
+                      length=length[vorder].astype(np.int64), rows=rows.astype(np.int64),
+                      video_shard=view.shard_id[heads], patient=view.patient[heads],
+                      video_keys=view.video_keys[vcode[heads]])
 
 
 def _regroup(sel, first, length, vorder):

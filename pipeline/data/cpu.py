@@ -21,7 +21,7 @@ from torch.utils.data import get_worker_info
 
 from .placement import worker_steps
 from .plan import EpochPlan
-from .reader import ClipReader
+from .decode import FrameDecoder
 
 
 class _Steps(torch.utils.data.IterableDataset):
@@ -37,18 +37,18 @@ class _Steps(torch.utils.data.IterableDataset):
 
 
 class _DecodeBatch:
-    def __init__(self, plan: EpochPlan, reader: ClipReader):
-        self.plan, self.reader = plan, reader
+    def __init__(self, plan: EpochPlan, decoder: FrameDecoder):
+        self.plan, self.decoder = plan, decoder
 
     def __call__(self, step: int):
-        frames, kept, faults = self.reader.decode_clips(self.plan.clip_rows(step), self.plan.image_size)
+        frames, kept, faults = self.decoder.decode_clips(self.plan.clip_rows(step), self.plan.image_size)
         return self.plan.batch(step, torch.from_numpy(frames).unsqueeze(2), kept, faults)
 
 
-def cpu_batches(plan: EpochPlan, reader: ClipReader, num_workers: int = 2, prefetch: int = 2,
+def cpu_batches(plan: EpochPlan, decoder: FrameDecoder, num_workers: int = 2, prefetch: int = 2,
                 pin_memory: bool = False):
     """An iterable of this rank's ClipBatches for the plan's epoch, in step order."""
-    pipeline = wds.DataPipeline(_Steps(plan.steps), wds.map(_DecodeBatch(plan, reader)))
+    pipeline = wds.DataPipeline(_Steps(plan.steps), wds.map(_DecodeBatch(plan, decoder)))
     if num_workers == 0:
         return prefetched(pipeline, prefetch) if prefetch > 0 else pipeline
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,

@@ -2,7 +2,7 @@
 on the GPU, read through DALI's PyTorch iterator.
 
 The host side is the same as the CPU path's: the plan says which clips a step holds, and
-:class:`ClipReader` fetches their encoded bytes with one ``pread`` per clip. Encoded frames are
+:class:`~pipeline.data.decode.FrameDecoder` fetches their encoded bytes with one ``pread`` per clip. Encoded frames are
 checked for completeness on the host (a truncated JPEG would abort the DALI pipeline); a clip
 with a bad member is left out of its batch and reported, as on the CPU path. MIR masks are drawn
 by the ClipLoader on the training device after the iterator, as for the CPU path.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .plan import EpochPlan
-from .reader import ClipReader, looks_complete
+from .decode import FrameDecoder, looks_complete
 
 log = logging.getLogger("sonostream.loader")
 
@@ -35,8 +35,8 @@ def dali_available() -> bool:
 class _EncodedSteps:
     """External source: one DALI batch (the B*K encoded frames of a step) per call."""
 
-    def __init__(self, plan: EpochPlan, reader: ClipReader):
-        self.plan, self.reader = plan, reader
+    def __init__(self, plan: EpochPlan, decoder: FrameDecoder):
+        self.plan, self.decoder = plan, decoder
         self.fed: deque = deque()   # (step, kept, faults) in the order DALI receives them
         self.step = 0
 
@@ -50,11 +50,11 @@ class _EncodedSteps:
             kept = np.ones(len(rows), bool)
             faults, out = [], []
             for i, clip in enumerate(rows):
-                datas, fault = self.reader.fetch(clip)
+                datas, fault = self.decoder.fetch(clip)
                 if fault is None:
                     bad = [j for j, d in enumerate(datas) if not looks_complete(d)]
                     if bad:
-                        fault = self.reader.fault(clip[bad[0]], "image does not decode")
+                        fault = self.decoder.fault(clip[bad[0]], "image does not decode")
                 if fault:
                     kept[i] = False
                     faults.append(fault)
@@ -88,7 +88,7 @@ def build_pipeline(source, batch_size: int, size: tuple[int, int], device: torch
     return clips()
 
 
-def dali_batches(plan: EpochPlan, reader: ClipReader, device=None, threads: int = 4):
+def dali_batches(plan: EpochPlan, decoder: FrameDecoder, device=None, threads: int = 4):
     """ClipBatches of the plan's epoch, decoded by DALI (on the GPU when ``device`` is CUDA)."""
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -96,7 +96,7 @@ def dali_batches(plan: EpochPlan, reader: ClipReader, device=None, threads: int 
         return
     k = plan.clips.frames.shape[1]
     b = plan.positions.shape[1]
-    src = _EncodedSteps(plan, reader)
+    src = _EncodedSteps(plan, decoder)
     pipe = build_pipeline(src, b * k, plan.image_size, device, threads)
     it = DALIGenericIterator(pipe, ["frames"], last_batch_policy=LastBatchPolicy.PARTIAL,
                              auto_reset=False, prepare_first_batch=False)

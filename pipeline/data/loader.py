@@ -19,10 +19,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from preprocessing.format import SonostreamError
+
 from .clips import ClipConfig, video_table
+from .decode import FrameDecoder
+from .index import IndexView
 from .placement import steps_per_epoch
 from .plan import EpochPlan
-from .reader import ClipReader
 from .source import ShardSource
 from .tasks import io_classes, patch_masks
 
@@ -55,9 +58,9 @@ class LoaderConfig:
         self.splits = tuple(self.splits)
         self.mask_grid = tuple(self.mask_grid)
         if self.loader not in LOADERS:
-            raise ValueError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+            raise SonostreamError(f"loader must be one of {LOADERS}, got {self.loader!r}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise SonostreamError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.clip_len >= 2:
             io_classes(self.clip_len, self.io_reverse)  # raises a clear error for bad K / reverse
 
@@ -70,8 +73,8 @@ def resolve_loader(kind: str, device) -> str:
     """'auto' -> 'dali' when the device is CUDA and DALI imports, else 'cpu'."""
     from .dali import dali_available
     if kind == "dali" and not dali_available():
-        raise ValueError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
-                         "(or use --loader cpu / auto)")
+        raise SonostreamError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
+                               "(or use --loader cpu / auto)")
     if kind != "auto":
         return kind
     return "dali" if torch.device(device).type == "cuda" and dali_available() else "cpu"
@@ -89,27 +92,28 @@ class ClipLoader:
                  cache_limit_gb: float | None = None):
         self.cfg = cfg or LoaderConfig()
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+            raise SonostreamError(f"rank {rank} is outside 0..{world_size - 1}")
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)
         self.kind = resolve_loader(self.cfg.loader, self.device)
         self.source = ShardSource(data, cache_dir=cache_dir, shard_url=shard_url,
                                   cache_limit_gb=cache_limit_gb)
-        self.table = video_table(self.source.index, self.cfg.splits)
+        self.view = IndexView(self.source.index)
+        self.table = video_table(self.view, self.cfg.splits)
         size = self.cfg.image_size or int(self.source.manifest.get("image_size") or 0)
         if not size:  # shards kept source sizes: all frames must agree
-            hw = {(int(h), int(w)) for h, w in zip(self.source.index.column("height").to_pylist(),
-                                                    self.source.index.column("width").to_pylist())}
+            hw = {(int(h), int(w)) for h, w in self.view.stored_size[self.table.rows][:, 2:].tolist()}
             if len(hw) != 1:
-                raise ValueError("frames have several sizes; set image_size to resize them")
+                raise SonostreamError("frames have several sizes; set image_size to resize them")
             self.image_size = hw.pop()
         else:
             self.image_size = (size, size)
         self.state = LoaderState()
         gh, gw = self.cfg.mask_grid
         if gh > self.image_size[0] or gw > self.image_size[1] or min(gh, gw) < 1:
-            raise ValueError(f"mask_grid {self.cfg.mask_grid} does not fit {self.image_size} frames")
-        self.reader = ClipReader(self.source, self.table, self.cfg.decode_threads)
+            raise SonostreamError(f"mask_grid {self.cfg.mask_grid} does not fit {self.image_size} "
+                                  f"frames")
+        self.decoder = FrameDecoder(self.source, self.view, self.cfg.decode_threads)
         self.faults: list = []
 
     # -- placement ------------------------------------------------------------------------------
@@ -132,9 +136,9 @@ class ClipLoader:
     def _batches(self, plan: EpochPlan):
         if self.kind == "dali":
             from .dali import dali_batches
-            return dali_batches(plan, self.reader, device=self.device, threads=self.cfg.dali_threads)
+            return dali_batches(plan, self.decoder, device=self.device, threads=self.cfg.dali_threads)
         from .cpu import cpu_batches
-        return cpu_batches(plan, self.reader, num_workers=self.cfg.num_workers,
+        return cpu_batches(plan, self.decoder, num_workers=self.cfg.num_workers,
                            prefetch=self.cfg.prefetch, pin_memory=self.device.type == "cuda")
 
     def __iter__(self):
@@ -181,13 +185,14 @@ class ClipLoader:
         mine = self.state_dict()
         differ = [k for k in _ORDER_KEYS if list_or(state.get(k)) != list_or(mine[k])]
         if differ:
-            raise ValueError("cannot resume: the checkpoint's loader used other " + ", ".join(
+            raise SonostreamError("cannot resume: the checkpoint's loader used other " + ", ".join(
                 f"{k}={state.get(k)!r} (now {mine[k]!r})" for k in differ)
                 + "; these fix the epoch's clip order, so set them back to resume exactly")
         n = self.clips_per_epoch(state["epoch"])
         if not 0 <= state["position"] <= n:
-            raise ValueError(f"cannot resume: position {state['position']} is beyond the epoch's "
-                             f"{n} clips (is this the same dataset?)")
+            raise SonostreamError(f"cannot resume: position {state['position']} is beyond the "
+                                  f"epoch's "
+                                   f"{n} clips (is this the same dataset?)")
         self.state = LoaderState(epoch=int(state["epoch"]), position=int(state["position"]))
 
     def describe(self) -> dict:

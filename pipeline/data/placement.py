@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from preprocessing.format import SonostreamError
+
 from .clips import EpochClips
 
 
@@ -29,7 +31,7 @@ def global_order(clips: EpochClips, num_shards: int, epoch: int, seed: int,
                  shuffle_window: int) -> np.ndarray:
     """Permutation of clip numbers: position p of the epoch reads clip ``order[p]``."""
     if shuffle_window < 1:
-        raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
+        raise SonostreamError(f"shuffle_window must be >= 1, got {shuffle_window}")
     rng = np.random.default_rng([seed, epoch, 0x5EED])
     shard_rank = rng.permutation(num_shards)
     n = len(clips)
@@ -41,7 +43,7 @@ def global_order(clips: EpochClips, num_shards: int, epoch: int, seed: int,
 def steps_per_epoch(num_clips: int, batch_size: int, world_size: int, start: int = 0) -> int:
     _check(batch_size, world_size, 0, 1)
     if not 0 <= start <= num_clips:
-        raise ValueError(f"start position {start} is outside the epoch's {num_clips} clips")
+        raise SonostreamError(f"start position {start} is outside the epoch's {num_clips} clips")
     return (num_clips - start) // (batch_size * world_size)
 
 
@@ -58,7 +60,7 @@ def worker_steps(num_steps: int, num_workers: int, worker: int) -> range:
     """The steps DataLoader worker ``worker`` produces (round-robin, as the DataLoader reads them)."""
     _check(1, 1, 0, num_workers)
     if not 0 <= worker < max(1, num_workers):
-        raise ValueError(f"worker {worker} is outside 0..{num_workers - 1}")
+        raise SonostreamError(f"worker {worker} is outside 0..{num_workers - 1}")
     return range(worker, num_steps, max(1, num_workers))
 
 
@@ -73,10 +75,10 @@ def place(order: np.ndarray, batch_size: int, world_size: int, rank: int, num_wo
 
 def _check(batch_size, world_size, rank, num_workers):
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise SonostreamError(f"batch size must be >= 1, got {batch_size}")
     if world_size < 1:
-        raise ValueError(f"world size must be >= 1, got {world_size}")
+        raise SonostreamError(f"world size must be >= 1, got {world_size}")
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        raise SonostreamError(f"rank {rank} is outside 0..{world_size - 1}")
     if num_workers < 0:
-        raise ValueError(f"workers must be >= 0, got {num_workers}")
+        raise SonostreamError(f"workers must be >= 0, got {num_workers}")

@@ -28,7 +28,7 @@ class EpochPlan:
              batch_size: int, world_size: int, rank: int, shuffle_window: int,
              image_size: tuple[int, int], io_reverse: str = "same", pm_positive: str = "video"):
         clips = epoch_clips(table, clip, epoch, seed)
-        order = global_order(clips, len(table.shards), epoch, seed, shuffle_window)
+        order = global_order(clips, len(table.view.shards), epoch, seed, shuffle_window)
         positions = rank_positions(len(order), batch_size, world_size, rank, start)
         return cls(table, clips, order, positions, epoch, seed, tuple(image_size), io_reverse,
                    pm_positive)
@@ -48,6 +48,6 @@ class EpochPlan:
         video = self.clips.video[clip]
         rows = self.clips.frames[clip]
         return label_batch(frames, self.table.patient[video], video, pos,
-                           self.table.frame_index[rows], seed=self.seed, epoch=self.epoch,
+                           self.table.view.frame_index[rows], seed=self.seed, epoch=self.epoch,
                            step=step, io_reverse=self.io_reverse, pm_positive=self.pm_positive,
                            faults=faults)

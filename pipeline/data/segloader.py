@@ -1,5 +1,10 @@
 """SegLoader: batches of labelled frames (+ unlabelled ones for semi-supervised training).
 
+Which frames are labelled: :func:`labelled_patients` picks the label fraction *per patient* (a
+patient's frames are all labelled or all unlabelled, as when a clinic annotates some
+examinations), deterministically from (seed, patient id), and nested: the 5 % patients are among
+the 10 % ones, so a label-efficiency curve compares like with like.
+
     loader = SegLoader("data/shards", SegDataConfig(label_fraction=0.1), batch_size=8,
                        unlabelled_batch=8, seed=0, rank=acc.process_index,
                        world_size=acc.num_processes, device=acc.device)
@@ -13,13 +18,18 @@ is ``max(1, labelled // G)`` steps, for logs.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from preprocessing.format import SonostreamError
+
 from .cpu import prefetched
-from .frames import FrameReader, FrameTable, Selection, select_frames
+from .decode import FrameDecoder
+from .index import IndexView
 from .source import ShardSource
 
 STATE_VERSION = 1
@@ -35,10 +45,11 @@ class SegDataConfig:
 
     def __post_init__(self):
         if not 0.0 < self.label_fraction <= 1.0:
-            raise ValueError(f"data.label_fraction must be in (0, 1], got {self.label_fraction}")
+            raise SonostreamError(f"data.label_fraction must be in (0, 1], got "
+                                  f"{self.label_fraction}")
         if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
-            raise ValueError(f"data.image_size must be a multiple of 32 (the UNet halves it 5 "
-                             f"times), got {self.image_size}")
+            raise SonostreamError(f"data.image_size must be a multiple of 32 (the UNet halves it 5 "
+                                   f"times), got {self.image_size}")
 
 
 @dataclass
@@ -54,10 +65,48 @@ class SegBatch:
     epoch: int
     step: int
 
+    @property
+    def num_images(self) -> int:
+        """Labelled frames in this batch: what images/s counts."""
+        return int(self.frames.shape[0])
+
     def to(self, device, non_blocking: bool = False) -> "SegBatch":
         mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return SegBatch(mv(self.frames), mv(self.masks), mv(self.plane), mv(self.pixel_size),
                         mv(self.unlabelled), self.rows, self.epoch, self.step)
+
+
+def labelled_patients(patient_ids, fraction: float, seed: int = 0) -> list:
+    """The patients whose labels are used: ceil(fraction * n) of them (at least 1), ranked by a
+    hash of (seed, id). Nested in ``fraction`` and independent of which other patients exist."""
+    if not 0.0 < fraction <= 1.0:
+        raise SonostreamError(f"label fraction must be in (0, 1], got {fraction}")
+    ids = sorted(set(patient_ids))
+    rank = sorted(ids, key=lambda p: hashlib.sha256(f"{seed}\x00labels\x00{p}".encode()).digest())
+    return rank[:max(1, math.ceil(fraction * len(ids) - 1e-9))] if ids else []
+
+
+@dataclass
+class Selection:
+    """The training frames of a run: labelled rows, and the rows consistency losses may use."""
+    labelled: np.ndarray       # index rows whose masks are used
+    unlabelled: np.ndarray     # every row of the split (labels ignored): semi-supervised input
+    patients: list             # the labelled patients
+    total_patients: int
+
+
+def select_frames(view: IndexView, split: str, fraction: float, seed: int, where: str) -> Selection:
+    rows = view.rows_of(split)
+    masked = rows[view.has_mask[rows]]
+    if len(masked) == 0:
+        raise SonostreamError(f"{where} has no frames with masks in split {split!r}: segmentation "
+                              "needs labelled frames (build from a frames CSV with a mask_path "
+                              "column, e.g. `sonostream synth` or `sonostream import hc18`)")
+    ids = view.patient_ids[np.unique(view.patient[masked])]
+    chosen = labelled_patients(ids.tolist(), fraction, seed)
+    codes = np.flatnonzero(np.isin(view.patient_ids, chosen))
+    labelled = masked[np.isin(view.patient[masked], codes)]
+    return Selection(labelled=labelled, unlabelled=rows, patients=chosen, total_patients=len(ids))
 
 
 def stream_rows(rows: np.ndarray, positions: np.ndarray, seed: int, stream: int) -> np.ndarray:
@@ -81,23 +130,24 @@ class SegLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)
         self.source = ShardSource(data, cache_dir=cache_dir, shard_url=shard_url)
-        self.table = FrameTable.from_index(self.source.index)
-        self.sel: Selection = select_frames(self.table, self.cfg.split, self.cfg.label_fraction,
+        self.view = IndexView(self.source.index)
+        self.sel: Selection = select_frames(self.view, self.cfg.split, self.cfg.label_fraction,
                                             seed, str(data))
         s = self.cfg.image_size
         rows = self.sel.labelled
         if s is None:
-            sizes = set(zip(self.table.height[rows].tolist(), self.table.width[rows].tolist()))
+            sizes = set(map(tuple, self.view.stored_size[rows][:, 2:].tolist()))
             if len(sizes) != 1:
-                raise ValueError(f"{data}: frames have several sizes {sorted(sizes)[:4]}; set "
-                                 "data.image_size")
+                raise SonostreamError(f"{data}: frames have several sizes {sorted(sizes)[:4]}; set "
+                                       "data.image_size")
             self.image_size = sizes.pop()
             if self.image_size[0] % 32 or self.image_size[1] % 32:
-                raise ValueError(f"{data}: stored frames are {self.image_size}, not multiples of 32; "
-                                 "set data.image_size (e.g. 256)")
+                raise SonostreamError(f"{data}: stored frames are {self.image_size}, not multiples "
+                                      f"of 32; "
+                                       "set data.image_size (e.g. 256)")
         else:
             self.image_size = (s, s)
-        self.reader = FrameReader(self.source, self.table, self.image_size, self.cfg.decode_threads)
+        self.decoder = FrameDecoder(self.source, self.view, self.cfg.decode_threads)
         self.steps_done = 0
 
     # -- what a step holds -----------------------------------------------------------------------
@@ -115,12 +165,13 @@ class SegLoader:
 
     def batch(self, step: int) -> SegBatch:
         lab, unl = self.step_rows(step)
-        t = self.table
-        frames, masks = self.reader.images(lab, masks=True)
-        unlabelled = None if unl is None else torch.from_numpy(self.reader.images(unl)).unsqueeze(1)
+        v, size = self.view, self.image_size
+        frames, masks = self.decoder.images(lab, size, masks=True)
+        unlabelled = None if unl is None else torch.from_numpy(
+            self.decoder.images(unl, size)).unsqueeze(1)
         return SegBatch(torch.from_numpy(frames).unsqueeze(1), torch.from_numpy(masks).unsqueeze(1),
-                        torch.from_numpy(t.plane[lab]),
-                        torch.from_numpy(t.pixel_size[lab].astype(np.float32)), unlabelled, lab,
+                        torch.from_numpy(v.plane[lab]),
+                        torch.from_numpy(v.pixel_size[lab].astype(np.float32)), unlabelled, lab,
                         epoch=self.epoch_of(step), step=step)
 
     def epoch_of(self, step: int) -> int:
@@ -140,12 +191,13 @@ class SegLoader:
             yield b.to(self.device, non_blocking=True)
 
     # -- checkpoint state ------------------------------------------------------------------------
-    @property
-    def state(self):   # what the trainer prints on resume
-        return _State(self.epoch_of(self.steps_done), self.steps_done * self.global_batch)
-
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "steps": self.steps_done, "seed": self.seed,
+        """What a checkpoint keeps: the steps taken (the whole position: see the module notes),
+        the epoch and labelled-frame position they reach (for people), and what must match to
+        resume (seed, split, label fraction, labelled frames)."""
+        return {"version": STATE_VERSION, "steps": self.steps_done,
+                "epoch": self.epoch_of(self.steps_done),
+                "position": self.steps_done * self.global_batch, "seed": self.seed,
                 "split": self.cfg.split, "label_fraction": self.cfg.label_fraction,
                 "batch_size": self.B, "unlabelled_batch": self.Bu, "world_size": self.world_size,
                 "labelled_frames": int(len(self.sel.labelled))}
@@ -155,7 +207,7 @@ class SegLoader:
         differ = [k for k in ("seed", "split", "label_fraction", "labelled_frames")
                   if state.get(k) != mine[k]]
         if differ:
-            raise ValueError("cannot resume: the checkpoint's data used other " + ", ".join(
+            raise SonostreamError("cannot resume: the checkpoint's data used other " + ", ".join(
                 f"{k}={state.get(k)!r} (now {mine[k]!r})" for k in differ)
                 + "; use the run's config and dataset")
         if (state["batch_size"], state["world_size"]) != (self.B, self.world_size):
@@ -172,8 +224,3 @@ class SegLoader:
                 "unlabelled_frames": int(len(self.sel.unlabelled)) if self.Bu else 0,
                 "image_size": list(self.image_size)}
 
-
-@dataclass
-class _State:
-    epoch: int
-    position: int

@@ -24,6 +24,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from preprocessing.format import SonostreamError
+
 IO_REVERSE = ("same", "distinct")
 MAX_IO_CLIP_LEN = 6   # 6! = 720 permutations; beyond that a classifier over all of them is silly
 
@@ -32,14 +34,15 @@ MAX_IO_CLIP_LEN = 6   # 6! = 720 permutations; beyond that a classifier over all
 def io_classes(k: int, reverse: str = "same") -> np.ndarray:
     """[C, K] canonical permutations; row c is class c."""
     if reverse not in IO_REVERSE:
-        raise ValueError(f"io_reverse must be one of {IO_REVERSE}, got {reverse!r}")
+        raise SonostreamError(f"io_reverse must be one of {IO_REVERSE}, got {reverse!r}")
     if not 2 <= k <= MAX_IO_CLIP_LEN:
-        raise ValueError(f"image ordering needs 2 <= clip_len <= {MAX_IO_CLIP_LEN}, got {k}")
+        raise SonostreamError(f"image ordering needs 2 <= clip_len <= {MAX_IO_CLIP_LEN}, got {k}")
     perms = [p for p in itertools.permutations(range(k))
              if reverse == "distinct" or p <= _time_reversed(p)]
     if len(perms) < 2:
-        raise ValueError(f"clip_len {k} with io_reverse='same' leaves one class; use clip_len >= 3 "
-                         "or io_reverse='distinct'")
+        raise SonostreamError(f"clip_len {k} with io_reverse='same' leaves one class; use clip_len "
+                              f">= 3 "
+                               "or io_reverse='distinct'")
     return np.array(perms, dtype=np.int64)
 
 
@@ -75,7 +78,7 @@ def pm_pairs(rng: np.random.Generator, patient: np.ndarray, video: np.ndarray, k
     Positives and negatives alternate (clip i's positive, then its negative).
     """
     if positive not in PM_POSITIVES:
-        raise ValueError(f"pm_positive must be one of {PM_POSITIVES}, got {positive!r}")
+        raise SonostreamError(f"pm_positive must be one of {PM_POSITIVES}, got {positive!r}")
     patient, video = np.asarray(patient), np.asarray(video)
     n = len(patient)
     other = patient[:, None] != patient[None, :]
@@ -114,9 +117,9 @@ def patch_masks(n: int, grid: tuple[int, int], ratio: float, generator=None, dev
 
     gh, gw = grid
     if not (gh >= 1 and gw >= 1):
-        raise ValueError(f"mask grid {grid} must be at least 1x1")
+        raise SonostreamError(f"mask grid {grid} must be at least 1x1")
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+        raise SonostreamError(f"mask ratio must be in [0, 1], got {ratio}")
     n_masked = int(math.floor(ratio * gh * gw + 0.5))
     scores = torch.rand(n, gh * gw, generator=generator, device=device)
     idx = scores.argsort(dim=1)[:, :n_masked]
@@ -131,7 +134,7 @@ def expand_patches(patches, height: int, width: int):
 
     n, _, gh, gw = patches.shape
     if gh > height or gw > width:
-        raise ValueError(f"mask grid {gh}x{gw} is finer than the frame {height}x{width}")
+        raise SonostreamError(f"mask grid {gh}x{gw} is finer than the frame {height}x{width}")
     if height % gh == 0 and width % gw == 0:
         ph, pw = height // gh, width // gw
         return patches.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, ph, gw, pw).reshape(n, 1, height, width)

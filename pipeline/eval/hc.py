@@ -12,7 +12,7 @@ import math
 import numpy as np
 from skimage.measure import EllipseModel, find_contours
 
-from preprocessing.format import ellipse_perimeter
+from preprocessing.format import Letterbox, SonostreamError, ellipse_perimeter
 
 HC18_COLUMNS = ("filename", "center_x_mm", "center_y_mm", "semi_axes_a_mm", "semi_axes_b_mm",
                 "angle_rad")
@@ -63,14 +63,14 @@ def fit_ellipse(mask_or_prob: np.ndarray, level: float = 0.5) -> Ellipse | None:
     """
     m = np.asarray(mask_or_prob)
     if m.ndim != 2:
-        raise ValueError(f"expected an (H, W) mask or probability map, got shape {m.shape}")
+        raise SonostreamError(f"expected an (H, W) mask or probability map, got shape {m.shape}")
     if m.dtype.kind in "biu":
         f = (m != 0).astype(np.float64)
     else:
         f = np.nan_to_num(m.astype(np.float64), nan=0.0)
         if f.max(initial=0.0) > 1.0 + 1e-6:  # a float 0/255 mask contoured at 0.5 is biased
-            raise ValueError("a float map must hold probabilities in [0, 1]; pass masks as "
-                             "bool or integer arrays")
+            raise SonostreamError("a float map must hold probabilities in [0, 1]; pass masks as "
+                                   "bool or integer arrays")
     if not (f > level).any():
         return None
     h, w = f.shape
@@ -111,23 +111,25 @@ def fit_ellipse(mask_or_prob: np.ndarray, level: float = 0.5) -> Ellipse | None:
 
 
 def hc18_row(filename: str, ellipse: Ellipse | None, pixel_size_mm: float | None,
-             pad_x: float = 0, pad_y: float = 0) -> dict:
+             geometry: Letterbox | None = None) -> dict:
     """One row of an HC18 submission CSV (keys = HC18_COLUMNS), in mm of the source image.
 
-    A stored frame may be a letterboxed resize of the source: stored = source * scale + pad
-    (pixels), and ``pixel_size_mm`` is the STORED pixel size (= source pixel size / scale). So
-    center_x_mm = (cx - pad_x) * pixel_size_mm, center_y_mm = (cy - pad_y) * pixel_size_mm,
-    semi_axes_a_mm = a * pixel_size_mm, semi_axes_b_mm = b * pixel_size_mm, angle_rad = angle
-    (unchanged by isotropic scaling). Centres are measured from the centre of the source's
-    top-left pixel. No ellipse or no valid pixel size -> every numeric field is None.
+    ``ellipse`` and ``pixel_size_mm`` are those of the STORED frame; ``geometry`` is how that
+    frame was made from its source (an index row's letterbox; None: stored = source). The
+    ellipse goes back to source pixels through the contract's one mapping
+    (``Letterbox.ellipse_to_source``: centre, axes and angle exactly), and is scaled by the
+    source pixel size (``Letterbox.source_pixel_size``). Centres are measured from the centre of
+    the source's top-left pixel. No ellipse or no valid pixel size -> every numeric field is None.
     """
     row = dict.fromkeys(HC18_COLUMNS)
     row["filename"] = filename
     if ellipse is None or not _valid_size(pixel_size_mm):
         return row
-    row.update(center_x_mm=(ellipse.cx - pad_x) * pixel_size_mm,
-               center_y_mm=(ellipse.cy - pad_y) * pixel_size_mm,
-               semi_axes_a_mm=ellipse.a * pixel_size_mm,
-               semi_axes_b_mm=ellipse.b * pixel_size_mm,
-               angle_rad=ellipse.angle)
+    cx, cy, a, b, angle = (ellipse.cx, ellipse.cy, ellipse.a, ellipse.b, ellipse.angle)
+    mm = pixel_size_mm
+    if geometry is not None and not geometry.identity:
+        cx, cy, a, b, angle = geometry.ellipse_to_source(cx, cy, a, b, angle)
+        mm = geometry.source_pixel_size(pixel_size_mm)
+    row.update(center_x_mm=cx * mm, center_y_mm=cy * mm, semi_axes_a_mm=a * mm,
+               semi_axes_b_mm=b * mm, angle_rad=angle)
     return row

@@ -13,6 +13,8 @@ from typing import Iterable
 import numpy as np
 from scipy import ndimage
 
+from preprocessing.format import SonostreamError
+
 # Boundary structuring element: the 4-connected cross (scipy connectivity 1), as MedPy's
 # hd95 uses by default. A foreground pixel is on the boundary when one of its 4 neighbours is
 # background, so the boundary is a thin 8-connected curve; the full 3x3 element would also mark
@@ -23,7 +25,8 @@ _CROSS = ndimage.generate_binary_structure(2, 1)
 def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     p, g = np.asarray(pred) != 0, np.asarray(gt) != 0
     if p.shape != g.shape or p.ndim != 2:
-        raise ValueError(f"pred and gt must be 2-D masks of one shape, got {p.shape} and {g.shape}")
+        raise SonostreamError(f"pred and gt must be 2-D masks of one shape, got {p.shape} and "
+                              f"{g.shape}")
     return p, g
 
 
@@ -67,7 +70,7 @@ def hd95(pred, gt, spacing: float = 1.0) -> float | None:
     """
     p, g = _pair(pred, gt)
     if not (math.isfinite(spacing) and spacing > 0):
-        raise ValueError(f"spacing must be a positive number, got {spacing}")
+        raise SonostreamError(f"spacing must be a positive number, got {spacing}")
     p_any, g_any = bool(p.any()), bool(g.any())
     if not p_any and not g_any:
         return 0.0
@@ -85,7 +88,7 @@ def summarize(values: Iterable[float | None]) -> dict:
     values = list(values)
     kept = np.array([float(v) for v in values if v is not None], dtype=np.float64)
     if not np.isfinite(kept).all():
-        raise ValueError("summarize got a NaN or infinite value; use None for missing values")
+        raise SonostreamError("summarize got a NaN or infinite value; use None for missing values")
     n = int(kept.size)
     out = {"n": n, "n_missing": len(values) - n, "mean": None, "median": None, "std": None}
     if n:

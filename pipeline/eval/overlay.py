@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from preprocessing.atomic import write_bytes
+from preprocessing.format import SonostreamError
 
 GREEN, RED, YELLOW = (0, 255, 0), (255, 0, 0), (255, 255, 0)
 _SHIFT = 4  # cv2 fixed-point bits: ellipse centre/axes drawn at 1/16 px instead of rounded
@@ -26,7 +27,7 @@ def _gray_u8(image: np.ndarray) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
     if img.ndim != 2:
-        raise ValueError(f"expected an (H, W) grayscale frame, got shape {img.shape}")
+        raise SonostreamError(f"expected an (H, W) grayscale frame, got shape {img.shape}")
     if img.dtype == np.uint8:
         return img
     if img.dtype.kind == "f":
@@ -40,7 +41,7 @@ def _draw_mask_outline(rgb: np.ndarray, mask, color) -> None:
         return
     m = (np.asarray(mask) != 0).astype(np.uint8)
     if m.shape != rgb.shape[:2]:
-        raise ValueError(f"mask shape {m.shape} does not match the frame {rgb.shape[:2]}")
+        raise SonostreamError(f"mask shape {m.shape} does not match the frame {rgb.shape[:2]}")
     # Outer outline of every blob (no holes): pixel-centred, i.e. the outermost mask pixels.
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(rgb, contours, -1, color, 1)
@@ -74,7 +75,7 @@ def save_png(rgb: np.ndarray, path) -> Path:
     path = Path(path)
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        raise SonostreamError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # cv2 writes BGR
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
@@ -93,7 +94,7 @@ def save_overlays(items: Sequence[tuple[np.ndarray, str]], path, title: str | No
 
     items = list(items)
     if not items:
-        raise ValueError("save_overlays needs at least one (image, caption) item")
+        raise SonostreamError("save_overlays needs at least one (image, caption) item")
     cols = max(1, min(cols, len(items)))
     rows = math.ceil(len(items) / cols)
     fig = Figure(figsize=(3.0 * cols, 3.2 * rows + (0.4 if title else 0.0)))

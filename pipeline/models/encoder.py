@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from preprocessing.format import SonostreamError
+
 # name -> (block, blocks per stage). "tiny" (a ResNet-10: one block per stage) is the debug size.
 ARCHS = {
     "tiny": (BasicBlock, [1, 1, 1, 1]),
@@ -31,9 +33,10 @@ class EncoderConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHS:
-            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+            raise SonostreamError(f"model.arch must be one of {', '.join(ARCHS)}, got "
+                                  f"{self.arch!r}")
         if self.in_chans < 1:
-            raise ValueError(f"model.in_chans must be >= 1, got {self.in_chans}")
+            raise SonostreamError(f"model.in_chans must be >= 1, got {self.in_chans}")
 
 
 class ResNetEncoder(ResNet):
@@ -72,14 +75,16 @@ def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
     """A fresh :class:`ResNetEncoder` holding the weights of ``encoder.pt`` at ``path``."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"encoder checkpoint {path} does not exist (pretraining writes RUN/encoder.pt)")
+        raise SonostreamError(f"encoder checkpoint {path} does not exist (pretraining writes "
+                              f"RUN/encoder.pt)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a sonostream encoder (expected format {FORMAT!r}); "
-                         "pass the encoder.pt a pretraining run wrote")
+        raise SonostreamError(f"{path} is not a sonostream encoder (expected format {FORMAT!r}); "
+                               "pass the encoder.pt a pretraining run wrote")
     if arch is not None and blob["arch"] != arch:
-        raise ValueError(f"{path} holds a {blob['arch']} encoder, not {arch}; set model.arch to "
-                         f"{blob['arch']!r} or pass another encoder")
+        raise SonostreamError(f"{path} holds a {blob['arch']} encoder, not {arch}; set model.arch "
+                              f"to "
+                               f"{blob['arch']!r} or pass another encoder")
     enc = ResNetEncoder(blob["arch"], blob["in_chans"])
     enc.load_state_dict(blob["state_dict"], strict=True)
     return enc

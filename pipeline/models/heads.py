@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from preprocessing.format import SonostreamError
+
 
 @dataclass
 class HeadsConfig:
@@ -26,7 +28,7 @@ class HeadsConfig:
     def __post_init__(self):
         for k in ("latent_channels", "decoder_width", "pm_hidden", "io_hidden"):
             if getattr(self, k) < 1:
-                raise ValueError(f"heads.{k} must be >= 1, got {getattr(self, k)}")
+                raise SonostreamError(f"heads.{k} must be >= 1, got {getattr(self, k)}")
 
 
 def _norm(c: int) -> nn.GroupNorm:

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from preprocessing import format as fmt
+from preprocessing.format import SonostreamError
 
 from .encoder import ARCHS, FORMAT as ENCODER_FORMAT
-from .pretrain import normalize
+from .pretext import normalize
 
 FORMAT = "sonostream-segmenter/1"
 SMP_NAMES = {"tiny": "sonostream-tiny", "resnet18": "resnet18", "resnet34": "resnet34",
@@ -36,9 +37,10 @@ class SegmenterConfig:
     def __post_init__(self):
         self.decoder_channels = tuple(self.decoder_channels)
         if self.arch not in ARCHS:
-            raise ValueError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+            raise SonostreamError(f"model.arch must be one of {', '.join(ARCHS)}, got "
+                                  f"{self.arch!r}")
         if len(self.decoder_channels) != 5:
-            raise ValueError("model.decoder_channels needs 5 widths (one per UNet stage)")
+            raise SonostreamError("model.decoder_channels needs 5 widths (one per UNet stage)")
 
 
 def _register_tiny() -> None:
@@ -74,17 +76,18 @@ def load_pretrained_encoder(model, path, arch: str, in_chans: int = 1) -> dict:
     """Copy ``encoder.pt`` into ``model.encoder`` (every weight, strict). Returns its metadata."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--init {path}: no such file (pretraining writes RUN/encoder.pt; "
-                         "--init none trains from scratch)")
+        raise SonostreamError(f"--init {path}: no such file (pretraining writes RUN/encoder.pt; "
+                               "--init none trains from scratch)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
-        raise ValueError(f"--init {path} is not a sonostream encoder (format "
-                         f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "
-                         "pass the encoder.pt a pretraining run wrote")
+        raise SonostreamError(f"--init {path} is not a sonostream encoder (format "
+                               f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "
+                               "pass the encoder.pt a pretraining run wrote")
     if blob["arch"] != arch or blob["in_chans"] != in_chans:
-        raise ValueError(f"--init {path} holds a {blob['arch']} encoder with {blob['in_chans']} "
-                         f"input channel(s), but model.arch is {arch} with {in_chans}: set "
-                         f"model.arch: {blob['arch']} or pass an encoder of that architecture")
+        raise SonostreamError(f"--init {path} holds a {blob['arch']} encoder with "
+                              f"{blob['in_chans']} "
+                               f"input channel(s), but model.arch is {arch} with {in_chans}: set "
+                               f"model.arch: {blob['arch']} or pass an encoder of that architecture")
     model.encoder.load_state_dict(dict(blob["state_dict"]), strict=True)
     return {k: v for k, v in blob.items() if k != "state_dict"}
 
@@ -104,17 +107,20 @@ def load_segmenter(path) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on CPU, metadata) from a ``segmenter.pt``."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist (finetune writes RUN/segmenter.pt)")
+        raise SonostreamError(f"checkpoint {path} does not exist (finetune writes "
+                              f"RUN/segmenter.pt)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
-        raise ValueError(f"{path} is not a sonostream segmenter ({type(e).__name__}); pass the "
-                         "segmenter.pt a finetune run wrote") from None
+        raise SonostreamError(f"{path} is not a sonostream segmenter ({type(e).__name__}); pass "
+                              f"the "
+                               "segmenter.pt a finetune run wrote") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         what = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         hint = " (that is a pretrained encoder: fine-tune it first)" if what == ENCODER_FORMAT else ""
-        raise ValueError(f"{path} is not a sonostream segmenter (format {what!r}){hint}; pass the "
-                         "segmenter.pt a finetune run wrote")
+        raise SonostreamError(f"{path} is not a sonostream segmenter (format {what!r}){hint}; pass "
+                              f"the "
+                               "segmenter.pt a finetune run wrote")
     cfg = SegmenterConfig(arch=blob["arch"], in_chans=blob["in_chans"],
                           decoder_channels=tuple(blob["decoder_channels"]))
     model = build_segmenter(cfg, planes=len(blob["planes"]))

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from preprocessing.atomic import write_text
+from preprocessing.format import SonostreamError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -78,8 +79,9 @@ def resolve_resume(resume: str | None, out) -> Path | None:
         p = latest_checkpoint(resume)
         where = resume
     if p is None:
-        raise ValueError(f"--resume {resume}: no checkpoint in {checkpoints_dir(where)} (no step-N "
-                         "folder); run without --resume to start from scratch")
+        raise SonostreamError(f"--resume {resume}: no checkpoint in {checkpoints_dir(where)} (no "
+                              f"step-N "
+                               "folder); run without --resume to start from scratch")
     return p
 
 
@@ -106,18 +108,23 @@ def save_checkpoint(accelerator, run, step: int, keep: int, info: dict | None = 
     return final
 
 
-
-
-def check_saved_sections(ckpt: Path, now: dict, sections) -> dict | None:
-    """The config saved with ``ckpt`` (None for a checkpoint without run.yaml); raises when one
-    of ``sections`` differs from ``now`` (the model must be the one we build, or loading it
-    fails deep in torch)."""
+def check_resume(ckpt: Path, cfg) -> None:
+    """The one resume-compatibility check of every job: the checkpoint's run config, read back
+    into ``cfg``'s own dataclass, must have the same ``cfg.resume_identity()`` (what fixes the
+    model that gets built), or loading it would fail deep in torch. A checkpoint without
+    run.yaml is not checked."""
+    from .config import from_dict
     info = Path(ckpt) / "run.yaml"
     if not info.is_file():
-        return None
-    saved = yaml.safe_load(info.read_text())["config"]
-    for section in sections:
-        if saved.get(section) != now[section]:
-            raise ValueError(f"cannot resume from {ckpt}: its {section} config {saved.get(section)} "
-                             f"differs from this run's {now[section]}; use the run's config")
-    return saved
+        return
+    raw = (yaml.safe_load(info.read_text()) or {}).get("config")
+    try:
+        saved = from_dict(type(cfg), raw, where="config")
+    except (SonostreamError, TypeError) as e:
+        raise SonostreamError(f"cannot resume from {ckpt}: its run config does not load ({e}); "
+                              "resume with the sonostream version that wrote it") from None
+    have, want = saved.resume_identity(), cfg.resume_identity()
+    for key in want:
+        if have.get(key) != want[key]:
+            raise SonostreamError(f"cannot resume from {ckpt}: its {key} config {have.get(key)} "
+                                  f"differs from this run's {want[key]}; use the run's config")

@@ -1,9 +1,10 @@
-"""The training machinery every job shares (pretraining now, fine-tuning next): the accelerator,
-the step loop with gradient accumulation, clipping, the non-finite guard and stop signals,
-windowed metrics, checkpoints with exact resume, and trackers.
+"""The training machinery every job shares: the accelerator, the step loop with gradient
+accumulation, clipping, the non-finite guard and stop signals, windowed metrics, checkpoints with
+exact resume, and trackers.
 
-A job builds its loader, model, optimizer and LR scheduler, then hands :func:`fit` a ``step_fn``
-that turns one micro-batch into ``(loss, logs, outputs)``. Models hold no distributed code.
+:func:`fit` is the only training loop and knows no task: ``job.run_job`` hands it a loader, a
+model, an optimizer and LR scheduler, and a ``step_fn`` that turns one micro-batch into
+``(loss, logs, outputs)``. Models hold no distributed code.
 """
 from __future__ import annotations
 
@@ -17,15 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from preprocessing.format import SonostreamError
+
 from .checkpoint import TrainState, latest_checkpoint, list_checkpoints, resolve_resume, save_checkpoint
-from .logs import MetricsLog, plot_reconstruction
+from .logs import MetricsLog
+from .optim import NO_DECAY
 
 log = logging.getLogger("sonostream.train")
 PRECISIONS = ("no", "bf16", "fp16")
 
 
 class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. the loss stays non-finite); the message says what to change."""
+    """The run cannot go on (e.g. the loss stays non-finite); the message says what to change.
+    Not bad input: the CLI exits 1 for it (``exit_status``), 2 only for SonostreamError."""
+    exit_status = 1
 
 
 @dataclass
@@ -47,11 +53,12 @@ class TrainConfig:
     def __post_init__(self):
         self.trackers = tuple(self.trackers)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise SonostreamError(f"train.precision must be one of {PRECISIONS}, got "
+                                  f"{self.precision!r}")
         for k in ("batch_size", "steps", "grad_accum", "log_every", "checkpoint_every", "figure_frames",
                   "max_nonfinite"):
             if getattr(self, k) < 1:
-                raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+                raise SonostreamError(f"train.{k} must be >= 1, got {getattr(self, k)}")
 
 
 class StopSignal:
@@ -73,8 +80,9 @@ def check_run_dir(out: Path, resume: str | None) -> Path | None:
     """The checkpoint to resume from; refuses to start over a run that has checkpoints."""
     ckpt = resolve_resume(resume, out)
     if ckpt is None and list_checkpoints(out):
-        raise ValueError(f"{out} already holds checkpoints; pass --resume latest to continue that "
-                         "run, or choose another --out")
+        raise SonostreamError(f"{out} already holds checkpoints; pass --resume latest to continue "
+                              f"that "
+                               "run, or choose another --out")
     return ckpt
 
 
@@ -84,10 +92,11 @@ def make_accelerator(tc: TrainConfig, out: Path):
     cuda = torch.cuda.is_available()
     use_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if tc.precision == "fp16" and not cuda:
-        raise ValueError("train.precision fp16 needs a GPU; use bf16 or no on CPU")
+        raise SonostreamError("train.precision fp16 needs a GPU; use bf16 or no on CPU")
     if use_ds and tc.precision == "fp16":
-        raise ValueError("with DeepSpeed, train.precision runs as torch autocast inside the engine, "
-                         "which has no fp16 loss scaler here: use train.precision bf16")
+        raise SonostreamError("with DeepSpeed, train.precision runs as torch autocast inside the "
+                              "engine, "
+                               "which has no fp16 loss scaler here: use train.precision bf16")
     # Without CUDA, gloo. `cpu=True` makes Accelerate pick its MULTI_CPU (gloo) mode, but it also
     # drops a DeepSpeed plugin, so the DeepSpeed path keeps cpu=False and passes gloo explicitly.
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1 or use_ds
@@ -105,8 +114,9 @@ def make_accelerator(tc: TrainConfig, out: Path):
 def per_rank_batch(acc, tc: TrainConfig) -> int:
     world = acc.num_processes
     if tc.batch_size % world:
-        raise ValueError(f"train.batch_size {tc.batch_size} does not divide by the world size {world}; "
-                         f"use a multiple of {world}, e.g. {max(world, tc.batch_size // world * world)}")
+        raise SonostreamError(f"train.batch_size {tc.batch_size} does not divide by the world size "
+                              f"{world}; "
+                               f"use a multiple of {world}, e.g. {max(world, tc.batch_size // world * world)}")
     return tc.batch_size // world
 
 
@@ -165,14 +175,17 @@ class MetricWindow:
 
 def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *, step_fn,
         ckpt: Path | None, run_info: dict, stopper: StopSignal, stop_after: int | None = None,
-        quiet: bool = False, figure_fn=None, lr_groups=("encoder", "heads"), on_step=None) -> dict:
+        quiet: bool = False, figure_fn=None, on_step=None) -> dict:
     """Train until ``tc.steps`` (or ``stop_after``, or a stop signal); checkpoint; return the end state.
 
-    ``step_fn(batch, step, micro_step) -> (loss, logs, outputs)``: ``logs`` are 0-dim tensors
-    averaged into metrics.jsonl; ``figure_fn(outputs, batch) -> arrays`` (main rank) feeds the
-    masked / predicted / target figure every ``tc.figure_every`` steps. ``run_info`` (the config)
-    is saved beside each checkpoint. ``on_step(model)`` runs after every optimizer step that was
-    taken (e.g. a mean teacher's EMA update).
+    ``loader``: iterating it gives one epoch of batches (each with ``epoch`` and ``num_images``);
+    ``state_dict()`` / ``load_state_dict()`` make the resume exact. ``step_fn(model, batch,
+    step, micro_step) -> (loss, logs, outputs)``: ``logs`` are 0-dim tensors averaged into
+    metrics.jsonl. ``figure_fn(outputs, batch, step)`` (main rank, every ``tc.figure_every``
+    steps) draws whatever the job shows of its outputs. ``run_info`` (the config) is saved beside
+    each checkpoint. ``on_step(model)`` runs after every optimizer step that was taken (e.g. a
+    mean teacher's EMA update). The learning rate of every named optimizer group is logged as
+    ``lr_<name>``.
     """
     model, optimizer = acc.prepare(model, optimizer)
     state = TrainState()
@@ -181,15 +194,15 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     if ckpt is not None:
         acc.load_state(str(ckpt))
         loader.load_state_dict(state.loader)
-        acc.print(f"resumed from {ckpt} at step {state.step} (epoch {loader.state.epoch}, "
-                  f"position {loader.state.position})")
+        acc.print(f"resumed from {ckpt} at step {state.step} (epoch {state.loader.get('epoch')}, "
+                  f"position {state.loader.get('position')})")
     main = acc.is_main_process
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=state.step if ckpt else None) if main else None
 
     stop_at = min(tc.steps, stop_after) if stop_after else tc.steps
     step, last_ckpt = state.step, (state.step if ckpt else -1)
     window = MetricWindow(acc, state.window, state.window_count)
-    grad_norm, bad, nonfinite_run, stop_reason, figure = None, False, 0, None, None
+    grad_norm, bad, nonfinite_run, stop_reason = None, False, 0, None
     samples_seen, t_log = 0, time.perf_counter()
     bar = _progress(stop_at, step, disable=quiet or not main)
 
@@ -224,7 +237,7 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                         acc.backward(sum((p * 0).sum() for p in model.parameters()))
                     if (acc.sync_gradients and main and figure_fn and tc.figure_every
                             and (step + 1) % tc.figure_every == 0):
-                        figure = figure_fn(outputs, batch)
+                        figure_fn(outputs, batch, step + 1)
                     if acc.sync_gradients:
                         if bad:   # DeepSpeed has stepped inside backward(): a zero-grad update
                             optimizer.zero_grad(set_to_none=True)
@@ -249,7 +262,7 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                             if on_step is not None:
                                 on_step(model)
                         bad = False
-                samples_seen += _images(batch)
+                samples_seen += batch.num_images
                 if not acc.sync_gradients:
                     continue
                 step += 1
@@ -260,7 +273,7 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                         dt = time.perf_counter() - t_log
                         row = {"step": step, "epoch": getattr(batch, "epoch", None),
                                **{k: v / max(n, 1) for k, v in sorted(sums.items())},
-                               **{f"lr_{g}": _group_lr(optimizer, g) for g in lr_groups},
+                               **group_lrs(optimizer),
                                "grad_norm": None if grad_norm is None else float(grad_norm),
                                "images_per_s": samples_seen * acc.num_processes / dt if dt > 0 else None,
                                "nonfinite_skipped": state.nonfinite_skipped}
@@ -271,10 +284,6 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                             bar.write(_console_line(row, stop_at))
                     window.reset()
                     samples_seen, t_log = 0, time.perf_counter()
-                if figure is not None:
-                    plot_reconstruction(*figure, out / "figures" / f"recon-step-{step:06d}.png",
-                                        title=f"step {step}")
-                    figure = None
                 if signalled:
                     stop_reason = "signal"
                 elif step >= stop_at:
@@ -300,17 +309,15 @@ def full_state_dict(acc, model) -> dict:
     return acc.get_state_dict(model) if acc.state.deepspeed_plugin else acc.unwrap_model(model).state_dict()
 
 
-def _images(batch) -> int:
-    """Images in a batch: B*K for clips (B, K, C, H, W), B for frames (B, C, H, W)."""
-    shape = batch.frames.shape
-    return int(shape[0] * shape[1]) if len(shape) == 5 else int(shape[0])
-
-
-def _group_lr(optimizer, prefix: str):
+def group_lrs(optimizer) -> dict:
+    """``lr_<name>`` of each named parameter group (``optim.param_groups`` names them; the
+    no-decay twin of a group has its learning rate, so it is not logged twice)."""
+    out = {}
     for g in optimizer.param_groups:
-        if str(g.get("name", "")).startswith(prefix):
-            return g["lr"]
-    return None
+        name = str(g.get("name", "")).removesuffix(NO_DECAY)
+        if name:
+            out.setdefault(f"lr_{name}", g["lr"])
+    return out
 
 
 def _console_line(row: dict, total: int) -> str:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from preprocessing.format import SonostreamError
+
 
 @dataclass
 class OptimConfig:
@@ -19,11 +21,14 @@ class OptimConfig:
     def __post_init__(self):
         self.betas = tuple(self.betas)
         if self.lr_encoder < 0 or self.lr_heads < 0:
-            raise ValueError("optim.lr_encoder and optim.lr_heads must be >= 0")
+            raise SonostreamError("optim.lr_encoder and optim.lr_heads must be >= 0")
         if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise SonostreamError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise SonostreamError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+NO_DECAY = "_no_decay"   # suffix of the group names without weight decay
 
 
 def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -36,7 +41,7 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
         decay = p.ndim > 1   # weights of convs and linears; not norms or biases
         key = (part, decay)
         if key not in groups:
-            groups[key] = {"name": f"{part}{'' if decay else '_no_decay'}", "params": [],
+            groups[key] = {"name": f"{part}{'' if decay else NO_DECAY}", "params": [],
                            "lr": cfg.lr_encoder if part == "encoder" else cfg.lr_heads,
                            "weight_decay": cfg.weight_decay if decay else 0.0}
         groups[key]["params"].append(p)

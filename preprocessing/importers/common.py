@@ -1,4 +1,4 @@
-"""What every importer shares: finding inputs, writing frames, masks, frames.csv and rejects.csv.
+"""What every importer shares: writing frames, masks, frames.csv and rejects.csv.
 
 An import folder holds::
 
@@ -13,9 +13,7 @@ all and in rejects.csv with a reason that names it. One bad file never stops the
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import os
 import shutil
 import time
@@ -27,9 +25,8 @@ import numpy as np
 
 from preprocessing import atomic
 from preprocessing import format as fmt
+from preprocessing.format import SonostreamError
 from preprocessing.imaging import encode
-
-cell = fmt.csv_cell
 
 FRAMES_CSV = "frames.csv"
 REJECTS_CSV = "rejects.csv"
@@ -37,7 +34,7 @@ REJECT_COLUMNS = ("source", "item", "reason")
 CROP_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "crop_method")
 
 
-class ImportProblem(ValueError):
+class ImportProblem(SonostreamError):
     """One input cannot be imported; the message says why (it lands in rejects.csv)."""
 
 
@@ -64,23 +61,6 @@ class ImportResult:
         return text + f"\nframes CSV: {self.csv_path}"
 
 
-def find_inputs(paths: list[str], wanted) -> tuple[list[str], list[str]]:
-    """(files, missing): files given directly, plus files under given folders for which
-    ``wanted(path)`` is true (searched recursively, sorted); paths that do not exist."""
-    files, missing = [], []
-    for p in paths:
-        if os.path.isfile(p):
-            files.append(p)
-        elif os.path.isdir(p):
-            for root, dirs, names in os.walk(p):
-                dirs.sort()
-                files += [os.path.join(root, n) for n in sorted(names)
-                          if not n.startswith(".") and wanted(os.path.join(root, n))]
-        else:
-            missing.append(p)
-    return list(dict.fromkeys(files)), missing
-
-
 def path_hash(path: str) -> str:
     return hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
 
@@ -104,10 +84,11 @@ class ImportWriter:
         self._written: list[Path] = []
         self._t0 = time.perf_counter()
         if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out} is a file; give a folder")
+            raise SonostreamError(f"--out {self.out} is a file; give a folder")
         leftovers = [n for n in (FRAMES_CSV, "frames", "masks") if (self.out / n).exists()]
         if leftovers and not overwrite:
-            raise ValueError(f"{self.out} already holds {', '.join(leftovers)} (an earlier import?); "
+            raise SonostreamError(f"{self.out} already holds {', '.join(leftovers)} (an earlier "
+                                  f"import?); "
                              "pass --overwrite to replace them or choose another --out")
         for name in (FRAMES_CSV, REJECTS_CSV):
             (self.out / name).unlink(missing_ok=True)
@@ -125,7 +106,7 @@ class ImportWriter:
         self._pending, self._written = [], []
         try:
             yield
-        except ImportProblem as e:
+        except SonostreamError as e:   # ImportProblem, MediaError, ImageError: says why
             self._discard(name, str(e))
         except Exception as e:  # a broken file must not stop the import
             self._discard(name, f"unexpected error ({type(e).__name__}: {e})")
@@ -172,23 +153,15 @@ class ImportWriter:
 
     def finish(self) -> ImportResult:
         """Write rejects.csv, then frames.csv (last: a folder with frames.csv is complete)."""
-        atomic.write_text(self.out / REJECTS_CSV, _csv_text(REJECT_COLUMNS, self.rejects))
+        atomic.write_text(self.out / REJECTS_CSV, fmt.csv_text(REJECT_COLUMNS, self.rejects))
         first = [*fmt.REQUIRED_COLUMNS, fmt.MASK_COLUMN, *fmt.LABEL_COLUMNS]
         seen = list(dict.fromkeys(k for row in self.rows for k in row))
         columns = [c for c in first if c in seen or c in fmt.REQUIRED_COLUMNS]
         columns += [c for c in seen if c not in first]
         csv_path = self.out / FRAMES_CSV
-        atomic.write_text(csv_path, _csv_text(columns, self.rows))
+        atomic.write_text(csv_path, fmt.csv_text(columns, self.rows))
         videos = {(r["patient_id"], r["video_name"]): r.get("crop_method") for r in self.rows}
         methods = Counter(m for m in videos.values() if m)
         return ImportResult(str(self.out), str(csv_path), self.inputs, len(self.rows), len(videos),
                             len({r["patient_id"] for r in self.rows}), self.rejects,
                             dict(methods), time.perf_counter() - self._t0)
-
-
-def _csv_text(columns, rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([cell(row.get(c)) for c in columns] for row in rows)
-    return buf.getvalue()

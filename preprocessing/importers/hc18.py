@@ -29,10 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 from preprocessing import format as fmt
+from preprocessing.format import SonostreamError
 from preprocessing.imaging import ImageError, decode_gray, read_bytes
 from preprocessing.importers.common import (ImportProblem, ImportResult, ImportWriter,
                                             crop_columns)
-from preprocessing.importers.sector import Sector, SectorProbe
+from preprocessing.sector import Sector, SectorProbe
 
 SETS = {  # folder -> (CSV name, has annotations and HC)
     "training_set": ("training_set_pixel_size_and_HC.csv", True),
@@ -47,8 +48,9 @@ def import_hc18(root: str, out_dir: str, crop_sector: bool = False, overwrite: b
     root_path = Path(root)
     found = [s for s in SETS if (root_path / s).is_dir()]
     if not found:
-        raise ValueError(f"{root} holds neither training_set/ nor test_set/; pass the folder of "
-                         "the HC18 download with --root")
+        raise SonostreamError(f"{root} holds neither training_set/ nor test_set/; pass the folder "
+                              f"of "
+                               "the HC18 download with --root")
     writer = ImportWriter(out_dir, "hc18", overwrite)
     for set_name in found:
         folder = root_path / set_name
@@ -69,8 +71,9 @@ def _find_csv(root: Path, folder: Path, name: str) -> Path:
     for path in (root / name, folder / name):
         if path.is_file():
             return path
-    raise ValueError(f"{folder} has no {name} (looked in {root} and {folder}); the HC18 download "
-                     "ships it next to the image folders")
+    raise SonostreamError(f"{folder} has no {name} (looked in {root} and {folder}); the HC18 "
+                          f"download "
+                           "ships it next to the image folders")
 
 
 def read_table(path: Path, annotated: bool) -> dict[str, tuple[str, str]]:
@@ -83,7 +86,7 @@ def read_table(path: Path, annotated: bool) -> dict[str, tuple[str, str]]:
         for i, h in enumerate(header):
             if h.startswith(prefix):
                 return i
-        raise ValueError(f"{path}: no column starting with {prefix!r} (header: {rows[:1]})")
+        raise SonostreamError(f"{path}: no column starting with {prefix!r} (header: {rows[:1]})")
 
     name_i, size_i = column("filename"), column("pixel size")
     hc_i = column("head circumference") if annotated else None

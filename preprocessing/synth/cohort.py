@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from preprocessing import atomic
 from preprocessing.format import LABEL_COLUMNS, MASK_COLUMN, REQUIRED_COLUMNS, csv_cell
+from preprocessing.format import SonostreamError
 from preprocessing.synth.anatomy import TAG_SHUFFLE, make_patient, plan_video, rng_for
 from preprocessing.synth.render import render_video
 
@@ -40,9 +41,9 @@ def _check(patients, videos_per_patient, frames_per_video, size, seed, workers) 
     )
     for value, least, name, fix in checks:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise SonostreamError(f"{name} must be an integer, got {value!r}")
         if value < least:
-            raise ValueError(f"{name}={value} is too small: {fix}")
+            raise SonostreamError(f"{name}={value} is too small: {fix}")
 
 
 def render_patient(out_dir: str, seed: int, index: int, videos: int, frames: int,

@@ -15,6 +15,7 @@ import io
 from pathlib import Path
 
 from preprocessing import atomic
+from preprocessing.format import SonostreamError
 from preprocessing.format import csv_cell
 from preprocessing.synth.anatomy import make_patient, plan_video
 from preprocessing.synth.render import render_video
@@ -27,11 +28,11 @@ def write_sweep(out_mp4, patient: int = 1000, frames: int = 48, size: int = 256,
                 fps: float = 12.0) -> dict:
     """Render video 0 (always a head sweep) of synthetic patient ``patient``; returns
     {"video", "truth", "pixel_size_mm", "standard_frame", "frames"}."""
-    from preprocessing.importers.video import write_mp4
+    from preprocessing.media import write_mp4
     if frames < 2:
-        raise ValueError(f"frames={frames}: a sweep needs at least 2 frames")
+        raise SonostreamError(f"frames={frames}: a sweep needs at least 2 frames")
     if size < 64:
-        raise ValueError(f"size={size} is too small: use size >= 64 pixels")
+        raise SonostreamError(f"size={size} is too small: use size >= 64 pixels")
     out_mp4 = Path(out_mp4)
     video = plan_video(seed, make_patient(seed, patient), 0, frames, size)
     rows, images = [], []

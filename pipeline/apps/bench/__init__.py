@@ -1,0 +1,8 @@
+"""``sonostream bench ...``: measurements side by side in one run (results in BENCHMARKS.md).
+
+    build   shard building frames/s at 1 and 2 workers
+    loader  the clip loader against a seed-style loader and raw decode
+    step    the fused pretraining step against the seed's three passes
+    train   pretraining images/s on real shards against a batch on the device; fp32 vs bf16
+    video   segment-video on synthetic sweeps: speed, smoothing, best frame
+"""

@@ -1,0 +1,6 @@
+"""``python -m pipeline.cli ...`` is ``sonostream ...``."""
+import sys
+
+from .console import main
+
+sys.exit(main())

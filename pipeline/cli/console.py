@@ -1,0 +1,65 @@
+"""Assembles the ``sonostream`` parser from the command groups and runs one command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from preprocessing import cli as data_cli
+
+from . import apps, loader, segment, train
+from .common import guarded
+
+EPILOG = """\
+typical use:
+  sonostream synth --out data/synth                 # a synthetic cohort (frames.csv + PNGs)
+  sonostream build --csv data/synth/frames.csv --out data/shards
+  sonostream verify data/shards
+  sonostream inspect data/shards --contact-sheet sheet.png
+  sonostream import dicom --input scans/ --out data/dicom   # also: import hc18 --root, import video
+  sonostream loader data/shards --loader auto       # stream clip batches, report frames/s + faults
+  sonostream pretrain --config launch/configs/debug/pretrain.yaml --data data/shards --out runs/pt
+  sonostream finetune ... / evaluate ... / experiment label-efficiency ...   # segmentation
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --input cine.dcm --out runs/sv
+  sonostream demo --out runs/demo                   # all of it on the synthetic cohort -> report.md
+
+The frames CSV needs frame_path, patient_id, video_name, frame_id; optional columns are
+mask_path, plane, pixel_size_mm, hc_mm, ellipse_cx/cy/a/b/angle, is_standard_plane; any other
+column is carried into the index as text. Paths are relative to the CSV's folder.
+Exit status: 0 done, 2 bad input (the message says what to fix), 1 the work failed.
+"""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return dist_version("sonostream")
+    except PackageNotFoundError:   # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sonostream", description="Ultrasound frames to streaming shards, and what trains on them.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"sonostream {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data_cli.add_parsers(sub)
+    loader.add_parsers(sub)
+    train.add_parsers(sub)
+    segment.add_parsers(sub)
+    apps.add_parsers(sub)
+    return p
+
+
+COMMANDS = {**{name: data_cli.run for name in data_cli.COMMANDS}, **loader.COMMANDS,
+            **train.COMMANDS, **segment.COMMANDS, **apps.COMMANDS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return guarded(COMMANDS[args.command], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

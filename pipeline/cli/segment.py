@@ -1,0 +1,90 @@
+"""``sonostream evaluate`` and ``sonostream segment-video``: a segmenter's results on a dataset
+split, and on cine loops."""
+from __future__ import annotations
+
+import argparse
+
+EVALUATE_EPILOG = """\
+writes E/metrics.json (dice, iou, hd95_mm, hc_mae_mm, plane_accuracy and counts), E/per_image.csv,
+E/hc18.csv (filename,center_x_mm,center_y_mm,semi_axes_a_mm,semi_axes_b_mm,angle_rad; centre in
+the source frame's mm, before any letterboxing) and E/overlays/{best,worst}.png.
+Dice/IoU/HD95 average the frames whose true mask shows a head; frames without one are scored in
+dice_all and empty_false_positive_rate. HC needs a pixel size: without one it is null, never 0.
+"""
+
+SEGMENT_VIDEO_EPILOG = """\
+examples:
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --input sweep.mp4 --out runs/sv \\
+      --pixel-size-mm 0.15
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --input scans/cine.dcm --out runs/sv
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --input scans/ --out runs/sv   # each loop
+  sonostream segment-video --checkpoint runs/ft/segmenter.pt --data runs/demo/shards \\
+      --video-key P0003__sweep_01 --out runs/sv
+
+writes O/per_frame.csv (frame_index,head_present,cx,cy,a,b,angle_rad,hc_mm,quality: smoothed;
+pixels of the source file, radians, mm), O/per_frame_raw.csv (before smoothing), O/summary.json
+(best frame, HC there, jitter), O/best_frame.png, O/best_overlay.png, O/overlay.mp4 and
+O/hc_over_time.png. A folder --input gives O/<file name>/ per loop and O/summary.csv.
+Frames without a head have no HC; without a pixel size (DICOM header, dataset, or
+--pixel-size-mm) HC is empty and the plot shows the perimeter in pixels.
+"""
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("evaluate", help="score a segmenter on a split: Dice, IoU, HD95, HC error, HC18 CSV",
+                       description="Segment every frame of a split with a segmenter.pt and score "
+                       "it against the masks, HC and plane labels the dataset has.",
+                       epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--checkpoint", required=True, help="segmenter.pt written by `sonostream finetune`")
+    e.add_argument("--data", required=True, help="dataset folder or URL written by `sonostream build`")
+    e.add_argument("--split", default="test", help="split to score: train | val | test (default test)")
+    e.add_argument("--out", required=True, help="folder for metrics.json, per_image.csv, hc18.csv, overlays/")
+    e.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
+    e.add_argument("--overlays", type=int, default=8, help="best and worst frames drawn (default 8; 0: none)")
+    e.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    v = sub.add_parser("segment-video", help="segment a cine loop: per-frame HC, smoothing, best frame, overlay mp4",
+                       description="Segment every frame of a cine loop (video file, multi-frame "
+                       "DICOM, or a video in the shards), smooth the head's ellipse over time, pick "
+                       "the frame that shows the head best and report HC there.",
+                       epilog=SEGMENT_VIDEO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--checkpoint", required=True, help="segmenter.pt written by `sonostream finetune`")
+    what = v.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", help="video file (mp4, avi, ...), DICOM file, or a folder of them")
+    what.add_argument("--video-key", help="a video in --data (index.parquet's video_key)")
+    v.add_argument("--data", help="dataset folder written by `sonostream build` (with --video-key)")
+    v.add_argument("--out", required=True, help="output folder")
+    v.add_argument("--pixel-size-mm", type=float, help="mm per pixel of the frames (video files carry "
+                   "none; otherwise the DICOM header's or the dataset's value is used)")
+    v.add_argument("--no-crop-sector", dest="crop_sector", action="store_false",
+                   help="segment the whole frame (default: crop to the ultrasound sector, as "
+                   "`sonostream import` stores frames)")
+    v.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
+    v.add_argument("--no-video", dest="video", action="store_false", help="skip overlay.mp4")
+    v.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_evaluate(args) -> int:
+    from pipeline.eval.evaluate import evaluate
+    m = evaluate(args.checkpoint, args.data, args.split, args.out, batch_size=args.batch_size,
+                 overlays=args.overlays, device=args.device, quiet=args.quiet)
+    show = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    print(f"{args.split}: {m['frames']} frames ({m['head_frames']} with a head) | Dice "
+          f"{show(m['dice'])} | IoU {show(m['iou'])} | HD95 {show(m['hd95_mm'], 2)} mm | HC MAE "
+          f"{show(m['hc_mae_mm'], 2)} mm ({m['hc_missed']} missed) | plane accuracy "
+          f"{show(m['plane_accuracy'])}\nwrote {args.out}/metrics.json, per_image.csv, hc18.csv, overlays/")
+    return 0
+
+
+def cmd_segment_video(args) -> int:
+    from pipeline.eval.cine import segment_loops
+    done, failed = segment_loops(args.checkpoint, args.out, input=args.input, data=args.data,
+                                 video_key=args.video_key, pixel_size_mm=args.pixel_size_mm,
+                                 crop_sector=args.crop_sector, batch_size=args.batch_size,
+                                 device=args.device, video=args.video, quiet=args.quiet)
+    return 1 if failed and not done else 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "segment-video": cmd_segment_video}

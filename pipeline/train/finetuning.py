@@ -1,0 +1,210 @@
+"""Fetal head segmentation: a UNet on the (pretrained) encoder, in three modes.
+
+* ``supervised``: Dice + BCE on the labelled frames.
+* ``semi``: + alpha(t) x a mean-teacher consistency on frames whose labels are not used (the
+  teacher is an EMA of the model; alpha ramps up while the teacher is still poor).
+* ``multitask``: + beta x plane cross-entropy (head / abdomen / femur) from a head on the
+  deepest encoder features.
+
+The job skeleton (``job.run_job``) and the one loop (``loop.fit``: accelerator, gradient
+accumulation, mixed precision, checkpoints with exact resume, metrics.jsonl, trackers) are
+pretraining's; this task adds the loader, the UNet, the step and ``RUN/segmenter.pt``.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipeline.data import SegDataConfig, SegLoader
+from pipeline.data.augment import AugmentConfig, geometric, intensity
+from pipeline.models.segmenter import (PLANES, SegmenterConfig, build_segmenter, export_segmenter,
+                                       load_pretrained_encoder)
+from pipeline.objectives.segmentation import (MODES, MultitaskConfig, SemiConfig, consistency,
+                                              dice_bce, plane_loss, rampup)
+from preprocessing.format import SonostreamError
+
+from .config import load_config, to_dict
+from .job import Context, Parts, run_job
+from .loop import TrainConfig, noise_seed
+from .optim import OptimConfig
+
+
+CURVES = (("loss", "total"), ("loss_seg", "Dice + BCE"), ("loss_plane", "plane CE"),
+          ("loss_cons", "consistency"))
+SCORES = (("dice_soft", "soft Dice (train)"), ("acc_plane", "plane accuracy (train)"))
+
+
+@dataclass
+class TaskConfig:
+    mode: str = "supervised"        # supervised | semi | multitask
+    init: str = "none"              # encoder.pt of a pretraining run, or none (from scratch)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise SonostreamError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: SegmenterConfig = field(default_factory=SegmenterConfig)
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def resume_identity(self) -> dict:
+        """What a checkpoint must share with this config to be resumed: the task and model."""
+        return {"task": to_dict(self.task), "model": to_dict(self.model)}
+
+
+def load_finetune_config(path, overrides=(), *, mode=None, init=None, label_fraction=None,
+                         max_steps=None) -> FinetuneConfig:
+    """YAML ``path`` + ``SECTION.KEY=VALUE`` overrides + the command-line shortcuts."""
+    overrides = list(overrides)
+    for key, value in (("task.mode", mode), ("task.init", init),
+                       ("data.label_fraction", label_fraction), ("train.steps", max_steps)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(path, FinetuneConfig, overrides)
+
+
+class MeanTeacher:
+    """The EMA teacher of semi-supervised mode; checkpointed with the run (state_dict)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, student: torch.nn.Module) -> None:
+        s = student.state_dict()
+        for name, t in self.module.state_dict().items():
+            if t.dtype.is_floating_point:
+                t.mul_(self.decay).add_(s[name].detach().to(t.dtype), alpha=1 - self.decay)
+            else:   # BatchNorm's step counter
+                t.copy_(s[name])
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state)
+
+
+def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Generator,
+                     teacher: MeanTeacher | None = None, autocast=None):
+    """One micro-batch -> (loss, logged terms, outputs). Labelled (and, in semi mode, unlabelled)
+    frames go through the model in ONE forward, so BatchNorm and DDP see one pass."""
+    x = batch.frames.float() / 255.0
+    y = batch.masks.float()
+    x, y = geometric(x, y, cfg.augment, gen)
+    x = intensity(x, cfg.augment, gen)
+    b = x.shape[0]
+    if teacher is not None:
+        u, _ = geometric(batch.unlabelled.float() / 255.0, None, cfg.augment, gen)
+        with torch.no_grad(), autocast():
+            t_logits, _ = teacher.module(u)   # the teacher sees the frame without intensity noise
+        x = torch.cat([x, intensity(u, cfg.augment, gen)])
+    logits, plane_logits = model(x)
+    seg, dice = dice_bce(logits[:b], y)
+    loss, logs = seg, {"loss_seg": seg.detach(), "dice_soft": dice}
+    if cfg.task.mode == "multitask":
+        pl, acc = plane_loss(plane_logits, batch.plane)
+        loss = loss + cfg.multitask.beta * pl
+        logs.update(loss_plane=pl.detach(), acc_plane=acc)
+    if teacher is not None:
+        cons, used = consistency(logits[b:], t_logits, cfg.semi.consistency, cfg.semi.threshold)
+        alpha = cfg.semi.alpha * rampup(step, cfg.semi.rampup_steps)
+        loss = loss + alpha * cons
+        logs.update(loss_cons=cons.detach(), alpha=torch.tensor(alpha, device=x.device),
+                    cons_pixels=used.detach())
+    return loss, logs, {"logits": logits[:b]}
+
+
+class Finetuning:
+    """The fine-tuning task for ``job.run_job``: labelled frames in, segmenter.pt out."""
+    name = "fine-tuning"
+
+    def check(self, cfg: FinetuneConfig, data: str) -> None:
+        init = _init_path(cfg)
+        if init is not None and not Path(init).is_file():
+            raise SonostreamError(f"--init {init}: no such file (pretraining writes "
+                                  f"RUN/encoder.pt; "
+                                  "--init none trains from scratch)")
+        if cfg.task.mode == "semi" and cfg.train.grad_accum > 1:
+            raise SonostreamError("semi mode updates its teacher after each optimizer step; use "
+                                  "train.grad_accum 1 (raise train.batch_size instead)")
+
+    def build(self, cfg: FinetuneConfig, ctx: Context) -> Parts:
+        acc, tc, mode = ctx.acc, cfg.train, cfg.task.mode
+        plugin = acc.state.deepspeed_plugin
+        if mode == "semi" and plugin and plugin.zero_stage == 3:
+            raise SonostreamError("semi mode keeps a full EMA teacher; ZeRO-3 partitions the "
+                                  "weights: use ZeRO-2 or DDP")
+        unl = max(1, round(ctx.per_rank * cfg.semi.unlabelled_per_labelled)) if mode == "semi" else 0
+        loader = SegLoader(ctx.data, cfg.data, batch_size=ctx.per_rank, unlabelled_batch=unl,
+                           seed=tc.seed, rank=acc.process_index, world_size=acc.num_processes,
+                           device=acc.device, cache_dir=ctx.cache_dir, shard_url=ctx.shard_url)
+        planes = list(PLANES) if mode == "multitask" else []
+        if mode == "multitask" and not (loader.view.plane[loader.sel.labelled] >= 0).any():
+            raise SonostreamError(f"{ctx.data}: no labelled frame of split {cfg.data.split!r} has "
+                                  f"a "
+                                  "plane label; multitask mode needs the plane column "
+                                  "(head/abdomen/femur)")
+        init = _init_path(cfg)
+        model = build_segmenter(cfg.model, planes=len(planes))
+        init_meta = load_pretrained_encoder(model, init, cfg.model.arch, cfg.model.in_chans) if init else None
+        teacher = MeanTeacher(model, cfg.semi.ema_decay) if mode == "semi" else None
+        if teacher is not None:
+            teacher.module.to(acc.device)
+
+        def step(model, batch, step, micro_step):
+            gen = torch.Generator(device=acc.device).manual_seed(
+                noise_seed(tc.seed, micro_step, acc.process_index))
+            return finetune_forward(model, batch, cfg, step, gen, teacher, acc.autocast)
+
+        def on_step(model):
+            teacher.update(acc.unwrap_model(model))
+
+        banner = (f"({mode}) a {cfg.model.arch} UNet, encoder "
+                  f"{'from ' + str(init) if init else 'from scratch'} | {loader.describe()}")
+        return Parts(loader, model, step, banner=banner,
+                     per_rank=f"{ctx.per_rank} labelled (+{unl} unlabelled) frames per rank",
+                     on_step=on_step if teacher is not None else None,
+                     checkpointed=(teacher,) if teacher is not None else (),
+                     info={"planes": planes, "init": init, "init_meta": init_meta})
+
+    def export(self, cfg: FinetuneConfig, parts: Parts, state_dict: dict, end: dict,
+               out: Path) -> dict:
+        init, meta, loader = parts.info["init"], parts.info["init_meta"], parts.loader
+        export_segmenter(state_dict, cfg.model, out / "segmenter.pt", image_size=loader.image_size,
+                         planes=parts.info["planes"], mode=cfg.task.mode,
+                         init=str(init) if init else "none",
+                         init_step=meta.get("step") if meta else None,
+                         label_fraction=cfg.data.label_fraction,
+                         labelled_patients=len(loader.sel.patients), step=end["step"],
+                         complete=end["complete"])
+        return {"segmenter": str(out / "segmenter.pt"), **loader.describe()}
+
+    def curves(self, cfg: FinetuneConfig, parts: Parts) -> dict:
+        return {"curves": CURVES, "scores": SCORES}
+
+
+def _init_path(cfg: FinetuneConfig) -> str | None:
+    return None if str(cfg.task.init).lower() in ("none", "", "scratch") else cfg.task.init
+
+
+def train(cfg: FinetuneConfig, data: str, out, resume: str | None = None,
+          stop_after: int | None = None, cache_dir=None, shard_url=None, quiet: bool = False) -> dict:
+    """Fine-tune; returns a summary (step, paths, last metrics). Raises SonostreamError on bad
+    input."""
+    return run_job(cfg, Finetuning(), data, out, resume=resume, stop_after=stop_after,
+                   cache_dir=cache_dir, shard_url=shard_url, quiet=quiet)

@@ -1,0 +1,131 @@
+"""The one job skeleton: everything pretraining and fine-tuning share around :func:`loop.fit`.
+
+A job is a run config (a dataclass with ``train: TrainConfig``, ``optim: OptimConfig`` and a
+``resume_identity()``) and a :class:`Task` that fills in what differs. Read top to bottom,
+:func:`run_job` is:
+
+1. checks that need no accelerator, so they fail before any GPU time is spent: the dataset
+   folder (the contract's own check), the run folder and ``--resume``, resume compatibility
+   (``checkpoint.check_resume``), and the task's own (``task.check``);
+2. the accelerator, the per-rank batch, the seed (the same initial weights on every rank);
+3. the task's parts (``task.build``): loader, model, step, figure, extra checkpointed objects;
+4. AdamW + warm-up/cosine schedule (``optim``), DeepSpeed's "auto" values;
+5. config.yaml, the start line, trackers;
+6. :func:`loop.fit`;
+7. on the main rank the task's artifact (``task.export``: encoder.pt, segmenter.pt) and curves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import yaml
+
+from pipeline.data import is_url
+from preprocessing.atomic import write_text
+from preprocessing.dataset import check_dataset_dir
+
+from .checkpoint import check_resume
+from .config import flat, to_dict
+from .logs import plot_curves, read_metrics
+from .loop import (StopSignal, check_run_dir, fill_deepspeed_auto, fit, full_state_dict,
+                   make_accelerator, per_rank_batch)
+from .optim import build_optimizer, build_scheduler
+
+TRACKER_PROJECT = "tb"
+
+
+@dataclass
+class Context:
+    """What a task's ``build`` gets: the accelerator and where the data comes from."""
+    acc: object
+    per_rank: int                  # samples per rank per micro-step (train.batch_size / world)
+    data: str
+    out: Path
+    cache_dir: str | None = None
+    shard_url: str | None = None
+
+
+@dataclass
+class Parts:
+    """What a task contributes to the loop (see ``loop.fit`` for the call signatures)."""
+    loader: object
+    model: torch.nn.Module
+    step: Callable                 # (model, batch, step, micro_step) -> (loss, logs, outputs)
+    banner: str                    # the start line: "<task> <banner> | N process(es), <per_rank>, ..."
+    per_rank: str                  # what each rank takes per micro-step, in words
+    figure: Callable | None = None                    # (outputs, batch, step), main rank
+    on_step: Callable | None = None                   # (model) after each optimizer step
+    checkpointed: tuple = ()       # more objects saved with every checkpoint (a mean teacher)
+    info: dict = field(default_factory=dict)          # anything ``export`` needs later
+
+
+class Task(Protocol):
+    name: str                      # "pretraining" | "fine-tuning", for messages
+
+    def check(self, cfg, data: str) -> None:
+        """Bad input -> SonostreamError, before the accelerator exists."""
+
+    def build(self, cfg, ctx: Context) -> Parts: ...
+
+    def export(self, cfg, parts: Parts, state_dict: dict, end: dict, out: Path) -> dict:
+        """Main rank: write the run's artifact; returns what goes into the summary."""
+
+    def curves(self, cfg, parts: Parts) -> dict:
+        """Keyword arguments of ``logs.plot_curves`` (curves, scores, io_chance)."""
+
+
+def run_job(cfg, task: Task, data: str, out, *, resume: str | None = None,
+            stop_after: int | None = None, cache_dir=None, shard_url=None,
+            quiet: bool = False) -> dict:
+    """Train ``task`` with ``cfg``; returns a summary (step reached, complete, stopped_by, out,
+    the task's artifact, last metrics). Bad input raises SonostreamError before training."""
+    out = Path(out)
+    stopper = StopSignal()   # first: a signal during set-up must not kill the job uncheckpointed
+    if not is_url(data):
+        check_dataset_dir(data)   # the contract's own checks and messages
+    ckpt = check_run_dir(out, resume)
+    if ckpt is not None:
+        check_resume(ckpt, cfg)
+    task.check(cfg, data)
+    tc = cfg.train
+    acc = make_accelerator(tc, out)
+    per_rank = per_rank_batch(acc, tc)
+
+    from accelerate.utils import set_seed
+    set_seed(tc.seed)   # the same initial weights on every rank
+    parts = task.build(cfg, Context(acc, per_rank, data, out, cache_dir, shard_url))
+    for obj in parts.checkpointed:
+        acc.register_for_checkpointing(obj)
+    optimizer = build_optimizer(parts.model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
+    fill_deepspeed_auto(acc, per_rank, tc)
+
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        acc.print(f"{task.name} {parts.banner} | {acc.num_processes} process(es), {parts.per_rank}, "
+                  f"accumulation {tc.grad_accum}, precision {tc.precision}, {acc.distributed_type}")
+    if tc.trackers:
+        acc.init_trackers(TRACKER_PROJECT, config=flat(to_dict(cfg)))
+
+    end = fit(acc, parts.model, optimizer, scheduler, parts.loader, tc, out, step_fn=parts.step,
+              ckpt=ckpt, run_info={"config": to_dict(cfg)}, stopper=stopper,
+              stop_after=stop_after, quiet=quiet, figure_fn=parts.figure, on_step=parts.on_step)
+
+    step = end["step"]
+    sd = full_state_dict(acc, end["model"])   # a collective under ZeRO-3: every rank calls it
+    summary = {"step": step, "complete": end["complete"], "stopped_by": end["stopped_by"],
+               "out": str(out)}
+    if acc.is_main_process:
+        summary.update(task.export(cfg, parts, sd, end, out))
+        plot_curves(out / "metrics.jsonl", out / "curves.png", **task.curves(cfg, parts))
+        rows = read_metrics(out / "metrics.jsonl")
+        summary["last"] = rows[-1] if rows else None
+        acc.print(f"done: step {step}/{tc.steps}; " + ", ".join(
+            f"{k} {v}" for k, v in summary.items() if k in ("encoder", "segmenter")))
+    acc.wait_for_everyone()
+    acc.end_training()
+    return summary

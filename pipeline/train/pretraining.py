@@ -1,0 +1,144 @@
+"""Multi-task pretraining (MIR + PM + IO): the run config and the task ``job.run_job`` runs.
+
+The task's step (:func:`pretrain_forward`) encodes the B*K frames of the batch's clips once and
+feeds all three heads; at the end the encoder alone goes to ``encoder.pt``. Accelerate, DeepSpeed,
+checkpoints and resume are the job skeleton's (``job``) and the loop's (``loop.fit``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipeline.data import ClipLoader, LoaderConfig
+from pipeline.data.tasks import io_classes
+from pipeline.models import EncoderConfig, HeadsConfig, PretrainModel, export_encoder
+from pipeline.models.pretext import apply_mask
+from pipeline.objectives import TasksConfig, pretrain_losses
+from preprocessing.format import SonostreamError
+
+from .config import load_config, to_dict
+from .job import Context, Parts, run_job
+from .logs import plot_reconstruction
+from .loop import TrainConfig, noise_seed
+from .optim import OptimConfig
+
+__all__ = ["PretrainConfig", "Pretraining", "build_model", "load_pretrain_config",
+           "pretrain_forward", "train"]
+
+
+@dataclass
+class PretrainConfig:
+    model: EncoderConfig = field(default_factory=EncoderConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def resume_identity(self) -> dict:
+        """What a checkpoint must share with this config to be resumed: the model built."""
+        return {"model": to_dict(self.model), "heads": to_dict(self.heads),
+                "tasks": list(self.tasks.active)}
+
+
+def load_pretrain_config(path, overrides=(), max_steps: int | None = None) -> PretrainConfig:
+    """The run config from YAML ``path`` + ``SECTION.KEY=VALUE`` overrides (+ ``--max-steps``)."""
+    overrides = list(overrides)
+    raw = {}
+    if path is not None and Path(path).is_file():
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    in_file = isinstance(raw.get("loader"), dict) and "batch_size" in raw["loader"]
+    if in_file or any(o.split("=", 1)[0].strip() == "loader.batch_size" for o in overrides):
+        raise SonostreamError("loader.batch_size is not a pretraining key: set train.batch_size, "
+                              "the clips per step over all ranks (each rank takes batch_size / "
+                              "world size)")
+    if max_steps is not None:
+        overrides.append(f"train.steps={max_steps}")
+    cfg = load_config(path, PretrainConfig, overrides)
+    if "io" in cfg.tasks.active:
+        io_classes(cfg.loader.clip_len, cfg.loader.io_reverse)   # K and reverse fit the IO task
+    return cfg
+
+
+class Pretraining:
+    """The pretraining task for ``job.run_job``: clips in, encoder.pt out."""
+    name = "pretraining"
+
+    def check(self, cfg: PretrainConfig, data: str) -> None:
+        pass   # the config checked itself when it was loaded
+
+    def build(self, cfg: PretrainConfig, ctx: Context) -> Parts:
+        acc, tc = ctx.acc, cfg.train
+        loader = ClipLoader(ctx.data, replace(cfg.loader, batch_size=ctx.per_rank), seed=tc.seed,
+                            rank=acc.process_index, world_size=acc.num_processes,
+                            device=acc.device, cache_dir=ctx.cache_dir, shard_url=ctx.shard_url)
+        if loader.clips_per_epoch(0) < tc.batch_size:
+            raise SonostreamError(
+                f"{ctx.data} gives {loader.clips_per_epoch(0)} clips per epoch, fewer than one "
+                f"step's train.batch_size {tc.batch_size}: lower train.batch_size or "
+                "loader.clip_len, or add data")
+        model = build_model(cfg)
+        tasks, k = cfg.tasks, cfg.loader.clip_len
+
+        def step(model, batch, step, micro_step):
+            return pretrain_forward(model, batch, tasks, step,
+                                    noise_seed(tc.seed, micro_step, acc.process_index))
+
+        def figure(outputs, batch, step):
+            if "recon" in outputs:
+                plot_reconstruction(*_figure_arrays(outputs, outputs["mask"], tc.figure_frames),
+                                    ctx.out / "figures" / f"recon-step-{step:06d}.png",
+                                    title=f"step {step}")
+
+        return Parts(loader, model, step, figure=figure,
+                     banner=f"{cfg.model.arch} on {loader.describe()}",
+                     per_rank=f"{ctx.per_rank} clips x {k} frames per rank")
+
+    def export(self, cfg: PretrainConfig, parts: Parts, state_dict: dict, end: dict,
+               out: Path) -> dict:
+        enc = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+        export_encoder(enc, cfg.model.arch, cfg.model.in_chans, out / "encoder.pt",
+                       step=end["step"], complete=end["complete"])
+        return {"encoder": str(out / "encoder.pt")}
+
+    def curves(self, cfg: PretrainConfig, parts: Parts) -> dict:
+        io = parts.model.io
+        return {"io_chance": 1 / io.classes if io is not None and io.classes else None}
+
+
+def train(cfg: PretrainConfig, data: str, out, resume: str | None = None,
+          stop_after: int | None = None, cache_dir=None, shard_url=None, quiet: bool = False) -> dict:
+    """Pretrain; returns a summary (step reached, last metrics, paths). Raises SonostreamError on
+    bad input."""
+    return run_job(cfg, Pretraining(), data, out, resume=resume, stop_after=stop_after,
+                   cache_dir=cache_dir, shard_url=shard_url, quiet=quiet)
+
+
+def build_model(cfg: PretrainConfig) -> PretrainModel:
+    """The model a run config describes (random init: seed first)."""
+    k, active = cfg.loader.clip_len, cfg.tasks.active
+    classes = len(io_classes(k, cfg.loader.io_reverse)) if "io" in active else 0
+    return PretrainModel(cfg.model.arch, k, classes, cfg.heads, active, cfg.model.in_chans)
+
+
+def pretrain_forward(model, batch, tasks: TasksConfig, step: int, seed: int | None):
+    """One micro-batch: the B*K frames through the encoder once, then the three heads.
+    Returns (weighted loss, the other logged terms, the model's outputs + the MIR mask)."""
+    mask = batch.mir_mask if "mir" in tasks.active else None
+    out = model(batch.images(), mask, batch.io_perm, batch.pm_a, batch.pm_b, noise_seed=seed)
+    losses = pretrain_losses(out, batch, mask, tasks, step)
+    out["mask"] = mask
+    return losses.pop("loss"), losses, out
+
+
+def _figure_arrays(out: dict, mask, n: int):
+    """First n frames of the batch as numpy (all -1..1): masked input, the prediction pasted
+    into the hidden patches (the visible ones are the input's, as MAE shows it), target."""
+    with torch.no_grad():
+        t = out["target"][:n].float()
+        m = mask.flatten(0, 1)[:n]
+        r = torch.where(m, out["recon"][:n].float().clamp(-1, 1), t)
+        return (apply_mask(t, m)[:, 0].cpu().numpy(), r[:, 0].cpu().numpy(), t[:, 0].cpu().numpy())

@@ -1,0 +1,302 @@
+"""The on-disk contract: the frames CSV, sample keys, splits, shard names and the index schema.
+
+This (with ``geometry``, the stored <-> source pixel mapping) is the one place that states the
+contract. Writers (``preprocessing.build``), readers
+(``pipeline.data``) and validators (``preprocessing.verify``) import these names; nothing else
+re-states them. It is torch-free and cheap to import.
+
+A built dataset directory holds::
+
+    shards/{split}-NNNNNN.tar   frames of one video together, in temporal order
+    index.parquet               one row per frame (INDEX_SCHEMA); written last
+    manifest.json               options, counts, and sha256 + size of every shard
+    rejects.csv                 every input row that did not make it, with its reason
+
+Sample keys are ``{video_key}/{frame_index:06d}``; tar members are ``{key}.jpg|png`` (the frame,
+8-bit grayscale), ``{key}.json`` (its metadata) and optionally ``{key}.mask.png`` (0/255).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import re
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+
+from .errors import SonostreamError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "REQUIRED_COLUMNS",
+    "LABEL_COLUMNS",
+    "MASK_COLUMN",
+    "OPTIONAL_COLUMNS",
+    "PLANES",
+    "ELLIPSE_COLUMNS",
+    "csv_cell",
+    "csv_text",
+    "ellipse_perimeter",
+    "SPLITS",
+    "split_of",
+    "check_fractions",
+    "is_number",
+    "natural_key",
+    "frame_order",
+    "IMAGE_EXT",
+    "MASK_EXT",
+    "META_EXT",
+    "video_key",
+    "sample_key",
+    "check_key",
+    "split_key",
+    "SHARDS_DIR",
+    "INDEX_FILE",
+    "MANIFEST_FILE",
+    "REJECTS_FILE",
+    "WORK_DIR",
+    "REJECT_COLUMNS",
+    "shard_name",
+    "CORE_FIELDS",
+    "RESERVED_COLUMNS",
+    "index_schema",
+    "check_index_schema",
+]
+
+FORMAT_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# The frames CSV (what every source importer writes and `sonostream build` reads)
+# ---------------------------------------------------------------------------------------------
+REQUIRED_COLUMNS = ("frame_path", "patient_id", "video_name", "frame_id")
+
+#: Optional label columns and their types. Geometry (ellipse_*) is in pixels of the source frame,
+#: with (0, 0) the centre of the top-left pixel; semi-axes a >= b; angle in radians.
+LABEL_COLUMNS: dict[str, pa.DataType] = {
+    "plane": pa.string(),
+    "pixel_size_mm": pa.float64(),
+    "hc_mm": pa.float64(),
+    "ellipse_cx": pa.float64(),
+    "ellipse_cy": pa.float64(),
+    "ellipse_a": pa.float64(),
+    "ellipse_b": pa.float64(),
+    "ellipse_angle": pa.float64(),
+    "is_standard_plane": pa.bool_(),
+}
+MASK_COLUMN = "mask_path"
+OPTIONAL_COLUMNS = (MASK_COLUMN, *LABEL_COLUMNS)
+PLANES = ("head", "abdomen", "femur")
+ELLIPSE_COLUMNS = ("ellipse_cx", "ellipse_cy", "ellipse_a", "ellipse_b", "ellipse_angle")
+
+def csv_cell(value) -> str:
+    """How a frames CSV writes one value: empty for missing, true/false for booleans, shortest
+    float repr, else str. Every writer of frames CSVs (synth, importers) uses it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[dict]) -> str:
+    """A CSV document (header + one line per row, cells by :func:`csv_cell`, ``\\n`` line ends):
+    how every CSV the project writes is written (frames.csv, rejects.csv, per_image.csv, ...)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows([csv_cell(row.get(c)) for c in columns] for row in rows)
+    return buf.getvalue()
+
+
+def ellipse_perimeter(a: float, b: float) -> float:
+    """Perimeter of an ellipse with semi-axes a, b (Ramanujan's first approximation): the
+    definition of ``hc_mm`` (in mm when a, b are) for every writer and evaluator."""
+    return math.pi * (3 * (a + b) - math.sqrt((3 * a + b) * (a + 3 * b)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+SPLITS = ("train", "val", "test")
+
+
+def split_of(patient_id: str, val_fraction: float, test_fraction: float, seed: int = 0) -> str:
+    """The split of a patient: a pure function of (patient id, seed, fractions).
+
+    A patient's position u in [0, 1) comes from a hash of its id, so its split never depends on
+    which other patients are in the CSV: growing a cohort and rebuilding never moves a test
+    patient into train (a leak across dataset versions that rank-based splitting would allow).
+    u < test_fraction -> test; u < test_fraction + val_fraction -> val; else train.
+    """
+    check_fractions(val_fraction, test_fraction)
+    digest = hashlib.sha256(f"{seed}\x00{patient_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, f in (("val fraction", val_fraction), ("test fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise SonostreamError(f"{name} must be in [0, 1), got {f}")
+    if val_fraction + test_fraction >= 1.0:
+        raise SonostreamError(
+            f"val fraction + test fraction must be < 1 (got {val_fraction} + {test_fraction}); "
+            "leave some patients for training"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame order within a video
+# ---------------------------------------------------------------------------------------------
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_CHUNKS = re.compile(r"(\d+)")
+
+
+def is_number(text: str) -> bool:
+    return bool(_NUMBER.match(text.strip()))
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that puts ``frame_2`` before ``frame_10`` (digits compare as numbers)."""
+    parts = _CHUNKS.split(text)
+    return tuple((0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def frame_order(frame_ids: Sequence[str]) -> list[int]:
+    """Positions of ``frame_ids`` in temporal order.
+
+    Numeric when every id of the video is a number (``007`` -> 7, ``1e2`` -> 100), otherwise
+    natural order. Ties keep their input order (the sort is stable).
+    """
+    if frame_ids and all(is_number(f) for f in frame_ids):
+        key = [float(f) for f in frame_ids]
+        return sorted(range(len(frame_ids)), key=key.__getitem__)
+    keys = [natural_key(f) for f in frame_ids]
+    return sorted(range(len(frame_ids)), key=keys.__getitem__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys and member names
+# ---------------------------------------------------------------------------------------------
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_KEY = re.compile(r"^[A-Za-z0-9_-]+/\d{6,}$")
+IMAGE_EXT = {"jpeg": "jpg", "png": "png"}
+MASK_EXT = "mask.png"
+META_EXT = "json"
+
+
+def video_key(patient_id: str, video_name: str) -> str:
+    """A dot-free, slash-free key naming one video of one patient, unique per (patient, video).
+
+    Readable when the ids are plain (``p007__sweep_01``); when an id needs escaping (dots,
+    spaces, slashes, non-ASCII) a short hash of the exact ids is appended so that two ids which
+    escape to the same text still get different keys.
+    """
+    safe_p, safe_v = _UNSAFE.sub("-", patient_id), _UNSAFE.sub("-", video_name)
+    key = f"{safe_p}__{safe_v}"
+    # Plain ids map to "<patient>__<video>", which splits back uniquely as long as the patient
+    # id has no "__" and does not end in "_" and the video name has no "__" and does not start
+    # with "_"; anything else gets the hash.
+    ambiguous = ("__" in patient_id or "__" in video_name or patient_id.endswith("_")
+                 or video_name.startswith("_"))
+    if safe_p != patient_id or safe_v != video_name or ambiguous:
+        digest = hashlib.sha256(f"{patient_id}\x00{video_name}".encode()).hexdigest()[:8]
+        key = f"{key}-{digest}"
+    return key
+
+
+def sample_key(vkey: str, frame_index: int) -> str:
+    return f"{vkey}/{frame_index:06d}"
+
+
+def check_key(key: str) -> str:
+    if not _KEY.match(key):
+        raise SonostreamError(f"invalid sample key {key!r}: expected '<video_key>/<6+ digits>', no "
+                              f"dots")
+    return key
+
+
+def split_key(member_name: str) -> tuple[str, str]:
+    """``'v/000001.mask.png'`` -> ``('v/000001', 'mask.png')`` (the WebDataset convention)."""
+    head, _, base = member_name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot:
+        raise SonostreamError(f"tar member {member_name!r} has no extension")
+    return (f"{head}/{stem}" if head else stem), ext
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards, manifest, rejects
+# ---------------------------------------------------------------------------------------------
+SHARDS_DIR = "shards"
+INDEX_FILE = "index.parquet"
+MANIFEST_FILE = "manifest.json"
+REJECTS_FILE = "rejects.csv"
+WORK_DIR = ".work"  # resumable state of an unfinished build; removed when the build finishes
+REJECT_COLUMNS = ("csv_line", "frame_path", "patient_id", "video_name", "frame_id", "reason")
+
+
+def shard_name(split: str, number: int) -> str:
+    if split not in SPLITS:
+        raise SonostreamError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return f"{split}-{number:06d}.tar"
+
+
+# ---------------------------------------------------------------------------------------------
+# index.parquet
+# ---------------------------------------------------------------------------------------------
+#: Columns every index has, in order. Labels (LABEL_COLUMNS) follow, then any extra CSV columns
+#: as strings. Geometry: ``geometry.Letterbox.of_stored(src_height, src_width, height, width)``
+#: maps stored <-> source pixels (``scale``, ``pad_x``, ``pad_y`` are that letterbox's); label
+#: pixels and ``pixel_size_mm`` are in stored coordinates.
+CORE_FIELDS = (
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("offset", pa.int64(), nullable=False),  # byte offset of the image member's data
+    pa.field("size", pa.int64(), nullable=False),  # byte size of the image member
+    pa.field("mask_offset", pa.int64()),
+    pa.field("mask_size", pa.int64()),
+    pa.field("patient_id", pa.string(), nullable=False),
+    pa.field("video_name", pa.string(), nullable=False),
+    pa.field("video_key", pa.string(), nullable=False),
+    pa.field("frame_id", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int32(), nullable=False),
+    pa.field("num_frames", pa.int32(), nullable=False),  # frames of this video in the index
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("src_height", pa.int32(), nullable=False),
+    pa.field("src_width", pa.int32(), nullable=False),
+    pa.field("scale", pa.float64(), nullable=False),
+    pa.field("pad_x", pa.int32(), nullable=False),
+    pa.field("pad_y", pa.int32(), nullable=False),
+    pa.field("has_mask", pa.bool_(), nullable=False),
+    pa.field("source_path", pa.string(), nullable=False),  # frame_path exactly as in the CSV
+)
+RESERVED_COLUMNS = frozenset(f.name for f in CORE_FIELDS) - {"patient_id", "video_name", "frame_id"}
+
+
+def index_schema(extra_columns: Iterable[str] = ()) -> pa.Schema:
+    fields = list(CORE_FIELDS)
+    fields += [pa.field(name, typ) for name, typ in LABEL_COLUMNS.items()]
+    fields += [pa.field(name, pa.string()) for name in extra_columns]
+    return pa.schema(fields, metadata={"sonostream_format_version": str(FORMAT_VERSION)})
+
+
+def check_index_schema(schema: pa.Schema) -> list[str]:
+    """Names the ways ``schema`` departs from the contract (empty list: it conforms)."""
+    problems = []
+    for field in (*CORE_FIELDS, *(pa.field(n, t) for n, t in LABEL_COLUMNS.items())):
+        if field.name not in schema.names:
+            problems.append(f"column {field.name!r} is missing")
+        elif not schema.field(field.name).type.equals(field.type):
+            problems.append(
+                f"column {field.name!r} is {schema.field(field.name).type}, expected {field.type}"
+            )
+    return problems

@@ -1,0 +1,121 @@
+"""The launch files (run configs, Accelerate, DeepSpeed, Slurm) load and say what the trainer expects."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH = ROOT / "launch"
+RUN_CONFIGS = sorted((LAUNCH / "configs").rglob("pretrain.yaml"))
+FINETUNE_CONFIGS = sorted((LAUNCH / "configs").rglob("finetune.yaml"))
+ACCELERATE = sorted((LAUNCH / "accelerate").glob("*.yaml"))
+DEEPSPEED = sorted((LAUNCH / "deepspeed").glob("*.json"))
+SBATCH = LAUNCH / "slurm" / "pretrain.sbatch"
+
+
+def test_the_launch_files_exist():
+    assert {p.name for p in ACCELERATE} >= {"single_gpu.yaml", "multi_gpu.yaml", "multi_node.yaml",
+                                            "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"}
+    assert {p.name for p in DEEPSPEED} >= {"zero2.json", "zero3.json"}
+    assert LAUNCH / "configs" / "pretrain.yaml" in RUN_CONFIGS and SBATCH.is_file()
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: str(p.relative_to(LAUNCH)))
+def test_run_config_loads(path):
+    from pipeline.train.pretraining import load_pretrain_config
+    cfg = load_pretrain_config(path)
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw) <= {"model", "heads", "tasks", "loader", "optim", "train"}
+    assert "batch_size" not in raw.get("loader", {})
+    assert cfg.train.batch_size == raw["train"]["batch_size"]   # the file's values, not defaults
+
+
+def test_every_config_is_a_pretrain_or_finetune_config():
+    assert set((LAUNCH / "configs").rglob("*.yaml")) == set(RUN_CONFIGS) | set(FINETUNE_CONFIGS)
+    assert len(FINETUNE_CONFIGS) == 2
+
+
+@pytest.mark.parametrize("path", FINETUNE_CONFIGS, ids=lambda p: str(p.relative_to(LAUNCH)))
+def test_finetune_config_loads(path):
+    from pipeline.train.finetuning import load_finetune_config
+    cfg = load_finetune_config(path)
+    raw = yaml.safe_load(path.read_text())
+    assert cfg.train.batch_size == raw["train"]["batch_size"]
+    assert cfg.model.arch == raw["model"]["arch"] and cfg.data.image_size % 32 == 0
+
+
+def test_real_config_is_the_real_size():
+    from pipeline.train.pretraining import load_pretrain_config
+    cfg = load_pretrain_config(LAUNCH / "configs" / "pretrain.yaml")
+    assert (cfg.model.arch, cfg.loader.image_size, cfg.loader.clip_len) == ("resnet18", 224, 4)
+    assert (cfg.train.batch_size, cfg.train.precision, cfg.train.steps) == (256, "bf16", 20000)
+    assert cfg.train.batch_size % 8 == 0 and cfg.train.batch_size % 16 == 0   # 1 and 2 nodes x 8
+
+
+@pytest.mark.parametrize("path", DEEPSPEED, ids=lambda p: p.name)
+def test_deepspeed_config(path):
+    ds = json.loads(path.read_text())
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "gradient_clipping"):
+        assert ds[key] == "auto", key
+    assert ds["bf16"]["enabled"] == "auto" and ds["fp16"]["enabled"] == "auto"
+    assert "optimizer" not in ds and "scheduler" not in ds   # the trainer builds AdamW + LambdaLR
+    assert ds["zero_allow_untested_optimizer"] is True
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == {"zero2.json": 2, "zero3.json": 3}[path.name]
+    if zero["stage"] == 3:
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True   # encoder.pt export
+    # "auto" bucket sizes need a Transformers model.config.hidden_size, which ours lacks
+    assert not [k for k, v in zero.items() if v == "auto"]
+
+
+@pytest.mark.parametrize("path", DEEPSPEED, ids=lambda p: p.name)
+def test_deepspeed_accepts_config(path):
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    DeepSpeedZeroConfig(**json.loads(path.read_text())["zero_optimization"])   # unknown keys raise
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_config(path):
+    text = path.read_text()
+    assert text.startswith("#") and f"--config_file launch/accelerate/{path.name}" in text.split("\n\n")[0]
+    from accelerate.commands.config.config_args import load_config_from_file
+    cfg = load_config_from_file(str(path))   # unknown keys raise
+    raw = yaml.safe_load(text)
+    # train.precision decides; Accelerate also refuses mixed_precision beside a DeepSpeed file
+    assert "mixed_precision" not in raw
+    assert cfg.num_processes >= 1 and cfg.num_processes % cfg.num_machines == 0
+    ds = raw.get("deepspeed_config") or {}
+    assert (raw["distributed_type"] == "DEEPSPEED") == bool(ds)
+    if ds:
+        assert (ROOT / ds["deepspeed_config_file"]).is_file()
+        assert not set(ds) & {"gradient_accumulation_steps", "gradient_clipping", "zero_stage",
+                              "offload_optimizer_device", "offload_param_device"}
+
+
+def test_sbatch():
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    subprocess.run([bash, "-n", str(SBATCH)], check=True)
+    text = SBATCH.read_text()
+    for needle in ("#SBATCH --nodes", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node",
+                   "#SBATCH --signal=USR1", "srun", "--machine_rank", "--num_machines",
+                   "--main_process_ip", "-m pipeline.pretrain", "--resume latest",
+                   "scontrol show hostnames"):
+        assert needle in text, needle
+
+
+def test_readme_pretraining_section_names_the_launch_files():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Pretraining the encoder", 1)[1].split("\n## ", 1)[0]
+    for path in ACCELERATE:
+        assert path.name in section, path.name
+    for path in DEEPSPEED:
+        assert path.name in section, path.name
+    assert "launch/slurm/pretrain.sbatch" in section and "launch/configs/pretrain.yaml" in section
+    assert "--resume latest" in section and "tensorboard --logdir" in section

@@ -1,0 +1,80 @@
+"""The console script: torch-free help, --version, and exit statuses (2 only for our errors: a
+genuine bug keeps its traceback)."""
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.cli.console import COMMANDS
+from pipeline.train.loop import TrainingError
+from preprocessing.format import SonostreamError
+
+HEAVY = ("torch", "accelerate", "webdataset", "segmentation_models_pytorch", "pydicom", "av")
+
+
+def test_parsing_every_command_loads_no_heavy_library():
+    code = ("import sys; from pipeline.cli.console import build_parser; build_parser(); "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True,
+                       text=True, check=True)
+    for command in COMMANDS:
+        assert command in r.stdout
+
+
+def test_version():
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True,
+                       text=True, check=True)
+    from importlib.metadata import version
+    assert r.stdout.strip() == f"sonostream {version('sonostream')}"
+
+
+def test_module_entry_points_take_the_commands_flags():
+    for job, flag in (("pretrain", "--stop-after"), ("finetune", "--label-fraction")):
+        r = subprocess.run([sys.executable, "-m", f"pipeline.{job}", "--help"], capture_output=True,
+                           text=True, check=True)
+        assert f"usage: python -m pipeline.{job}" in r.stdout and flag in r.stdout
+
+
+@pytest.fixture
+def command(monkeypatch):
+    """Replace what `sonostream inspect` runs."""
+    def use(fn):
+        monkeypatch.setitem(COMMANDS, "inspect", fn)
+    return use
+
+
+def test_our_errors_exit_2_with_the_message(command, capsys):
+    def bad_input(args):
+        raise SonostreamError("row 3 of x.csv: frame_id is empty; fill it in")
+    command(bad_input)
+    assert main(["inspect", "somewhere"]) == 2
+    assert capsys.readouterr().err == "error: row 3 of x.csv: frame_id is empty; fill it in\n"
+
+
+def test_a_failed_run_exits_1(command, capsys):
+    def diverged(args):
+        raise TrainingError("the loss was not finite for 10 steps in a row")
+    command(diverged)
+    assert main(["inspect", "somewhere"]) == 1
+    assert "error: the loss was not finite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bug", [ValueError("operands could not be broadcast"),
+                                 ZeroDivisionError("division by zero"), KeyError("shard")])
+def test_a_genuine_bug_keeps_its_traceback(command, bug):
+    """A ValueError from numpy or torch is not bad input: it is not turned into exit 2."""
+    def buggy(args):
+        raise bug
+    command(buggy)
+    with pytest.raises(type(bug)):
+        main(["inspect", "somewhere"])
+
+
+def test_a_bug_in_a_real_process_prints_a_traceback_and_exits_1():
+    code = ("import sys; import pipeline.cli.console as m; "
+            "m.COMMANDS['verify'] = lambda a: [][1]; sys.exit(m.main(['verify', 'x']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "IndexError" in r.stderr
