@@ -2,7 +2,7 @@
 on the GPU, read through DALI's PyTorch iterator.
 
 The host side is the same as the CPU path's: the plan says which clips a step holds, and
-:class:`~pipeline.data.decode.FrameDecoder` fetches their encoded bytes with one ``pread`` per clip. Encoded frames are
+``FrameDecoder.fetch`` gets their encoded bytes with one ``pread`` per clip. Encoded frames are
 checked for completeness on the host (a truncated JPEG would abort the DALI pipeline); a clip
 with a bad member is left out of its batch and reported, as on the CPU path. MIR masks are drawn
 by the ClipLoader on the training device after the iterator, as for the CPU path.
