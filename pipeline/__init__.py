@@ -1,1 +1,7 @@
-"""Training-side code (loaders, models, objectives, training, evaluation); grows with the next issues."""
+"""Everything that trains on the shards, in layers that import one way only (README "Layout"):
+
+    data  <-  models | objectives  <-  train | infer  <-  eval  <-  apps  <-  cli
+
+``pipeline`` imports ``preprocessing`` (the on-disk contract and the torch-free data commands),
+never the reverse.
+"""

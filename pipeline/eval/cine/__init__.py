@@ -21,7 +21,7 @@ Per frame: the largest predicted region (one head per frame); fewer than MIN_HEA
 pixels means no head, so no ellipse and no HC. Quality (0..1) = the model's confidence in the
 region (mean probability inside it, rescaled from 0.5..1 to 0..1) x how elliptical the region is
 (IoU with its fitted ellipse) x, for a multitask model, its probability that the frame is a head
-plane. Pixel coordinates are those of the source file (see ``cine_source``), angles in radians
+plane. Pixel coordinates are those of the source file (see ``source``), angles in radians
 (``hc.Ellipse``), HC in mm when the pixel size is known (from the DICOM header, the dataset, or
 ``--pixel-size-mm``), else empty.
 """

@@ -39,7 +39,7 @@ def _video_frames(cine, result, hc: np.ndarray, unit: str):
     h, w = cine.frames[0].shape[:2]
     scale = max(1, math.ceil(MIN_VIDEO_SIDE / max(h, w)))
     for i in range(len(cine.frames)):
-        rgb = frame_overlay(cine, result, i)   # a loop's frames share one size (see cine_source)
+        rgb = frame_overlay(cine, result, i)   # a loop's frames share one size (see source)
         if scale > 1:
             rgb = cv2.resize(rgb, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
         bar = np.zeros((18, rgb.shape[1], 3), np.uint8)
