@@ -72,7 +72,7 @@ def _pretrain(out: Path, results: dict) -> list[str]:
     tasks = [t.upper() for t in ("mir", "pm", "io") if cfg.get("tasks", {}).get(t, 0) > 0]
     lines = ["## 2. Self-supervised pretraining", "",
              f"{r.get('step', 'n/a')} steps of {' + '.join(tasks) or 'n/a'} (masked image "
-             f"reconstruction, patient matching, image ordering): a {arch} encoder on {size} "
+             f"reconstruction, patient matching, image ordering): a `{arch}` encoder on {size} "
              f"frames, {cfg.get('train', {}).get('batch_size', 'n/a')} clips of "
              f"{cfg.get('loader', {}).get('clip_len', 'n/a')} frames per step."]
     shown = {k: v for k, v in last.items() if k.startswith("loss") and isinstance(v, (int, float))}
@@ -93,7 +93,7 @@ def _finetune(out: Path, results: dict) -> list[str]:
     fraction = cfg.get("data", {}).get("label_fraction")
     size = _frame_size(out, cfg.get("data", {}).get("image_size"))
     lines = ["## 3. Fetal head segmentation: three modes", "",
-             f"A {arch} UNet on {size} frames with the pretrained encoder, "
+             f"A `{arch}` UNet on {size} frames with the pretrained encoder, "
              f"{_f(fraction * 100 if fraction else None, 0)} % of the training patients labelled, "
              f"{cfg.get('train', {}).get('steps', 'n/a')} steps each; scored on the test split "
              "(`sonostream evaluate`).", "",

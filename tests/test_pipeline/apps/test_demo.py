@@ -40,7 +40,7 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys):
 
     # What a run trained with comes from its saved config, not from text typed into the report.
     pretrain = yaml.safe_load((out / "pretrain" / "config.yaml").read_text())
-    assert f"a {pretrain['model']['arch']} encoder on 64x64 frames" in report
+    assert f"a `{pretrain['model']['arch']}` encoder on 64x64 frames" in report
     finetune = yaml.safe_load((out / "finetune" / "multitask" / "config.yaml").read_text())
     assert f"{finetune['train']['steps']} steps each" in report
 
@@ -50,7 +50,7 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--size", "smoke"]) == 0
     again = capsys.readouterr().out
     assert again.count("skipped (done in an earlier run") == 11 and "report" in again
-    assert "a resnet34 encoder" in (out / "report.md").read_text()
+    assert "a `resnet34` encoder" in (out / "report.md").read_text()
 
 
 def test_demo_refuses_a_folder_made_with_other_settings(tmp_path, capsys):
