@@ -121,7 +121,7 @@ def parse_labels(cells: dict) -> dict:
     if given and len(given) != len(fmt.ELLIPSE_COLUMNS):
         raise SonostreamError(f"ellipse is incomplete: give all of "
                               f"{', '.join(fmt.ELLIPSE_COLUMNS)} "
-                               f"or none (found {', '.join(given)})")
+                              f"or none (found {', '.join(given)})")
     flag = cells.get("is_standard_plane", "").strip().lower()
     if flag and flag not in _TRUE | _FALSE:
         raise SonostreamError(f"is_standard_plane {cells['is_standard_plane']!r} is not true/false")

@@ -99,7 +99,7 @@ class Demo:
             if before != now:
                 raise SonostreamError(f"{self.out} holds a demo made with --size "
                                       f"{before.get('size')} "
-                                       f"(or other settings); use another --out, or delete {self.out}")
+                                      f"(or other settings); use another --out, or delete {self.out}")
         else:
             atomic.write_json(path, now)
 

@@ -71,8 +71,7 @@ def label_efficiency(data, out, *, encoder=None, config=None, overrides=(), frac
     if "pretrained" in inits:
         if encoder is None or not Path(encoder).is_file():
             raise SonostreamError(f"--encoder {encoder}: the pretrained arm needs an encoder.pt "
-                                  f"from "
-                                   "`sonostream pretrain` (or pass --inits scratch)")
+                                  f"from `sonostream pretrain` (or pass --inits scratch)")
     for f in fractions:
         if not 0 < f <= 1:
             raise SonostreamError(f"label fractions must be in (0, 1], got {f}")

@@ -1,8 +1,8 @@
 """IndexView: the one numpy view of ``index.parquet`` that every reader projects.
 
-Built once per dataset (a million-row index takes well under a second): per-row arrays for
-reading members (shard id, byte offsets and sizes), identity (patient, video, frame index,
-split) and, on first use, the labels (plane, pixel size, HC) and geometry. Clips
+Built once per dataset, with no per-row Python work (Arrow encodes the string columns): per-row
+arrays for reading members (shard id, byte offsets and sizes), identity (patient, video, frame
+index) and, on first use, keys, splits, labels (plane, pixel size, HC) and geometry. Clips
 (``clips.video_table``), segmentation frames (``segloader``), evaluation and cine loops all
 read rows through it, so no reader ever scans a DataFrame per sample and no two readers decode
 the index differently.
@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from preprocessing import format as fmt
 from preprocessing.format import Letterbox, SonostreamError
@@ -23,21 +24,29 @@ class IndexView:
 
     def __init__(self, index: pa.Table):
         self.table = index
-        shards, self.shard_id = np.unique(self._col("shard"), return_inverse=True)
+        shards, self.shard_id = self._codes("shard")
         self.shards: list[str] = [str(s) for s in shards]      # shard id -> file name
         self.offset = self._col("offset").astype(np.int64)     # image member
         self.size = self._col("size").astype(np.int64)
-        self.keys = self._col("key")                           # [N] object
         self.frame_index = self._col("frame_index").astype(np.int64)
-        self.split = self._col("split")                        # [N] object
-        self.video_keys, self.video = np.unique(self._col("video_key"), return_inverse=True)
-        self.patient_ids, self.patient = np.unique(self._col("patient_id"), return_inverse=True)
-        self.shard_id = self.shard_id.astype(np.int64)
-        self.video = self.video.astype(np.int64)               # [N] code into video_keys
-        self.patient = self.patient.astype(np.int64)           # [N] code into patient_ids
+        self.video_keys, self.video = self._codes("video_key")      # [N] code into video_keys
+        self.patient_ids, self.patient = self._codes("patient_id")  # [N] code into patient_ids
 
     def __len__(self) -> int:
         return self.table.num_rows
+
+    def _codes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique values [U] object, code of each row [N] int64) of a string column:
+        exactly what ``np.unique(..., return_inverse=True)`` gives (the codes fix the shard
+        shuffle, so they must not change), without sorting a million Python strings: Arrow's
+        dictionary encoding, then only its small dictionary sorted (UTF-8 byte order is code
+        point order)."""
+        enc = pc.dictionary_encode(self.table.column(name)).combine_chunks()
+        order = pc.sort_indices(enc.dictionary).to_numpy()
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        values = enc.dictionary.take(pa.array(order)).to_numpy(zero_copy_only=False)
+        return values, rank[enc.indices.to_numpy(zero_copy_only=False)]
 
     def _col(self, name: str, fill=None) -> np.ndarray:
         c = self.table.column(name)
@@ -49,7 +58,15 @@ class IndexView:
         """Any other column (e.g. ``is_standard_plane``, ``frame_time_ms``), or None if absent."""
         return self._col(name) if name in self.table.column_names else None
 
-    # -- labels and geometry, read on first use ---------------------------------------------------
+    # -- read on first use: keys and splits (messages, evaluation), labels, geometry -------------
+    @cached_property
+    def keys(self) -> np.ndarray:
+        return self._col("key")                                # [N] object
+
+    @cached_property
+    def split(self) -> np.ndarray:
+        return self._col("split")                              # [N] object
+
     @cached_property
     def mask_offset(self) -> np.ndarray:
         return self._col("mask_offset", -1).astype(np.int64)   # -1: no mask
@@ -103,7 +120,8 @@ class IndexView:
         if unknown:
             raise SonostreamError(f"unknown split(s) {sorted(unknown)}; use "
                                   f"{', '.join(fmt.SPLITS)}")
-        return np.flatnonzero(np.isin(self.split, splits)).astype(np.int64)
+        chosen = pc.is_in(self.table.column("split"), value_set=pa.array(splits, pa.string()))
+        return np.flatnonzero(chosen.to_numpy(zero_copy_only=False)).astype(np.int64)
 
     def video_rows(self, video_key: str) -> np.ndarray:
         """Index rows of one video in frame order; SonostreamError listing a few keys if absent."""

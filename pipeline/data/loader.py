@@ -74,7 +74,7 @@ def resolve_loader(kind: str, device) -> str:
     from .dali import dali_available
     if kind == "dali" and not dali_available():
         raise SonostreamError("--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
-                               "(or use --loader cpu / auto)")
+                              "(or use --loader cpu / auto)")
     if kind != "auto":
         return kind
     return "dali" if torch.device(device).type == "cuda" and dali_available() else "cpu"
@@ -191,8 +191,7 @@ class ClipLoader:
         n = self.clips_per_epoch(state["epoch"])
         if not 0 <= state["position"] <= n:
             raise SonostreamError(f"cannot resume: position {state['position']} is beyond the "
-                                  f"epoch's "
-                                   f"{n} clips (is this the same dataset?)")
+                                  f"epoch's {n} clips (is this the same dataset?)")
         self.state = LoaderState(epoch=int(state["epoch"]), position=int(state["position"]))
 
     def describe(self) -> dict:

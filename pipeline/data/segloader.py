@@ -49,7 +49,7 @@ class SegDataConfig:
                                   f"{self.label_fraction}")
         if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
             raise SonostreamError(f"data.image_size must be a multiple of 32 (the UNet halves it 5 "
-                                   f"times), got {self.image_size}")
+                                  f"times), got {self.image_size}")
 
 
 @dataclass
@@ -139,12 +139,11 @@ class SegLoader:
             sizes = set(map(tuple, self.view.stored_size[rows][:, 2:].tolist()))
             if len(sizes) != 1:
                 raise SonostreamError(f"{data}: frames have several sizes {sorted(sizes)[:4]}; set "
-                                       "data.image_size")
+                                      "data.image_size")
             self.image_size = sizes.pop()
             if self.image_size[0] % 32 or self.image_size[1] % 32:
                 raise SonostreamError(f"{data}: stored frames are {self.image_size}, not multiples "
-                                      f"of 32; "
-                                       "set data.image_size (e.g. 256)")
+                                      f"of 32; set data.image_size (e.g. 256)")
         else:
             self.image_size = (s, s)
         self.decoder = FrameDecoder(self.source, self.view, self.cfg.decode_threads)

@@ -41,8 +41,7 @@ def io_classes(k: int, reverse: str = "same") -> np.ndarray:
              if reverse == "distinct" or p <= _time_reversed(p)]
     if len(perms) < 2:
         raise SonostreamError(f"clip_len {k} with io_reverse='same' leaves one class; use clip_len "
-                              f">= 3 "
-                               "or io_reverse='distinct'")
+                              f">= 3 or io_reverse='distinct'")
     return np.array(perms, dtype=np.int64)
 
 

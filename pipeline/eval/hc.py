@@ -70,7 +70,7 @@ def fit_ellipse(mask_or_prob: np.ndarray, level: float = 0.5) -> Ellipse | None:
         f = np.nan_to_num(m.astype(np.float64), nan=0.0)
         if f.max(initial=0.0) > 1.0 + 1e-6:  # a float 0/255 mask contoured at 0.5 is biased
             raise SonostreamError("a float map must hold probabilities in [0, 1]; pass masks as "
-                                   "bool or integer arrays")
+                                  "bool or integer arrays")
     if not (f > level).any():
         return None
     h, w = f.shape

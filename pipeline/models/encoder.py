@@ -80,11 +80,10 @@ def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise SonostreamError(f"{path} is not a sonostream encoder (expected format {FORMAT!r}); "
-                               "pass the encoder.pt a pretraining run wrote")
+                              "pass the encoder.pt a pretraining run wrote")
     if arch is not None and blob["arch"] != arch:
         raise SonostreamError(f"{path} holds a {blob['arch']} encoder, not {arch}; set model.arch "
-                              f"to "
-                               f"{blob['arch']!r} or pass another encoder")
+                              f"to {blob['arch']!r} or pass another encoder")
     enc = ResNetEncoder(blob["arch"], blob["in_chans"])
     enc.load_state_dict(blob["state_dict"], strict=True)
     return enc

@@ -77,17 +77,17 @@ def load_pretrained_encoder(model, path, arch: str, in_chans: int = 1) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SonostreamError(f"--init {path}: no such file (pretraining writes RUN/encoder.pt; "
-                               "--init none trains from scratch)")
+                              "--init none trains from scratch)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
         raise SonostreamError(f"--init {path} is not a sonostream encoder (format "
-                               f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "
-                               "pass the encoder.pt a pretraining run wrote")
+                              f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "
+                              "pass the encoder.pt a pretraining run wrote")
     if blob["arch"] != arch or blob["in_chans"] != in_chans:
         raise SonostreamError(f"--init {path} holds a {blob['arch']} encoder with "
-                              f"{blob['in_chans']} "
-                               f"input channel(s), but model.arch is {arch} with {in_chans}: set "
-                               f"model.arch: {blob['arch']} or pass an encoder of that architecture")
+                              f"{blob['in_chans']} input channel(s), but model.arch is {arch} "
+                              f"with {in_chans}: set "
+                              f"model.arch: {blob['arch']} or pass an encoder of that architecture")
     model.encoder.load_state_dict(dict(blob["state_dict"]), strict=True)
     return {k: v for k, v in blob.items() if k != "state_dict"}
 
@@ -113,14 +113,12 @@ def load_segmenter(path) -> tuple[torch.nn.Module, dict]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
         raise SonostreamError(f"{path} is not a sonostream segmenter ({type(e).__name__}); pass "
-                              f"the "
-                               "segmenter.pt a finetune run wrote") from None
+                              f"the segmenter.pt a finetune run wrote") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         what = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         hint = " (that is a pretrained encoder: fine-tune it first)" if what == ENCODER_FORMAT else ""
         raise SonostreamError(f"{path} is not a sonostream segmenter (format {what!r}){hint}; pass "
-                              f"the "
-                               "segmenter.pt a finetune run wrote")
+                              f"the segmenter.pt a finetune run wrote")
     cfg = SegmenterConfig(arch=blob["arch"], in_chans=blob["in_chans"],
                           decoder_channels=tuple(blob["decoder_channels"]))
     model = build_segmenter(cfg, planes=len(blob["planes"]))

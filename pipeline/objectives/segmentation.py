@@ -36,7 +36,7 @@ class SemiConfig:
             raise SonostreamError(f"semi.threshold must be in [0.5, 1), got {self.threshold}")
         if self.alpha < 0 or self.rampup_steps < 0 or self.unlabelled_per_labelled <= 0:
             raise SonostreamError("semi.alpha and semi.rampup_steps must be >= 0, "
-                                   "semi.unlabelled_per_labelled > 0")
+                                  "semi.unlabelled_per_labelled > 0")
 
 
 @dataclass

@@ -80,8 +80,7 @@ def resolve_resume(resume: str | None, out) -> Path | None:
         where = resume
     if p is None:
         raise SonostreamError(f"--resume {resume}: no checkpoint in {checkpoints_dir(where)} (no "
-                              f"step-N "
-                               "folder); run without --resume to start from scratch")
+                              f"step-N folder); run without --resume to start from scratch")
     return p
 
 

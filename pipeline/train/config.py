@@ -68,7 +68,7 @@ def from_dict(cls, data, where: str = "config"):
     if unknown:
         k = unknown[0]
         raise SonostreamError(f"unknown config key {where}.{k}{_suggest(k, fields)}; valid keys in "
-                               f"{where}: {', '.join(fields)}")
+                              f"{where}: {', '.join(fields)}")
     return cls(**{k: _coerce(v, fields[k], f"{where}.{k}") for k, v in data.items()})
 
 

@@ -137,8 +137,7 @@ class Finetuning:
         init = _init_path(cfg)
         if init is not None and not Path(init).is_file():
             raise SonostreamError(f"--init {init}: no such file (pretraining writes "
-                                  f"RUN/encoder.pt; "
-                                  "--init none trains from scratch)")
+                                  "RUN/encoder.pt; --init none trains from scratch)")
         if cfg.task.mode == "semi" and cfg.train.grad_accum > 1:
             raise SonostreamError("semi mode updates its teacher after each optimizer step; use "
                                   "train.grad_accum 1 (raise train.batch_size instead)")
@@ -156,8 +155,7 @@ class Finetuning:
         planes = list(PLANES) if mode == "multitask" else []
         if mode == "multitask" and not (loader.view.plane[loader.sel.labelled] >= 0).any():
             raise SonostreamError(f"{ctx.data}: no labelled frame of split {cfg.data.split!r} has "
-                                  f"a "
-                                  "plane label; multitask mode needs the plane column "
+                                  f"a plane label; multitask mode needs the plane column "
                                   "(head/abdomen/femur)")
         init = _init_path(cfg)
         model = build_segmenter(cfg.model, planes=len(planes))

@@ -81,8 +81,7 @@ def check_run_dir(out: Path, resume: str | None) -> Path | None:
     ckpt = resolve_resume(resume, out)
     if ckpt is None and list_checkpoints(out):
         raise SonostreamError(f"{out} already holds checkpoints; pass --resume latest to continue "
-                              f"that "
-                               "run, or choose another --out")
+                              f"that run, or choose another --out")
     return ckpt
 
 
@@ -95,8 +94,8 @@ def make_accelerator(tc: TrainConfig, out: Path):
         raise SonostreamError("train.precision fp16 needs a GPU; use bf16 or no on CPU")
     if use_ds and tc.precision == "fp16":
         raise SonostreamError("with DeepSpeed, train.precision runs as torch autocast inside the "
-                              "engine, "
-                               "which has no fp16 loss scaler here: use train.precision bf16")
+                              "engine, which has no fp16 loss scaler here: use train.precision "
+                              "bf16")
     # Without CUDA, gloo. `cpu=True` makes Accelerate pick its MULTI_CPU (gloo) mode, but it also
     # drops a DeepSpeed plugin, so the DeepSpeed path keeps cpu=False and passes gloo explicitly.
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1 or use_ds
@@ -115,8 +114,8 @@ def per_rank_batch(acc, tc: TrainConfig) -> int:
     world = acc.num_processes
     if tc.batch_size % world:
         raise SonostreamError(f"train.batch_size {tc.batch_size} does not divide by the world size "
-                              f"{world}; "
-                               f"use a multiple of {world}, e.g. {max(world, tc.batch_size // world * world)}")
+                              f"{world}; use a multiple of {world}, e.g. "
+                              f"{max(world, tc.batch_size // world * world)}")
     return tc.batch_size // world
 
 

@@ -88,8 +88,8 @@ class ImportWriter:
         leftovers = [n for n in (FRAMES_CSV, "frames", "masks") if (self.out / n).exists()]
         if leftovers and not overwrite:
             raise SonostreamError(f"{self.out} already holds {', '.join(leftovers)} (an earlier "
-                                  f"import?); "
-                             "pass --overwrite to replace them or choose another --out")
+                                  "import?); pass --overwrite to replace them or choose another "
+                                  "--out")
         for name in (FRAMES_CSV, REJECTS_CSV):
             (self.out / name).unlink(missing_ok=True)
         for name in ("frames", "masks"):

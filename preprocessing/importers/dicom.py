@@ -24,7 +24,7 @@ def import_dicom(inputs: list[str], out_dir: str, crop_sector: bool = True,
     if not files and not missing:
         raise SonostreamError(f"no DICOM files in {', '.join(inputs)} (looked for "
                               f"{', '.join(DICOM_EXTENSIONS)}"
-                         " and extension-less files with a DICM marker)")
+                              " and extension-less files with a DICM marker)")
     writer = ImportWriter(out_dir, "dicom", overwrite)
     for path in missing:
         writer.reject(path, f"{path}: no such file or directory")

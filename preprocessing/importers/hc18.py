@@ -49,8 +49,7 @@ def import_hc18(root: str, out_dir: str, crop_sector: bool = False, overwrite: b
     found = [s for s in SETS if (root_path / s).is_dir()]
     if not found:
         raise SonostreamError(f"{root} holds neither training_set/ nor test_set/; pass the folder "
-                              f"of "
-                               "the HC18 download with --root")
+                              f"of the HC18 download with --root")
     writer = ImportWriter(out_dir, "hc18", overwrite)
     for set_name in found:
         folder = root_path / set_name
@@ -72,8 +71,7 @@ def _find_csv(root: Path, folder: Path, name: str) -> Path:
         if path.is_file():
             return path
     raise SonostreamError(f"{folder} has no {name} (looked in {root} and {folder}); the HC18 "
-                          f"download "
-                           "ships it next to the image folders")
+                          f"download ships it next to the image folders")
 
 
 def read_table(path: Path, annotated: bool) -> dict[str, tuple[str, str]]:

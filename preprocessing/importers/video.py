@@ -33,7 +33,7 @@ def import_video(inputs: list[str], out_dir: str, stride: int = 1, crop_sector: 
     files, missing = find_files(inputs, is_video)
     if not files and not missing:
         raise SonostreamError(f"no video files in {', '.join(inputs)} (looked for "
-                         f"{', '.join(VIDEO_EXTENSIONS)})")
+                              f"{', '.join(VIDEO_EXTENSIONS)})")
     writer = ImportWriter(out_dir, "video", overwrite)
     for path in missing:
         writer.reject(path, f"{path}: no such file or directory")

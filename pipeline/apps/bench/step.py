@@ -35,6 +35,7 @@ import torch
 
 from pipeline.data.batch import label_batch
 from pipeline.data.tasks import io_classes, patch_masks
+from pipeline.models.encoder import ARCHS
 from pipeline.models.pretext import PretrainModel, apply_mask, normalize
 from pipeline.objectives import TasksConfig, beta_at, io_loss, mir_loss, pm_loss
 from pipeline.train.optim import OptimConfig, build_optimizer
@@ -142,12 +143,14 @@ class ImageCounter:
 
 def bench_step(arch: str = "resnet18", image_size: int = 224, batch: int = 8, clip_len: int = 4,
                threads: int = 2, steps: int = 5, warmup: int = 1, seed: int = 0) -> dict:
+    if arch not in ARCHS:
+        raise SonostreamError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if steps < 1 or warmup < 1:
         raise SonostreamError(f"bench step needs steps >= 1 and warmup >= 1, got {steps} and "
                               f"{warmup}")
     if batch < 3:
         raise SonostreamError(f"bench step needs batch >= 3 (two clips per patient; PM needs two "
-                               f"patients), got {batch}")
+                              f"patients), got {batch}")
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
