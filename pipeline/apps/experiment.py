@@ -11,7 +11,6 @@ interrupted experiment continues where it stopped.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -109,12 +108,7 @@ def table_markdown(results: list[dict], key: str, digits: int) -> str:
 
 def write_results(out: Path, results: list[dict], split: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(RESULT_COLUMNS)
-    for r in results:
-        w.writerow([fmt.csv_cell(r.get(c)) for c in RESULT_COLUMNS])
-    atomic.write_text(out / "results.csv", buf.getvalue())
+    atomic.write_text(out / "results.csv", fmt.csv_text(RESULT_COLUMNS, results))
     md = (f"# Label efficiency ({split} split)\n\nDice (mean over {split} frames that show a head):\n\n"
           + table_markdown(results, "dice", 3)
           + "\n\nHC mean absolute error (mm):\n\n" + table_markdown(results, "hc_mae_mm", 2) + "\n")

@@ -10,13 +10,10 @@ index past the cohort's last gives one no model has trained on.
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from preprocessing import atomic
-from preprocessing.format import SonostreamError
-from preprocessing.format import csv_cell
+from preprocessing.format import SonostreamError, csv_text
 from preprocessing.synth.anatomy import make_patient, plan_video
 from preprocessing.synth.render import render_video
 
@@ -46,10 +43,6 @@ def write_sweep(out_mp4, patient: int = 1000, frames: int = 48, size: int = 256,
                      "pixel_size_mm": float(video.pixel_size_mm)})
     write_mp4(out_mp4, images, fps=fps, crf=12)
     truth = out_mp4.with_suffix(".truth.csv")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(TRUTH_COLUMNS)
-    w.writerows([csv_cell(r[c]) for c in TRUTH_COLUMNS] for r in rows)
-    atomic.write_text(truth, buf.getvalue())
+    atomic.write_text(truth, csv_text(TRUTH_COLUMNS, rows))
     return {"video": str(out_mp4), "truth": str(truth), "pixel_size_mm": float(video.pixel_size_mm),
             "standard_frame": video.standard_index, "frames": frames}
