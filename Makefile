@@ -9,9 +9,10 @@ DEMO ?= runs/demo
 setup: $(VENV)/.installed
 
 # Re-install whenever pyproject.toml changes (new dependencies).
-$(VENV)/.installed: pyproject.toml
+# launch/constraints.txt pins what the tests ran on (the Dockerfile installs the same).
+$(VENV)/.installed: pyproject.toml launch/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -c launch/constraints.txt
 	touch $@
 
 # DeepSpeed (for the ZeRO-2 test) builds against the torch already installed: after it, without
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 # install time). Accelerate's DeepSpeed path imports transformers, so that comes too.
 $(VENV)/.deepspeed: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet setuptools wheel
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed==0.19.8" "transformers==5.23.0"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation -c launch/constraints.txt deepspeed transformers
 	touch $@
 
 # The main job on the built-in synthetic cohort, ending in $(DEMO)/report.md: synth -> build ->

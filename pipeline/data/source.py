@@ -45,7 +45,13 @@ def open_url(url: str):
         return urllib.request.urlopen(url, timeout=120)
     if "://" in url:
         import fsspec
-        return fsspec.open(url, "rb").open()
+        try:
+            return fsspec.open(url, "rb").open()
+        except ImportError as e:   # the protocol's fsspec plugin (s3fs, gcsfs, ...) is missing
+            protocol = url.split("://", 1)[0]
+            hint = "pip install 'sonostream[s3]'" if protocol in ("s3", "s3a") else \
+                f"install the fsspec plugin for {protocol}://"
+            raise DatasetError(f"{url}: cannot read {protocol}:// URLs here ({e}); {hint}") from None
     return open(url, "rb")
 
 

@@ -1,12 +1,7 @@
 """The files a newcomer and a cluster rely on say what the code does (no Docker engine here)."""
-import os
 import re
-import subprocess
+import tomllib
 from pathlib import Path
-
-import pytest
-
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the package itself needs 3.10
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +23,9 @@ def test_dockerfile_base_is_pinned_and_copies_what_it_installs():
     steps = _dockerfile()
     (base,) = [s.split()[1] for s in steps if s.startswith("FROM ")]
     image, _, tag = base.partition(":")
-    assert tag and tag != "latest" and re.match(r"\d+\.\d+\.\d+", tag), base
-    assert "cuda" in tag
+    assert tag and tag != "latest" and re.match(r"\d+\.\d+", tag), base
+    floor = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert image == "python" and tag.startswith(floor.lstrip(">=").strip() + "-"), (base, floor)
     copied = {p for s in steps if s.startswith("COPY ") for p in s.split()[1:-1]}
     packages = {"preprocessing", "pipeline"}
     assert packages | {"pyproject.toml", "README.md", "launch"} <= copied
@@ -37,26 +33,16 @@ def test_dockerfile_base_is_pinned_and_copies_what_it_installs():
     included = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     assert {p.rstrip("*") for p in included} == packages
     installs = [s for s in steps if s.startswith("RUN ") and "pip install" in s]
-    assert installs and any(re.search(r"accelerate==\d", s) for s in installs)
-    assert any(re.search(r"\s\.(\s|$)", s) for s in installs)  # installs the project itself
+    # every version comes from the file the tests ran on, none is pinned here
+    assert installs and all(s.count("pip install") == s.count("-c launch/constraints.txt")
+                            for s in installs), installs
+    assert not [s for s in installs if "==" in s]
+    assert "launch/constraints.txt" in copied and "nvidia-dali-cuda130" in " ".join(installs)
+    (torch,) = [s for s in installs if re.search(r"\btorch\b", s)]
+    assert "download.pytorch.org/whl/cu130" in torch   # the +cu130 build the tests ran on
+    assert any(re.search(r"""\s["']?\.(\[[\w,]+\])?["']?(\s|$)""", s) for s in installs)  # the project
     (entry,) = [s for s in steps if s.startswith("ENTRYPOINT")]
     assert "launch/entrypoint.sh" in entry
-
-
-def test_entrypoint_routes_cli_and_accelerate(tmp_path):
-    script = ROOT / "launch" / "entrypoint.sh"
-    assert os.access(script, os.X_OK)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    for name in ("sonostream", "accelerate"):
-        (fake / name).write_text(f"#!/bin/sh\necho {name} \"$@\"\n")
-        (fake / name).chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
-    run = lambda *a: subprocess.run([str(script), *a], env=env, capture_output=True, text=True,
-                                    check=True).stdout.strip()
-    assert run("sonostream", "build", "--help") == "sonostream build --help"
-    assert run("--num_processes", "8", "-m", "x") == "accelerate launch --num_processes 8 -m x"
-    assert run() == "sonostream --help"
 
 
 def test_readme_setup_is_the_two_make_commands():
