@@ -119,3 +119,39 @@ def test_readme_pretraining_section_names_the_launch_files():
         assert path.name in section, path.name
     assert "launch/slurm/pretrain.sbatch" in section and "launch/configs/pretrain.yaml" in section
     assert "--resume latest" in section and "tensorboard --logdir" in section
+
+
+def test_sbatch_takes_cpus_from_slurm_and_launches_once_per_node(tmp_path):
+    """The sbatch file run by bash with fake srun/scontrol/accelerate: the trainer command it
+    would start, with decode threads from SLURM_CPUS_PER_TASK (nothing hard-coded)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    scripts = {
+        "scontrol": "echo node-a; echo node-b",
+        "srun": 'while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"',   # drop srun's options
+        "accelerate": f'printf "%s\\n" "$@" > {tmp_path}/accelerate.args',
+    }
+    for name, body in scripts.items():
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    text = SBATCH.read_text()
+    assert "--cpus-per-task=" not in "\n".join(l for l in text.splitlines() if l.startswith("#SBATCH"))
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_ID": "7",
+           "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2", "SLURM_NODEID": "1",
+           "SLURM_CPUS_PER_TASK": "48", "SLURM_SUBMIT_DIR": str(ROOT), "OUT": str(tmp_path / "run")}
+    done = subprocess.run([bash, str(SBATCH)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "48 CPUs per node (6 decode threads per GPU)" in done.stdout
+    args = (tmp_path / "accelerate.args").read_text().splitlines()
+    assert args[0] == "launch" and args.count("launch") == 1
+    pairs = dict(zip(args, args[1:]))
+    assert pairs["--machine_rank"] == "1" and pairs["--num_machines"] == "2"
+    assert pairs["--main_process_ip"] == "node-a" and pairs["--num_processes"] == "16"
+    assert {"loader.decode_threads=6", "loader.dali_threads=6"} <= set(args)
+    from pipeline.train.pretraining import load_pretrain_config
+    sets = [v for k, v in zip(args, args[1:]) if k == "--set"]
+    cfg = load_pretrain_config(ROOT / pairs["--config"], sets)   # the overrides are valid keys
+    assert cfg.loader.decode_threads == 6
