@@ -49,6 +49,17 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def share(root: str | os.PathLike) -> None:
+    """Give ``root`` and everything under it the permissions ``open()`` / ``mkdir`` would (0644 /
+    0755 under the usual umask): libraries that write through ``mkstemp`` (safetensors does)
+    leave 0600 files that the rest of a cluster group cannot read."""
+    root = Path(root)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~_UMASK)
+
+
 def remove_leftovers(folder: str | os.PathLike) -> int:
     """Delete temporary files a crashed writer left in ``folder``; returns how many."""
     n = 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from preprocessing.atomic import write_text
+from preprocessing.atomic import share, write_text
 from preprocessing.format import SonostreamError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -97,6 +97,7 @@ def save_checkpoint(accelerator, run, step: int, keep: int, info: dict | None = 
     if accelerator.is_main_process:
         if info is not None:
             (tmp / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+        share(tmp)   # safetensors writes 0600 files; a run folder is read by the whole group
         if final.exists():   # the same step saved again (e.g. --stop-after at a checkpoint step)
             shutil.rmtree(final)
         tmp.rename(final)

@@ -2,6 +2,7 @@
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -62,6 +63,15 @@ def test_run_folder_has_what_the_readme_promises(full_run):
         "latest", f"step-{STEPS - 2}", f"step-{STEPS}"]          # keep_checkpoints: 2
     figs = sorted(p.name for p in (full_run / "figures").iterdir())
     assert figs[0] == "recon-step-000004.png" and len(figs) == STEPS // 4
+
+
+def test_run_files_are_readable_by_the_group_like_any_file(full_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {str(p.relative_to(full_run)): stat.S_IMODE(p.stat().st_mode)
+             for p in full_run.rglob("*") if p.is_file()}
+    assert "checkpoints/step-%d/model.safetensors" % STEPS in modes
+    assert {k: oct(m) for k, m in modes.items() if m != 0o666 & ~umask} == {}
 
 
 def test_stop_then_resume_gives_the_same_losses(shards, full_run, tmp_path):
