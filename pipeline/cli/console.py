@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from preprocessing import cli as data_cli
@@ -57,9 +58,25 @@ COMMANDS = {**{name: data_cli.run for name in data_cli.COMMANDS}, **loader.COMMA
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return guarded(COMMANDS[args.command], args)
+    try:
+        args = build_parser().parse_args(argv)
+        status = guarded(COMMANDS[args.command], args)
+        sys.stdout.flush()   # a closed pipe shows here, not in a traceback at interpreter exit
+        return status
+    except BrokenPipeError:
+        if _stdout_is_open():
+            raise   # a broken pipe of something else (a socket, a child) is a real error
+        # `sonostream ... | head`: the reader went away; stop quietly like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141   # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _stdout_is_open() -> bool:
+    """False when stdout is a pipe whose reader has gone (poll reports POLLERR on its write end)."""
+    try:
+        import select
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return not any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):   # no poll (not POSIX) or no real stdout
+        return True

@@ -78,3 +78,32 @@ def test_a_bug_in_a_real_process_prints_a_traceback_and_exits_1():
             "m.COMMANDS['verify'] = lambda a: [][1]; sys.exit(m.main(['verify', 'x']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" in r.stderr and "IndexError" in r.stderr
+
+
+def _into_a_closed_pipe(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` with its stdout a pipe whose reader is already gone (``... | head`` after
+    head exits)."""
+    import os
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+
+
+def test_a_closed_pipe_ends_quietly():
+    code = ("import sys; import pipeline.cli.console as m; "
+            "m.COMMANDS['inspect'] = lambda a: print('row\\n' * 100000); "
+            "sys.exit(m.main(['inspect', 'x']))")
+    r = _into_a_closed_pipe(code)
+    assert (r.returncode, r.stderr) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback():
+    code = ("import sys; import pipeline.cli.console as m\n"
+            "def child_gone(args): raise BrokenPipeError(32, 'Broken pipe')\n"
+            "m.COMMANDS['inspect'] = child_gone; sys.exit(m.main(['inspect', 'x']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "BrokenPipeError" in r.stderr
