@@ -165,8 +165,8 @@ def _csv_splits(csv_path: str, records: list[dict], videos: dict) -> dict[str, s
     clashes = {p: s for p, s in given.items() if len(s) > 1}
     if clashes:
         shown = "; ".join(f"patient {p!r}: " + ", ".join(f"{s} (line {n})" for s, n in
-                                                         sorted(lines.items(), key=lambda x: x[1]))
-                          for p, lines in sorted(clashes.items())[:5])
+                                                         sorted(at.items(), key=lambda x: x[1]))
+                          for p, at in sorted(clashes.items())[:5])
         raise CsvError(f"{csv_path}: {len(clashes)} patient(s) are given more than one split "
                        f"({shown}); all frames of a patient must be in one split: give every row "
                        f"of the patient the same {fmt.SPLIT_COLUMN!r} (or leave it empty)")
