@@ -1,7 +1,9 @@
-"""`sonostream build`: a frames CSV -> shards, index.parquet, manifest.json, rejects.csv.
+"""`sonostream build`: a frames CSV -> shards (+ DALI .idx), {split}.wids.json, index.parquet,
+manifest.json, rejects.csv.
 
 Read top to bottom, one build is:
-1. plan   read and check the CSV; group rows into videos in temporal order; split patients;
+1. plan   read and check the CSV; group rows into videos in temporal order; split patients
+          (the CSV's split column, else the hash);
           order videos (split, then a seeded shuffle). Bad rows go to rejects here.
 2. resume if an earlier run of the same inputs was interrupted, keep its finished shards and
           skip every frame they hold.
@@ -9,7 +11,8 @@ Read top to bottom, one build is:
           takes the results in plan order, numbers the surviving frames of each video and
           appends them to the shard writer, which is the only thing touching tar files.
 4. finish index rows of every shard, in shard order -> index.parquet, written after
-          rejects.csv and manifest.json: a dataset without an index is unfinished.
+          rejects.csv, the wids shard lists and manifest.json: a dataset without an index is
+          unfinished.
 Every input row ends in the index or in rejects.csv; the build checks that sum before it
 writes the index.
 """
@@ -41,7 +44,7 @@ from .summary import count_reasons, read_rejects, split_counts
 
 SEGMENT_FRAMES = 64  # frames per worker task: small enough to balance, large enough to amortise
 BUILD_STATE = "build.json"
-META_SKIP = {"shard", "offset", "size", "mask_offset", "mask_size", "num_frames"}
+META_SKIP = {"shard", "image_offset", "image_size", "mask_offset", "mask_size", "num_frames"}
 
 
 class BuildError(fmt.SonostreamError):
@@ -138,7 +141,8 @@ def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResu
     """Clears, resumes or refuses ``out``; returns a result when it is already built."""
     state = out / fmt.WORK_DIR / BUILD_STATE
     if overwrite:
-        for name in (fmt.INDEX_FILE, fmt.MANIFEST_FILE, fmt.REJECTS_FILE):
+        for name in (fmt.INDEX_FILE, fmt.MANIFEST_FILE, fmt.REJECTS_FILE,
+                     *map(fmt.wids_name, fmt.SPLITS)):
             (out / name).unlink(missing_ok=True)
         for name in (fmt.SHARDS_DIR, fmt.WORK_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
@@ -147,6 +151,10 @@ def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResu
             raise BuildError(f"{out} has an index but no {fmt.MANIFEST_FILE}; pass --overwrite "
                              "to rebuild it")
         manifest = json.loads((out / fmt.MANIFEST_FILE).read_text())
+        if manifest.get("format_version") != fmt.FORMAT_VERSION:
+            raise BuildError(f"{out} holds a dataset of format {manifest.get('format_version')} "
+                             f"(this sonostream writes {fmt.FORMAT_VERSION}); pass --overwrite to "
+                             "rebuild it, or choose another --out")
         if manifest.get("fingerprint") == fingerprint:
             return _result_from_manifest(out, manifest)
         raise BuildError(f"{out} already holds a dataset built from other inputs or options; "
@@ -262,13 +270,21 @@ def _finish(out: Path, plan: Plan, opts: BuildOptions, fingerprint: dict,
                          f"+ {len(rejects)} rejected; please report this with the CSV")
     _write_rejects(out / fmt.REJECTS_FILE, rejects)
     result = _summarize(str(out), plan.num_rows, table, rejects, len(records))
+    wids = {}
+    for split in fmt.SPLITS:
+        path = out / fmt.wids_name(split)
+        if any(r["split"] == split for r in records):
+            atomic.write_json(path, fmt.wids_shardlist(split, records))
+            wids[split] = path.name
+        else:
+            path.unlink(missing_ok=True)
     manifest = {"format_version": fmt.FORMAT_VERSION, "fingerprint": fingerprint,
                 "codec": opts.codec, "image_ext": fmt.IMAGE_EXT[opts.codec],
                 "image_size": opts.image_size, "shards": records,
                 "counts": {"rows": plan.num_rows, "frames": table.num_rows,
                            "rejects": len(rejects), "splits": result.splits,
                            "single_frame_videos": result.single_frame_videos},
-                "extra_columns": plan.extra_columns}
+                "extra_columns": plan.extra_columns, "wids": wids}
     atomic.write_json(out / fmt.MANIFEST_FILE, manifest)
     with atomic.atomic_open(out / fmt.INDEX_FILE) as f:  # last: its presence means "finished"
         pq.write_table(table, f)

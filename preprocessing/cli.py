@@ -34,7 +34,9 @@ def add_parsers(sub) -> None:
                        description="Pack a frames CSV into WebDataset shards with a Parquet index. "
                        "Rerunning after a crash resumes after the last finished shard; the same "
                        "CSV, options and seed give byte-identical shards and index.")
-    b.add_argument("--csv", required=True, help="frames CSV (frame_path, patient_id, video_name, frame_id, ...)")
+    b.add_argument("--csv", required=True, help="frames CSV (frame_path, patient_id, video_name, "
+                   "frame_id, ...; an optional split column (train/val/test) places patients, "
+                   "overriding the fractions)")
     b.add_argument("--out", required=True, help="dataset folder to write")
     b.add_argument("--image-size", type=int, default=256,
                    help="stored frames are SIZE x SIZE: longer side resized to SIZE, centred on "
@@ -43,8 +45,11 @@ def add_parsers(sub) -> None:
     b.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
     b.add_argument("--shard-size-mb", type=float, default=64.0, help="shard size limit in MB (default 64)")
     b.add_argument("--workers", type=int, default=default_workers(), help="encoding processes (default: cores, max 8)")
-    b.add_argument("--val-fraction", type=float, default=0.1, help="share of patients in val (default 0.1)")
-    b.add_argument("--test-fraction", type=float, default=0.1, help="share of patients in test (default 0.1)")
+    b.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the patients the CSV does not place that go to val (default 0.1)")
+    b.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share of the patients the CSV does not place that go to test, 0..1 "
+                   "(default 0.1; 1: all of them, whatever --val-fraction)")
     b.add_argument("--seed", type=int, default=0, help="seed of the patient split and video order (default 0)")
     b.add_argument("--min-video-frames", type=int, default=1,
                    help="reject videos with fewer usable frames (default 1: keep single images, "
@@ -146,8 +151,10 @@ def cmd_build(args) -> int:
           + (f" (see {os.path.join(args.out, 'rejects.csv')})" if r.rejects else ""))
     for split, c in r.splits.items():
         print(f"  {split:<5} {c['patients']:>6} patients {c['videos']:>7} videos {c['frames']:>9} frames")
+    share = {"test": opts.test_fraction, "val": min(opts.val_fraction, 1 - opts.test_fraction)}
+    share["train"] = 1 - share["test"] - share["val"]
     for split, c in r.splits.items():
-        if c["frames"] == 0 and r.frames:
+        if c["frames"] == 0 and r.frames and share[split] > 1e-9:
             print(f"warning: split {split!r} is empty; with few patients, raise its fraction "
                   "or change --seed", file=sys.stderr)
     for reason, n in r.reject_reasons.items():

@@ -54,6 +54,9 @@ def check_dataset_dir(root: str | Path) -> Path:
 
 
 def open_dataset(root: str | Path) -> Dataset:
+    """The dataset at ``root``; a SonostreamError naming the fix if it is unfinished or of
+    another format version."""
     root = check_dataset_dir(root)
-    return Dataset(root, pq.read_table(root / fmt.INDEX_FILE),
-                   json.loads((root / fmt.MANIFEST_FILE).read_text()))
+    manifest = json.loads((root / fmt.MANIFEST_FILE).read_text())
+    fmt.check_format_version(manifest.get("format_version"), str(root))
+    return Dataset(root, pq.read_table(root / fmt.INDEX_FILE), manifest)

@@ -4,6 +4,13 @@ Structural problems (no such file, empty CSV, missing or reserved columns) stop 
 a ``CsvError`` that names the file, the column and the fix. Row problems (empty ids, bad label
 values, duplicate frames) do not: the row goes to rejects with its reason. No image is opened
 here; that happens in the build workers.
+
+The ``split`` column states the cohort's design, so its problems are the CSV's, not a row's: a
+value other than train/val/test, or a patient given two splits, stops the build (rejecting such
+rows would silently shrink a held-out set, and guessing their split could leak a held-out
+patient into train). A patient's split is the one its rows give; a patient whose cells are all
+empty gets the hash split (``format.split_of``); the empty cells of a patient with a given split
+follow it, so a patient never spans two splits.
 """
 from __future__ import annotations
 
@@ -134,6 +141,38 @@ def video_order_key(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()
 
 
+def _csv_splits(csv_path: str, records: list[dict], videos: dict) -> dict[str, str]:
+    """patient id -> the split its rows in the plan give (patients without one are absent).
+    CsvError for a value that is not a split (any row) or a patient given two (kept rows)."""
+    bad = []
+    for i, cells in enumerate(records):
+        try:
+            fmt.parse_split(cells[fmt.SPLIT_COLUMN])
+        except ValueError:
+            bad.append(f"line {i + 2}: {cells[fmt.SPLIT_COLUMN]!r}")
+    if bad:
+        raise CsvError(f"{csv_path}: column {fmt.SPLIT_COLUMN!r} holds {len(bad)} value(s) that "
+                       f"are not a split ({'; '.join(bad[:5])}{'; ...' if len(bad) > 5 else ''})"
+                       f"; write {', '.join(fmt.SPLITS)} or leave the cell empty for the hash "
+                       "split")
+    given: dict[str, dict[str, int]] = {}  # patient -> split -> first line giving it
+    for video in videos.values():
+        for row in video.frames:
+            split = fmt.parse_split(records[row.csv_line - 2][fmt.SPLIT_COLUMN])
+            if split:
+                lines = given.setdefault(video.patient_id, {})
+                lines[split] = min(lines.get(split, row.csv_line), row.csv_line)
+    clashes = {p: s for p, s in given.items() if len(s) > 1}
+    if clashes:
+        shown = "; ".join(f"patient {p!r}: " + ", ".join(f"{s} (line {n})" for s, n in
+                                                         sorted(at.items(), key=lambda x: x[1]))
+                          for p, at in sorted(clashes.items())[:5])
+        raise CsvError(f"{csv_path}: {len(clashes)} patient(s) are given more than one split "
+                       f"({shown}); all frames of a patient must be in one split: give every row "
+                       f"of the patient the same {fmt.SPLIT_COLUMN!r} (or leave it empty)")
+    return {p: next(iter(s)) for p, s in given.items()}
+
+
 def plan_build(csv_path: str, val_fraction: float, test_fraction: float, seed: int) -> Plan:
     fmt.check_fractions(val_fraction, test_fraction)
     df = read_frames_csv(csv_path)
@@ -171,9 +210,12 @@ def plan_build(csv_path: str, val_fraction: float, test_fraction: float, seed: i
                        fid, labels, {c: (cells[c] if cells[c] != "" else None) for c in extra_cols})
         video = videos.get((pid, vid))
         if video is None:
-            split = fmt.split_of(pid, val_fraction, test_fraction, seed)
-            video = videos[(pid, vid)] = Video(pid, vid, fmt.video_key(pid, vid), split)
+            video = videos[(pid, vid)] = Video(pid, vid, fmt.video_key(pid, vid), "")
         video.frames.append(row)
+    chosen = _csv_splits(csv_path, records, videos) if fmt.SPLIT_COLUMN in df.columns else {}
+    for video in videos.values():
+        video.split = chosen.get(video.patient_id) or fmt.split_of(
+            video.patient_id, val_fraction, test_fraction, seed)
     keys: dict[str, tuple[str, str]] = {}
     for ident, video in videos.items():
         if video.key in keys:

@@ -5,10 +5,11 @@ starts the next shard when the current one would pass ``max_bytes``. A sample is
 so a video crosses into the next shard only when it does not fit. Tar headers carry no time,
 owner or mode that could differ between runs, so the same samples give the same bytes.
 
-When a shard is finished it becomes visible in three atomic steps: the tar is renamed into
-``shards/``, its index rows go to ``.work/parts/NAME.parquet``, and ``.work/parts/NAME.json``
-(its size, sha256 and the rejects found since the previous shard) is written last: that file
-marks the shard as done, so an interrupted build resumes after the last shard with one.
+When a shard is finished it becomes visible in four atomic steps: the tar is renamed into
+``shards/``, its DALI index (``format.interop``) goes beside it, its index rows go to
+``.work/parts/NAME.parquet``, and ``.work/parts/NAME.json`` (its size, sha256 and the rejects
+found since the previous shard) is written last: that file marks the shard as done, so an
+interrupted build resumes after the last shard with one.
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ class ShardWriter:
         self._split: str | None = None
         self._file: _HashingFile | None = None
         self._rows: list[dict] = []
+        self._members: list[tuple[str, int, int]] = []  # (name, data offset, size), tar order
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -130,7 +132,7 @@ class ShardWriter:
     def write(self, key: str, members: list[tuple[str, bytes]], row: dict) -> None:
         """Append one sample of the current video. ``members`` are (extension, bytes).
 
-        ``row`` is the sample's index row; ``shard``, ``offset``, ``size`` and the mask's
+        ``row`` is the sample's index row; ``shard``, ``image_offset``, ``image_size`` and the mask's
         ``mask_offset``/``mask_size`` are filled in here.
         """
         fmt.check_key(key)
@@ -146,13 +148,14 @@ class ShardWriter:
         for ext, data in members:
             header = tar_header(f"{key}.{ext}", len(data))
             offset = pos + len(header)
+            self._members.append((f"{key}.{ext}", offset, len(data)))
             pad = bytes(-len(data) % tarfile.BLOCKSIZE)
             parts += (header, data, pad)
             pos = offset + len(data) + len(pad)
             if ext == fmt.MASK_EXT:
                 row["mask_offset"], row["mask_size"] = offset, len(data)
             elif ext in fmt.IMAGE_EXT.values():
-                row["offset"], row["size"] = offset, len(data)
+                row["image_offset"], row["image_size"] = offset, len(data)
         self._file.write(b"".join(parts))
         self._rows.append(row)
 
@@ -184,17 +187,21 @@ class ShardWriter:
         self._close_tar()
         name = self._name
         os.replace(self._tmp, self.shard_dir / name)
+        idx = fmt.dali_index_text(self._members).encode()
+        atomic.write_bytes(self.shard_dir / fmt.dali_index_name(name), idx)
         table = pa.Table.from_pylist(self._rows, schema=self.schema)
         with atomic.atomic_open(parts_dir(self.out_dir) / f"{name}.parquet") as f:
             pq.write_table(table, f)
         record = {"name": name, "split": self._split, "bytes": self._file.size,
                   "sha256": self._file.sha256.hexdigest(), "frames": len(self._rows),
-                  "first_key": self._rows[0]["key"], "last_key": self._rows[-1]["key"]}
+                  "first_key": self._rows[0]["key"], "last_key": self._rows[-1]["key"],
+                  "dali_index": {"name": fmt.dali_index_name(name), "bytes": len(idx),
+                                 "sha256": hashlib.sha256(idx).hexdigest()}}
         atomic.write_json(parts_dir(self.out_dir) / f"{name}.json",
                           {"shard": record, "rejects": self.pending_rejects})
         self.finished.append(record)
         self.next_numbers[self._split] += 1
-        self.pending_rejects, self._rows = [], []
+        self.pending_rejects, self._rows, self._members = [], [], []
         self._file = None
 
     def _abort(self) -> None:
@@ -202,13 +209,14 @@ class ShardWriter:
             self._file.close()
             self._tmp.unlink(missing_ok=True)
             self._file = None
+            self._members = []
 
 
 def load_finished(out_dir: str | os.PathLike) -> tuple[list[dict], list[pa.Table], list[dict]]:
     """Shard records, index tables and rejects of the shards an earlier run finished.
 
-    A shard counts as finished only with its marker JSON, its parquet part and a tar of the
-    recorded size; leftovers of an unfinished shard are deleted.
+    A shard counts as finished only with its marker JSON, its parquet part, a tar and a DALI
+    index of the recorded sizes; leftovers of an unfinished shard are deleted.
     """
     out_dir = Path(out_dir)
     pdir, sdir = parts_dir(out_dir), out_dir / fmt.SHARDS_DIR
@@ -218,7 +226,9 @@ def load_finished(out_dir: str | os.PathLike) -> tuple[list[dict], list[pa.Table
         info = json.loads(marker.read_text())
         rec = info["shard"]
         tar, part = sdir / rec["name"], pdir / f"{rec['name']}.parquet"
-        if not (part.is_file() and tar.is_file() and tar.stat().st_size == rec["bytes"]):
+        idx = sdir / rec["dali_index"]["name"]
+        if not (part.is_file() and tar.is_file() and tar.stat().st_size == rec["bytes"]
+                and idx.is_file() and idx.stat().st_size == rec["dali_index"]["bytes"]):
             marker.unlink()
             continue
         done.add(rec["name"])
@@ -232,6 +242,10 @@ def load_finished(out_dir: str | os.PathLike) -> tuple[list[dict], list[pa.Table
         for p in folder.glob(f"*.tar{suffix}"):
             if p.name.removesuffix(suffix) not in done:
                 p.unlink()
+    done_idx = {fmt.dali_index_name(n) for n in done}
+    for p in sdir.glob("*.idx") if sdir.is_dir() else []:
+        if p.name not in done_idx:
+            p.unlink()
     for p in sdir.glob(".*.tar.tmp-*") if sdir.is_dir() else []:
         p.unlink()
     order = {s: i for i, s in enumerate(fmt.SPLITS)}

@@ -128,7 +128,7 @@ def contact_sheet(root: str, out_png: str, n: int = 16, seed: int = 0, tile: int
 
 
 def _tile(ds: Dataset, row: dict, tile: int) -> np.ndarray:
-    gray = decode_gray(ds.read(row["shard"], row["offset"], row["size"]))
+    gray = decode_gray(ds.read(row["shard"], row["image_offset"], row["image_size"]))
     img = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     if row["has_mask"]:
         mask = decode_gray(ds.read(row["shard"], row["mask_offset"], row["mask_size"]))

@@ -2,13 +2,16 @@
 
 Re-hashes every shard (sha256 and size from manifest.json), walks every tar and checks that
 each index row points at a real member (right name, offset and size; mask and metadata
-members where the row says so), and checks the contract's invariants: unique dot-free keys,
-each video's frames numbered 0..n-1 in shard order, each patient in exactly one split.
+members where the row says so), that each shard's DALI ``.idx`` is the one its tar gives and
+each split's wids shard list matches the manifest, and checks the contract's invariants:
+unique dot-free keys, each video's frames numbered 0..n-1 in shard order, each patient in
+exactly one split.
 ``decode=True`` also decodes every image and compares its size with the index.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from collections import defaultdict
 
@@ -37,6 +40,11 @@ def _check_shards(ds: Dataset, progress: bool) -> list[str]:
     listed = {rec["name"] for rec in ds.manifest["shards"]}
     on_disk = {p.name for p in (ds.root / fmt.SHARDS_DIR).glob("*.tar")}
     problems += [f"{name}: shard on disk but not in the manifest" for name in sorted(on_disk - listed)]
+    idx_listed = {rec["dali_index"]["name"] for rec in ds.manifest["shards"] if "dali_index" in rec}
+    idx_on_disk = {p.name for p in (ds.root / fmt.SHARDS_DIR).glob("*.idx")}
+    problems += [f"{name}: DALI index on disk but not in the manifest"
+                 for name in sorted(idx_on_disk - idx_listed)]
+    problems += _check_wids(ds)
     for rec in tqdm(ds.manifest["shards"], desc="hash shards", unit="shard", disable=not progress):
         path = ds.shard_path(rec["name"])
         if not path.exists():
@@ -55,14 +63,44 @@ def _check_shards(ds: Dataset, progress: bool) -> list[str]:
     return problems
 
 
-def _members(path) -> dict[str, tuple[int, int]]:
+def _check_wids(ds: Dataset) -> list[str]:
+    """Each split with shards has its wids shard list, equal to the manifest's shards."""
+    problems = []
+    for split in sorted({rec["split"] for rec in ds.manifest["shards"]}):
+        name = ds.manifest.get("wids", {}).get(split)
+        path = ds.root / fmt.wids_name(split)
+        if name != path.name or not path.is_file():
+            problems.append(f"{path.name}: the wids shard list of split {split!r} is missing "
+                            "(rebuild with --overwrite)")
+        elif json.loads(path.read_text()) != fmt.wids_shardlist(split, ds.manifest["shards"]):
+            problems.append(f"{path.name}: differs from the manifest's {split} shards (rebuild "
+                            "with --overwrite)")
+    return problems
+
+
+def _members(path) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of the tar's regular files, in tar order."""
     with tarfile.open(path, "r:") as tar:
-        return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+        return [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+
+
+def _check_dali_index(ds: Dataset, rec: dict, members: list) -> list[str]:
+    idx = rec.get("dali_index")
+    if idx is None:
+        return [f"{rec['name']}: the manifest lists no DALI index (rebuild with --overwrite)"]
+    path = ds.root / fmt.SHARDS_DIR / idx["name"]
+    if not path.is_file():
+        return [f"{idx['name']}: DALI index listed in the manifest but missing from {path.parent} "
+                "(rebuild with --overwrite)"]
+    if path.read_bytes() != fmt.dali_index_text(members).encode():
+        return [f"{idx['name']}: DALI index does not match {rec['name']} (rebuild with "
+                "--overwrite)"]
+    return []
 
 
 def _check_rows(ds: Dataset, decode: bool, progress: bool) -> list[str]:
     problems = []
-    cols = ds.index.select(["key", "shard", "offset", "size", "mask_offset", "mask_size",
+    cols = ds.index.select(["key", "shard", "image_offset", "image_size", "mask_offset", "mask_size",
                             "has_mask", "video_key", "frame_index", "num_frames", "patient_id",
                             "split", "height", "width"]).to_pylist()
     ext = ds.manifest["image_ext"]
@@ -71,17 +109,19 @@ def _check_rows(ds: Dataset, decode: bool, progress: bool) -> list[str]:
     by_shard = defaultdict(list)
     for row in cols:
         by_shard[row["shard"]].append(row)
-    known = {rec["name"] for rec in ds.manifest["shards"]}
+    known = {rec["name"]: rec for rec in ds.manifest["shards"]}
     for shard, rows in tqdm(by_shard.items(), desc="check index", unit="shard",
                             disable=not progress):
         if shard not in known or not ds.shard_path(shard).exists():
             problems.append(f"{len(rows)} index rows point at shard {shard}, which does not exist")
             continue
         try:
-            members = _members(ds.shard_path(shard))
+            listing = _members(ds.shard_path(shard))
         except (tarfile.TarError, OSError) as e:
             problems.append(f"{shard}: not a readable tar ({e})")
             continue
+        problems += _check_dali_index(ds, known[shard], listing)
+        members = {name: (off, size) for name, off, size in listing}
         expected = set()
         for row in rows:
             key = row["key"]
@@ -122,7 +162,7 @@ def _check_row(ds: Dataset, row: dict, members: dict, ext: str, decode: bool) ->
         fmt.check_key(key)
     except ValueError as e:
         out.append(str(e))
-    for name, off, size in ((f"{key}.{ext}", row["offset"], row["size"]),
+    for name, off, size in ((f"{key}.{ext}", row["image_offset"], row["image_size"]),
                             (f"{key}.{fmt.MASK_EXT}", row["mask_offset"], row["mask_size"])):
         if name.endswith(fmt.MASK_EXT) and not row["has_mask"]:
             continue
@@ -135,7 +175,7 @@ def _check_row(ds: Dataset, row: dict, members: dict, ext: str, decode: bool) ->
         out.append(f"{row['shard']}: member {key}.{fmt.META_EXT} is missing")
     if decode and not out:
         try:
-            img = decode_gray(ds.read(row["shard"], row["offset"], row["size"]))
+            img = decode_gray(ds.read(row["shard"], row["image_offset"], row["image_size"]))
             if img.shape != (row["height"], row["width"]):
                 out.append(f"{key}: image is {img.shape[1]}x{img.shape[0]}, index says "
                            f"{row['width']}x{row['height']}")

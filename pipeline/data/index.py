@@ -23,11 +23,14 @@ class IndexView:
     """Row r of the index is entry r of every per-row array."""
 
     def __init__(self, index: pa.Table):
+        version = (index.schema.metadata or {}).get(fmt.FORMAT_VERSION_KEY.encode())
+        if version is not None:  # an index sonostream built (local or remote): its format
+            fmt.check_format_version(version.decode(), f"this {fmt.INDEX_FILE}")
         self.table = index
         shards, self.shard_id = self._codes("shard")
         self.shards: list[str] = [str(s) for s in shards]      # shard id -> file name
-        self.offset = self._col("offset").astype(np.int64)     # image member
-        self.size = self._col("size").astype(np.int64)
+        self.offset = self._col("image_offset").astype(np.int64)   # image member
+        self.size = self._col("image_size").astype(np.int64)
         self.frame_index = self._col("frame_index").astype(np.int64)
         self.video_keys, self.video = self._codes("video_key")      # [N] code into video_keys
         self.patient_ids, self.patient = self._codes("patient_id")  # [N] code into patient_ids

@@ -45,10 +45,17 @@ def _none(v):
 
 
 def _filenames(view: IndexView, rows: np.ndarray) -> list[str]:
-    """HC18 file names: the source file's base name when those are unique, else its path."""
+    """HC18 file names: the base names of the imported files (``source_file``, e.g.
+    ``000_HC.png``) or else of the frame paths, the first that are unique; else the paths."""
     paths = [str(p) for p in view.source_path[rows]]
-    names = [Path(p).name for p in paths]
-    return names if len(set(names)) == len(names) else paths
+    source = view.column("source_file")
+    candidates = [[Path(p).name for p in paths]]
+    if source is not None and all(s is not None for s in source[rows]):
+        candidates.insert(0, [Path(str(s)).name for s in source[rows]])
+    for names in candidates:
+        if len(set(names)) == len(names):
+            return names
+    return paths
 
 
 def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int = 16,

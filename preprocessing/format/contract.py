@@ -8,8 +8,10 @@ re-states them. It is torch-free and cheap to import.
 A built dataset directory holds::
 
     shards/{split}-NNNNNN.tar   frames of one video together, in temporal order
+    shards/{split}-NNNNNN.idx   its DALI index (``interop``: what DALI's wds2idx writes)
+    {split}.wids.json           the split's shard list for ``wids.ShardListDataset`` (``interop``)
     index.parquet               one row per frame (INDEX_SCHEMA); written last
-    manifest.json               options, counts, and sha256 + size of every shard
+    manifest.json               options, counts, and sha256 + size of every shard and .idx
     rejects.csv                 every input row that did not make it, with its reason
 
 Sample keys are ``{video_key}/{frame_index:06d}``; tar members are ``{key}.jpg|png`` (the frame,
@@ -30,9 +32,12 @@ from .errors import SonostreamError
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMAT_VERSION_KEY",
+    "check_format_version",
     "REQUIRED_COLUMNS",
     "LABEL_COLUMNS",
     "MASK_COLUMN",
+    "SPLIT_COLUMN",
     "OPTIONAL_COLUMNS",
     "PLANES",
     "ELLIPSE_COLUMNS",
@@ -41,6 +46,7 @@ __all__ = [
     "ellipse_perimeter",
     "SPLITS",
     "split_of",
+    "parse_split",
     "check_fractions",
     "is_number",
     "natural_key",
@@ -65,7 +71,28 @@ __all__ = [
     "check_index_schema",
 ]
 
-FORMAT_VERSION = 1
+#: 2: the image member's byte offset and size are ``image_offset``, ``image_size`` (were
+#: ``offset``, ``size``: ``offset`` is a reserved word in SQL); shards have DALI ``.idx`` files
+#: and splits ``{split}.wids.json``.
+FORMAT_VERSION = 2
+FORMAT_VERSION_KEY = "sonostream_format_version"  # in index.parquet's schema metadata
+
+
+def check_format_version(found, where: str) -> None:
+    """SonostreamError unless ``found`` (a manifest's or index's version) is FORMAT_VERSION."""
+    try:
+        version = int(found)
+    except (TypeError, ValueError):
+        version = None
+    if version == FORMAT_VERSION:
+        return
+    if version is not None and version > FORMAT_VERSION:
+        fix = "upgrade sonostream to read it"
+    else:
+        fix = ("rebuild it with this sonostream (`sonostream build --csv CSV --out DIR "
+               "--overwrite`)")
+    raise SonostreamError(f"{where} is sonostream dataset format {found}, this sonostream reads "
+                          f"format {FORMAT_VERSION}; {fix}")
 
 # ---------------------------------------------------------------------------------------------
 # The frames CSV (what every source importer writes and `sonostream build` reads)
@@ -86,7 +113,10 @@ LABEL_COLUMNS: dict[str, pa.DataType] = {
     "is_standard_plane": pa.bool_(),
 }
 MASK_COLUMN = "mask_path"
-OPTIONAL_COLUMNS = (MASK_COLUMN, *LABEL_COLUMNS)
+#: train | val | test (any case, spaces ignored) puts the row's patient in that split; empty: the
+#: hash of the patient id decides (:func:`split_of`).
+SPLIT_COLUMN = "split"
+OPTIONAL_COLUMNS = (MASK_COLUMN, SPLIT_COLUMN, *LABEL_COLUMNS)
 PLANES = ("head", "abdomen", "femur")
 ELLIPSE_COLUMNS = ("ellipse_cx", "ellipse_cy", "ellipse_a", "ellipse_b", "ellipse_angle")
 
@@ -123,7 +153,7 @@ SPLITS = ("train", "val", "test")
 
 
 def split_of(patient_id: str, val_fraction: float, test_fraction: float, seed: int = 0) -> str:
-    """The split of a patient: a pure function of (patient id, seed, fractions).
+    """The split of a patient the CSV does not place: a pure function of (id, seed, fractions).
 
     A patient's position u in [0, 1) comes from a hash of its id, so its split never depends on
     which other patients are in the CSV: growing a cohort and rebuilding never moves a test
@@ -141,14 +171,24 @@ def split_of(patient_id: str, val_fraction: float, test_fraction: float, seed: i
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Each fraction in [0, 1] and together at most 1; test fraction 1 (every patient the CSV
+    does not place goes to test) leaves none for val, whatever the val fraction."""
     for name, f in (("val fraction", val_fraction), ("test fraction", test_fraction)):
-        if not 0.0 <= f < 1.0:
-            raise SonostreamError(f"{name} must be in [0, 1), got {f}")
-    if val_fraction + test_fraction >= 1.0:
+        if not 0.0 <= f <= 1.0:
+            raise SonostreamError(f"{name} must be in [0, 1], got {f}")
+    if test_fraction < 1.0 and val_fraction + test_fraction > 1.0:
         raise SonostreamError(
-            f"val fraction + test fraction must be < 1 (got {val_fraction} + {test_fraction}); "
-            "leave some patients for training"
-        )
+            f"val fraction + test fraction must be <= 1 (got {val_fraction} + {test_fraction}); "
+            "lower one of them (--test-fraction 1 alone puts every patient in test)")
+
+
+def parse_split(text: str) -> str | None:
+    """A ``split`` cell: ``train``/``val``/``test`` (any case, spaces ignored), None if empty;
+    SonostreamError otherwise."""
+    value = text.strip().lower()
+    if value and value not in SPLITS:
+        raise SonostreamError(f"split {text!r} is not one of {', '.join(SPLITS)} (or empty)")
+    return value or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,8 +298,8 @@ def shard_name(split: str, number: int) -> str:
 CORE_FIELDS = (
     pa.field("key", pa.string(), nullable=False),
     pa.field("shard", pa.string(), nullable=False),
-    pa.field("offset", pa.int64(), nullable=False),  # byte offset of the image member's data
-    pa.field("size", pa.int64(), nullable=False),  # byte size of the image member
+    pa.field("image_offset", pa.int64(), nullable=False),  # byte offset of the image member's data
+    pa.field("image_size", pa.int64(), nullable=False),  # byte size of the image member
     pa.field("mask_offset", pa.int64()),
     pa.field("mask_size", pa.int64()),
     pa.field("patient_id", pa.string(), nullable=False),
@@ -279,14 +319,15 @@ CORE_FIELDS = (
     pa.field("has_mask", pa.bool_(), nullable=False),
     pa.field("source_path", pa.string(), nullable=False),  # frame_path exactly as in the CSV
 )
-RESERVED_COLUMNS = frozenset(f.name for f in CORE_FIELDS) - {"patient_id", "video_name", "frame_id"}
+RESERVED_COLUMNS = frozenset(f.name for f in CORE_FIELDS) - {"patient_id", "video_name", "frame_id",
+                                                             SPLIT_COLUMN}
 
 
 def index_schema(extra_columns: Iterable[str] = ()) -> pa.Schema:
     fields = list(CORE_FIELDS)
     fields += [pa.field(name, typ) for name, typ in LABEL_COLUMNS.items()]
     fields += [pa.field(name, pa.string()) for name in extra_columns]
-    return pa.schema(fields, metadata={"sonostream_format_version": str(FORMAT_VERSION)})
+    return pa.schema(fields, metadata={FORMAT_VERSION_KEY: str(FORMAT_VERSION)})
 
 
 def check_index_schema(schema: pa.Schema) -> list[str]:

@@ -15,6 +15,10 @@ pixels); the reference HC goes to ``hc_mm``, the fitted ellipse's perimeter (Ram
 the pixel size to ``hc_fit_mm``. The examination number is the patient id, so ``010_HC`` and
 ``010_2HC`` share a split; test-set examinations are numbered separately, so their patient ids
 get a ``test-`` prefix.
+
+The official split is kept: test-set rows get ``split=test``; training-set rows leave it empty,
+so the build's hash splits them (``build --test-fraction 0`` keeps them all out of test, and
+split test is then exactly the official test set, as an HC18 submission needs).
 """
 from __future__ import annotations
 
@@ -120,7 +124,9 @@ def _import_image(writer: ImportWriter, folder: Path, name: str, table: dict, cs
     columns = {"plane": "head", "pixel_size_mm": pixel_size, "is_standard_plane": True,
                "hc18_set": folder.name, "source_file": str(folder / name)}
     mask = None
-    if annotated:
+    if not annotated:
+        columns[fmt.SPLIT_COLUMN] = "test"   # the official test set (no annotations, no HC)
+    else:
         columns["hc_mm"] = _number(hc_text, "head circumference", name, csv_name)
         ann_path = folder / (name[:-4] + ANNOTATION_SUFFIX)
         if not ann_path.is_file():

@@ -229,6 +229,13 @@ def test_rerun_options_and_overwrite(tmp_path):
         build(str(src), out, other, progress=False)
     r = build(str(src), out, other, overwrite=True, progress=False)
     assert not r.up_to_date and _index(out)[0]["height"] == 32
+    manifest = json.loads((tmp_path / "ds" / fmt.MANIFEST_FILE).read_text())
+    old = {**manifest, "format_version": 1,  # as the previous format wrote it
+           "fingerprint": {**manifest["fingerprint"], "format_version": 1}}
+    (tmp_path / "ds" / fmt.MANIFEST_FILE).write_text(json.dumps(old))
+    with pytest.raises(BuildError, match=r"holds a dataset of format 1 \(this sonostream writes "
+                                         r"2\); pass --overwrite to rebuild it"):
+        build(str(src), out, other, progress=False)
 
 
 def test_image_modes_and_geometry_labels(tmp_path):
@@ -291,3 +298,22 @@ def test_resume_after_sigkill(tmp_path):
                          capture_output=True, text=True).stdout
     assert "kept from an interrupted run" in out
     assert _digest_tree(tmp_path / "ds") == _digest_tree(tmp_path / "clean")
+
+
+def test_test_fraction_one_puts_every_patient_the_csv_does_not_place_in_test(tmp_path, capsys):
+    from pipeline.cli import main
+    src = write_frames(tmp_path / "src", patients=6, videos=1, frames=2, shape=(32, 32))
+    lines = src.read_text().splitlines()
+    pid = lines[0].split(",").index("patient_id")
+    rows = [line + (",train" if line.split(",")[pid] == "003" else ",") for line in lines[1:]]
+    src.write_text("\n".join([lines[0] + ",split", *rows]) + "\n")
+    args = ["build", "--csv", str(src), "--image-size", "32", "--quiet", "--workers", "1"]
+    assert main([*args, "--out", str(tmp_path / "ds"), "--test-fraction", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err  # train and val are meant to be (almost) empty
+    assert {(r["patient_id"], r["split"]) for r in _index(tmp_path / "ds")} == {
+        (f"{p:03d}", "train" if p == 3 else "test") for p in range(6)}
+    assert verify(str(tmp_path / "ds"), progress=False) == []
+    assert main([*args, "--out", str(tmp_path / "d2"), "--test-fraction", "0.95"]) == 2
+    assert ("val fraction + test fraction must be <= 1 (got 0.1 + 0.95); lower one of them "
+            "(--test-fraction 1 alone puts every patient in test)") in capsys.readouterr().err

@@ -56,10 +56,25 @@ def test_split_is_a_pure_function_of_patient_and_seed():
     assert all(fmt.split_of(p, 0.0, 0.0) == "train" for p in ids[:100])
 
 
-@pytest.mark.parametrize("val,test", [(-0.1, 0.1), (0.5, 0.5), (1.0, 0.0)])
+@pytest.mark.parametrize("val,test", [(-0.1, 0.1), (0.6, 0.5), (1.1, 0.0), (0.0, 1.5)])
 def test_bad_fractions_raise(val, test):
     with pytest.raises(ValueError, match="fraction"):
         fmt.split_of("p", val, test)
+
+
+@pytest.mark.parametrize("val,test,only", [(0.1, 1.0, "test"), (0.0, 1.0, "test"),
+                                           (1.0, 0.0, "val"), (0.0, 0.0, "train")])
+def test_a_fraction_of_one_takes_every_patient(val, test, only):
+    assert {fmt.split_of(f"{i:04d}", val, test) for i in range(2000)} == {only}
+    splits = {fmt.split_of(f"{i:04d}", 0.5, 0.5) for i in range(2000)}
+    assert splits == {"val", "test"}  # 0.5 + 0.5: none left for train, allowed
+
+
+def test_split_cells_parse_loosely_and_refuse_other_words():
+    assert [fmt.parse_split(t) for t in ("train", " Test ", "VAL", "", "  ")] == [
+        "train", "test", "val", None, None]
+    with pytest.raises(ValueError, match="'validation' is not one of train, val, test"):
+        fmt.parse_split("validation")
 
 
 def test_shard_names():
@@ -71,8 +86,8 @@ def test_shard_names():
 def test_index_schema_check_names_departures():
     schema = fmt.index_schema(["note"])
     assert fmt.check_index_schema(schema) == []
-    broken = schema.remove(schema.get_field_index("offset"))
+    broken = schema.remove(schema.get_field_index("image_offset"))
     broken = broken.set(broken.get_field_index("height"), pa.field("height", pa.string()))
     problems = fmt.check_index_schema(broken)
-    assert any("'offset' is missing" in p for p in problems)
+    assert any("'image_offset' is missing" in p for p in problems)
     assert any("'height' is string" in p for p in problems)

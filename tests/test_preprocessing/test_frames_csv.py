@@ -27,8 +27,8 @@ def test_empty_file_and_header_only(tmp_path):
 
 
 def test_reserved_and_duplicate_columns(tmp_path):
-    with pytest.raises(CsvError, match="reserved"):
-        plan_build(_csv(tmp_path, "frame_path,patient_id,video_name,frame_id,split\na,1,v,1,x\n"),
+    with pytest.raises(CsvError, match=r"column\(s\) \['shard'\] are reserved for the index"):
+        plan_build(_csv(tmp_path, "frame_path,patient_id,video_name,frame_id,shard\na,1,v,1,x\n"),
                    0.1, 0.1, 0)
     with pytest.raises(CsvError, match="more than once"):
         plan_build(_csv(tmp_path, "frame_path,patient_id,video_name,frame_id,plane,plane\n"
@@ -82,3 +82,49 @@ def test_video_order_is_independent_of_row_order(tmp_path):
     assert [v.key for v in a.videos] == [v.key for v in b.videos]
     assert [[f.frame_id for f in v.frames] for v in a.videos] == \
            [[f.frame_id for f in v.frames] for v in b.videos]
+
+
+def _splits(plan):
+    return {v.patient_id: v.split for v in plan.videos}
+
+
+def test_split_column_overrides_the_hash_and_empty_cells_fall_back(tmp_path):
+    from preprocessing import format as fmt
+    rows = ["a.png,p1,v,1, Test ", "b.png,p1,v2,1,", "c.png,p2,v,1,TRAIN", "d.png,p3,v,1,val"]
+    rows += [f"h{i}.png,h{i},v,1," for i in range(40)]
+    plan = plan_build(_csv(tmp_path, "frame_path,patient_id,video_name,frame_id,split\n"
+                           + "\n".join(rows) + "\n"), 0.0, 0.5, 0)
+    got = _splits(plan)
+    # p1's empty cell (its second video) follows its other row: one patient, one split
+    assert (got["p1"], got["p2"], got["p3"]) == ("test", "train", "val")
+    assert [v.split for v in plan.videos if v.patient_id == "p1"] == ["test", "test"]
+    hashed = {p: s for p, s in got.items() if p.startswith("h")}
+    assert hashed == {p: fmt.split_of(p, 0.0, 0.5, 0) for p in hashed}
+    assert set(hashed.values()) == {"train", "test"}
+    assert plan.extra_columns == [] and plan.rejects == []
+
+
+def test_a_patient_given_two_splits_stops_the_build_naming_the_lines(tmp_path):
+    path = _csv(tmp_path, "frame_path,patient_id,video_name,frame_id,split\n"
+                "a.png,p1,v,1,test\nb.png,p2,v,1,train\nc.png,p1,v2,1,train\n")
+    with pytest.raises(CsvError, match=r"frames.csv: 1 patient\(s\) are given more than one split "
+                                       r"\(patient 'p1': test \(line 2\), train \(line 4\)\).*"
+                                       r"give every row of the patient the same 'split'"):
+        plan_build(path, 0.1, 0.1, 0)
+
+
+def test_a_value_that_is_not_a_split_stops_the_build(tmp_path):
+    path = _csv(tmp_path, "frame_path,patient_id,video_name,frame_id,split\n"
+                "a.png,p1,v,1,test\nb.png,p2,v,1,validation\n")
+    with pytest.raises(CsvError, match=r"frames.csv: column 'split' holds 1 value\(s\) that are "
+                                       r"not a split \(line 3: 'validation'\); write train, val, "
+                                       r"test or leave the cell empty"):
+        plan_build(path, 0.1, 0.1, 0)
+
+
+def test_rejected_rows_do_not_vote_on_their_patients_split(tmp_path):
+    # line 3 repeats line 2's frame (rejected as a duplicate): its split is not a second split
+    path = _csv(tmp_path, "frame_path,patient_id,video_name,frame_id,split\n"
+                "a.png,p1,v,1,test\na.png,p1,v,1,train\n")
+    plan = plan_build(path, 0.0, 0.0, 0)
+    assert _splits(plan) == {"p1": "test"} and [r["csv_line"] for r in plan.rejects] == [3]

@@ -37,7 +37,7 @@ def test_writer_keeps_videos_whole_and_splits_only_oversized_ones(tmp_path):
         with tarfile.open(tmp_path / "shards" / rec["name"]) as tar:
             members = {m.name: (m.offset_data, m.size) for m in tar}
         for row in table.to_pylist():
-            assert members[f"{row['key']}.jpg"] == (row["offset"], row["size"])
+            assert members[f"{row['key']}.jpg"] == (row["image_offset"], row["image_size"])
 
 
 def _full_row(key):
@@ -58,6 +58,6 @@ def test_failed_write_leaves_finished_shards_and_no_partial_file(tmp_path):
                 w.write(fmt.sample_key("a", i), sample, _full_row(fmt.sample_key("a", i)))
             raise RuntimeError("crash")
     names = sorted(p.name for p in (tmp_path / "shards").iterdir())
-    assert names == ["train-000000.tar"]  # the open shard's temp file is gone
+    assert names == ["train-000000.idx", "train-000000.tar"]  # the open shard's temp file is gone
     records, _, _ = load_finished(tmp_path)
     assert [r["frames"] for r in records] == [3]

@@ -50,9 +50,9 @@ def test_missing_and_extra_shards_are_found(dataset):
 
 def test_index_row_pointing_at_the_wrong_place_is_found(dataset):
     table = pq.read_table(dataset / fmt.INDEX_FILE)
-    offsets = table["offset"].to_pylist()
+    offsets = table["image_offset"].to_pylist()
     offsets[3] += 512
-    table = table.set_column(table.schema.get_field_index("offset"), "offset",
+    table = table.set_column(table.schema.get_field_index("image_offset"), "image_offset",
                              __import__("pyarrow").array(offsets, "int64"))
     pq.write_table(table, dataset / fmt.INDEX_FILE)
     problems = verify(str(dataset), progress=False)
@@ -131,3 +131,36 @@ def test_manifest_count_and_split_of_shard_are_checked(dataset):
     problems = verify(str(dataset), progress=False)
     assert any("manifest counts 49 frames but the index has 48 rows" in p for p in problems)
     assert any(f"split {splits[0]!r} but stored in shard" in p for p in problems)
+
+
+def test_dali_indexes_and_wids_lists_are_checked(dataset):
+    manifest = json.loads((dataset / fmt.MANIFEST_FILE).read_text())
+    assert set(manifest["wids"]) == {r["split"] for r in manifest["shards"]}
+    first = manifest["shards"][0]["dali_index"]["name"]
+    idx = dataset / "shards" / first
+    lines = idx.read_text().splitlines(keepends=True)
+    parts = lines[1].split(" ")
+    parts[1] = str(int(parts[1]) + 512)  # the first member's data offset, one block off
+    idx.write_text("".join([lines[0], " ".join(parts), *lines[2:]]))
+    shutil.copy(idx, dataset / "shards" / "train-000999.idx")
+    split, name = sorted(manifest["wids"].items())[0]
+    (dataset / name).unlink()
+    problems = verify(str(dataset), progress=False)
+    assert sorted(problems) == sorted([
+        f"{first}: DALI index does not match {manifest['shards'][0]['name']} (rebuild with "
+        "--overwrite)",
+        "train-000999.idx: DALI index on disk but not in the manifest",
+        f"{name}: the wids shard list of split {split!r} is missing (rebuild with --overwrite)"])
+
+
+def test_a_dataset_of_another_format_version_asks_for_a_rebuild(dataset, capsys):
+    manifest = json.loads((dataset / fmt.MANIFEST_FILE).read_text())
+    (dataset / fmt.MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
+    assert main(["verify", str(dataset), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{dataset} is sonostream dataset format 1, this sonostream reads format "
+            f"{fmt.FORMAT_VERSION}; rebuild it with this sonostream (`sonostream build --csv CSV "
+            "--out DIR --overwrite`)") in err
+    (dataset / fmt.MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ValueError, match="format 99, .*; upgrade sonostream"):
+        verify(str(dataset), progress=False)

@@ -94,8 +94,9 @@ def raw_decode(ds: Path, workers: int, seconds: float) -> float:
     t = pq.read_table(ds / fmt.INDEX_FILE).to_pandas()
     paths = [str(ds / fmt.SHARDS_DIR / s) for s in t["shard"]]
     with mp.get_context("fork").Pool(workers) as pool:
-        parts = [(paths[w::workers], t["offset"].tolist()[w::workers], t["size"].tolist()[w::workers],
-                  seconds) for w in range(workers)]
+        offsets, sizes = t["image_offset"].tolist(), t["image_size"].tolist()
+        parts = [(paths[w::workers], offsets[w::workers], sizes[w::workers], seconds)
+                 for w in range(workers)]
         return sum(n / s for n, s in pool.map(_raw_worker, parts))
 
 
@@ -157,8 +158,8 @@ def seed_style_files(base: Path, out: Path) -> Path:
     t = pq.read_table(base / fmt.INDEX_FILE).to_pandas()
     for i, r in enumerate(t.itertuples()):
         with open(base / fmt.SHARDS_DIR / r.shard, "rb") as f:
-            f.seek(r.offset)
-            (tmp / f"{i}.jpg").write_bytes(f.read(r.size))
+            f.seek(r.image_offset)
+            (tmp / f"{i}.jpg").write_bytes(f.read(r.image_size))
     tmp.rename(files)
     return files
 

@@ -12,7 +12,8 @@ def index(lengths, shards=None):
     for v, n in enumerate(lengths):
         for f in reversed(range(n)):                    # rows out of order on purpose
             rows.append({"split": "train", "shard": f"train-{(shards or [0] * len(lengths))[v]:06d}.tar",
-                         "offset": v * 1000 + f, "size": 1, "video_key": f"p{v % 2}__v{v}",
+                         "image_offset": v * 1000 + f, "image_size": 1,
+                         "video_key": f"p{v % 2}__v{v}",
                          "patient_id": f"p{v % 2}", "frame_index": f, "key": f"p{v % 2}__v{v}/{f:06d}"})
     return IndexView(pa.Table.from_pylist(rows))
 

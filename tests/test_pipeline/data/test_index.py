@@ -11,8 +11,9 @@ def test_codes_are_exactly_np_uniques():
     rng = np.random.default_rng(0)
     ids = ["b", "a", "Z", "é", "ß", "a-1", "a_1", "10", "9", "Ω", "zz"]
     col = [ids[i] for i in rng.integers(0, len(ids), 500)]
-    table = pa.table({"shard": [f"train-{i % 7:06d}.tar" for i in range(500)], "offset": np.arange(500),
-                      "size": np.ones(500, np.int64), "frame_index": np.arange(500),
+    table = pa.table({"shard": [f"train-{i % 7:06d}.tar" for i in range(500)],
+                      "image_offset": np.arange(500),
+                      "image_size": np.ones(500, np.int64), "frame_index": np.arange(500),
                       "video_key": col, "patient_id": col[::-1], "split": ["train"] * 500,
                       "key": [f"k/{i:06d}" for i in range(500)]})
     view = IndexView(table)
@@ -31,3 +32,13 @@ def test_rows_of_splits_and_unknown_split(dataset):
     assert len(view.rows_of(["val", "test"])) == 0
     with pytest.raises(ValueError, match="unknown split"):
         view.rows_of("training")
+
+
+def test_an_index_of_another_format_version_asks_for_a_rebuild(dataset):
+    import pyarrow.parquet as pq
+    table = pq.read_table(dataset / "index.parquet")
+    IndexView(table)  # the current format
+    old = table.replace_schema_metadata({"sonostream_format_version": "1"})
+    with pytest.raises(ValueError, match="index.parquet is sonostream dataset format 1, this "
+                                         "sonostream reads format 2; rebuild it"):
+        IndexView(old)

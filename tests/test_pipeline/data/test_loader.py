@@ -51,7 +51,8 @@ def test_batches_hold_the_indexed_frames_in_order(dataset):
             rows = index[index.video_key == v].set_index("frame_index")
             for j, fi in enumerate(b.frame_index[i].tolist()):
                 r = rows.loc[fi]
-                data = (dataset / "shards" / r.shard).read_bytes()[r.offset:r.offset + r["size"]]
+                shard = (dataset / "shards" / r.shard).read_bytes()
+                data = shard[r.image_offset:r.image_offset + r.image_size]
                 img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
                 assert np.array_equal(b.frames[i, j, 0].numpy(), img)
             assert (np.diff(b.frame_index[i].numpy()) == 1).all()
@@ -124,7 +125,7 @@ def corrupt(dataset, tmp_path):
     r = index.iloc[len(index) // 2]
     path = ds / "shards" / r.shard
     data = bytearray(path.read_bytes())
-    data[r.offset:r.offset + r["size"]] = b"\x00" * r["size"]
+    data[r.image_offset:r.image_offset + r.image_size] = b"\x00" * r.image_size
     path.write_bytes(bytes(data))
     return ds, r
 

@@ -52,6 +52,8 @@ def test_masks_ellipses_and_hc_are_recovered(tmp_path, crop):
     assert test.patient_id.tolist() == ["test-000", "test-001"]  # not training patient 000
     assert (test.mask_path == "").all() and (test.hc_mm == "").all()
     assert (test.pixel_size_mm == "0.1").all()
+    # the official split: the test set is split test, the training set left to the build's hash
+    assert (test.split == "test").all() and (train.split == "").all()
 
 
 def test_fit_and_fill_helpers():

@@ -91,3 +91,26 @@ def test_cli_help_names_the_crop_switches(source, capsys):
         main(["import", source, "--help"])
     text = capsys.readouterr().out
     assert "--crop-sector" in text and "--no-crop-sector" in text and "--out" in text
+
+
+def test_hc18_official_test_set_is_split_test_and_the_submission_covers_it(tmp_path, capsys):
+    import torch
+    from pipeline.models.segmenter import SegmenterConfig, build_segmenter, export_segmenter
+    root = make_hc18(tmp_path / "hc18", test_images=3)
+    r = import_hc18(str(root), tmp_path / "imp", progress=False)
+    opts = BuildOptions(image_size=64, val_fraction=0.5, test_fraction=0.0)
+    build(r.csv_path, str(tmp_path / "ds"), opts, workers=1, progress=False)
+    rows = pq.read_table(tmp_path / "ds" / fmt.INDEX_FILE).to_pylist()
+    official = sorted(f"{i:03d}_HC.png" for i in range(3))
+    assert sorted(Path(x["source_file"]).name for x in rows if x["split"] == "test") == official
+    assert {x["hc18_set"] for x in rows if x["split"] == "test"} == {"test_set"}
+    assert {x["split"] for x in rows if x["hc18_set"] == "training_set"} == {"train", "val"}
+    cfg = SegmenterConfig(arch="tiny", decoder_channels=(16, 16, 8, 8, 8))
+    torch.manual_seed(0)
+    export_segmenter(build_segmenter(cfg).state_dict(), cfg, tmp_path / "seg.pt",
+                     image_size=(64, 64), planes=[])
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "seg.pt"), "--data",
+                 str(tmp_path / "ds"), "--split", "test", "--out", str(tmp_path / "e"),
+                 "--device", "cpu", "--quiet"]) == 0
+    with open(tmp_path / "e" / "hc18.csv", newline="") as f:
+        assert sorted(row["filename"] for row in csv.DictReader(f)) == official
