@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from .common import guarded, setup_logging
+from .common import add_log_level, choose_log_level, guarded, setup_logging
 
 PRETRAIN_EXAMPLES = """\
 examples:
@@ -20,6 +20,8 @@ The config (YAML) is the one source of hyperparameters: train.batch_size is the 
 per step over ALL processes (each takes batch_size / world size), train.precision sets bf16/fp16,
 and DeepSpeed's "auto" values are filled from it. The run folder gets config.yaml, metrics.jsonl,
 tb/ (TensorBoard), figures/, curves.png, checkpoints/step-N/ (+ latest) and encoder.pt.
+stderr gets one metrics line per train.log_every steps (a progress bar too on a terminal,
+unless --quiet).
 SIGTERM or SIGUSR1 (Slurm: #SBATCH --signal=USR1@120) saves a checkpoint and exits cleanly.
 Exit status: 0 done, 2 bad input (before any training), 1 the run failed.
 """
@@ -91,7 +93,9 @@ def add_arguments(p: argparse.ArgumentParser, job: Job) -> argparse.ArgumentPars
     p.add_argument("--cache-dir", help="cache for remote shards (default ~/.cache/sonostream)")
     p.add_argument("--shard-url", help="shard URL template with {shard}, e.g. "
                    "'pipe:aws s3 cp s3://b/ds/shards/{shard} -'")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or console metrics")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; the metrics lines (one "
+                   "per train.log_every steps: step, losses, lr, images/s, ETA) are still logged")
+    add_log_level(p)
     if job.name == "finetune":
         p.add_argument("--mode", choices=["supervised", "semi", "multitask"],
                        help="training mode (overrides task.mode; default supervised)")
@@ -136,6 +140,7 @@ def module_main(name: str, argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter), job)
     args = p.parse_args(argv)
     args.command = name
+    choose_log_level(getattr(args, "log_level", None))
     return guarded(run, args)
 
 

@@ -22,7 +22,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.data import FrameDecoder, IndexView, ShardSource
 from pipeline.infer import MIN_HEAD_PIXELS, largest_component, pick_device, predict
@@ -30,6 +29,7 @@ from pipeline.models.segmenter import load_segmenter
 from preprocessing import atomic
 from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
+from preprocessing.progress import progress_bar
 
 from .hc import HC18_COLUMNS, fit_ellipse, hc18_row
 from .metrics import dice, hd95, iou, summarize
@@ -68,7 +68,7 @@ def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int
     planes = list(meta.get("planes") or [])
     names = _filenames(view, rows)
     records, hc18, cases = [], [], []
-    bar = tqdm(total=len(rows), unit="frame", desc=f"evaluate {split}", disable=quiet)
+    bar = progress_bar(len(rows), "evaluate", "frame", enabled=not quiet)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         frames = decoder.map(decoder.image, chunk.tolist())   # frames may differ in size
