@@ -1,6 +1,8 @@
 """``sonostream evaluate``: segment a split, score it, and write what a reader needs.
 
-E/metrics.json    dice, iou, hd95_mm, hc_mae_mm, plane_accuracy (+ counts and spreads)
+E/metrics.json    dice, iou, hd95_mm, hc_mae_mm, plane_accuracy (+ counts and spreads), and
+                  what was scored: split, data (absolute path or URL), its manifest_sha256,
+                  checkpoint (absolute path)
 E/per_image.csv   one row per frame of the split
 E/hc18.csv        the HC18 submission (filename,center_x_mm,...,angle_rad), one row per frame
 E/overlays/       best.png and worst.png (by Dice), frame + truth (green) + prediction (red)
@@ -26,6 +28,7 @@ import numpy as np
 from pipeline.data import FrameDecoder, IndexView, ShardSource
 from pipeline.infer import MIN_HEAD_PIXELS, largest_component, pick_device, predict
 from pipeline.models.segmenter import load_segmenter
+from pipeline.train.provenance import absolute, dataset_ref
 from preprocessing import atomic
 from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
@@ -85,7 +88,8 @@ def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int
         bar.update(len(chunk))
     bar.close()
     metrics = aggregate(records, planes)
-    metrics.update(split=split, checkpoint=str(checkpoint), mode=meta.get("mode"),
+    metrics.update(split=split, checkpoint=absolute(checkpoint), **dataset_ref(str(data)),
+                   mode=meta.get("mode"),
                    init=meta.get("init"), label_fraction=meta.get("label_fraction"),
                    train_step=meta.get("step"))
     if out is not None:

@@ -51,7 +51,8 @@ class TrainConfig:
     figure_every: int = 1000       # the job's figure every N steps (0: off)
     figure_frames: int = 4         # frames shown in that figure
     max_nonfinite: int = 10        # stop after this many steps in a row with a non-finite loss
-    trackers: tuple = ("tensorboard",)   # Accelerate trackers (tensorboard, wandb, ...); [] = none
+    trackers: tuple = ("tensorboard",)   # Accelerate trackers (tensorboard, wandb, mlflow); [] = none
+    tracker_project: str = "sonostream"  # W&B project, MLflow experiment, RUN/<this>/ for TensorBoard
 
     def __post_init__(self):
         self.trackers = tuple(self.trackers)
@@ -62,6 +63,9 @@ class TrainConfig:
                   "max_nonfinite"):
             if getattr(self, k) < 1:
                 raise SonostreamError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        if not str(self.tracker_project).strip():
+            raise SonostreamError("train.tracker_project is empty; name the tracker project "
+                                  "(default sonostream)")
 
 
 class StopSignal:
