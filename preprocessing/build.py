@@ -33,12 +33,12 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from . import atomic
 from . import format as fmt
 from .encode import Encoded, EncodeOptions, Rejected, encode_segment
 from .frames_csv import FrameRow, Plan, Video, plan_build, reject
+from .progress import progress_bar
 from .shards import ShardWriter, load_finished
 from .summary import count_reasons, read_rejects, split_counts
 
@@ -115,8 +115,7 @@ def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), work
                    for f in v.frames)]
     accounted = plan.num_rows - sum(len(v.frames) for v in todo)
     enc = EncodeOptions(opts.image_size, opts.codec, opts.jpeg_quality)
-    bar = tqdm(total=plan.num_rows, initial=accounted, unit="frame", desc="build",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(plan.num_rows, "build", "frame", enabled=progress, initial=accounted)
     with ShardWriter(out, int(opts.shard_size_mb * 2**20), schema, next_numbers) as writer:
         for video, results in _encode_videos(todo, enc, workers):
             _write_video(writer, video, results, opts, written, rejected_lines)

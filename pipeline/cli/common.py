@@ -7,20 +7,39 @@ a bug and keeps its traceback (exit 1), so it is never mistaken for bad input.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
 from preprocessing.format import SonostreamError
 
 NOISY_LOGGERS = ("accelerate", "DeepSpeed", "matplotlib", "torch.distributed")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_chosen: list = [None]   # the --log-level of this invocation (None: the command's own default)
+
+
+def add_log_level(p, default=argparse.SUPPRESS) -> None:
+    """``--log-level`` on parser ``p``. A sub-command's flag defaults to SUPPRESS so that it does
+    not undo ``sonostream --log-level X COMMAND``."""
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=default,
+                   help="what gets logged to stderr: DEBUG, INFO (default: our progress and "
+                   "metrics lines), WARNING (only problems), ERROR")
+
+
+def choose_log_level(name: str | None) -> None:
+    """Remember the user's ``--log-level`` (None: none given) for :func:`setup_logging`."""
+    _chosen[0] = None if name is None else getattr(logging, name)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Our INFO lines; only warnings from the libraries around us."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Our INFO lines (or the ``--log-level`` the user chose, which wins over ``level``, a
+    command's default); only warnings from the libraries around us."""
+    level = _chosen[0] if _chosen[0] is not None else level
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger().setLevel(level)
     for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def guarded(fn, *args) -> int:

@@ -8,7 +8,7 @@ import sys
 from preprocessing import cli as data_cli
 
 from . import apps, loader, segment, train
-from .common import guarded
+from .common import add_log_level, choose_log_level, guarded, setup_logging
 
 EPILOG = """\
 typical use:
@@ -26,6 +26,8 @@ typical use:
 The frames CSV needs frame_path, patient_id, video_name, frame_id; optional columns are
 mask_path, plane, pixel_size_mm, hc_mm, ellipse_cx/cy/a/b/angle, is_standard_plane; any other
 column is carried into the index as text. Paths are relative to the CSV's folder.
+Progress and metrics go to stderr through logging (--log-level): a bar on a terminal, plain
+lines elsewhere (SONOSTREAM_PROGRESS=bar|lines overrides); --quiet hides bars, not metrics.
 Exit status: 0 done, 2 bad input (the message says what to fix), 1 the work failed.
 """
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sonostream", description="Ultrasound frames to streaming shards, and what trains on them.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"sonostream {version()}")
+    add_log_level(p, default=None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_cli.add_parsers(sub)
     loader.add_parsers(sub)
@@ -60,6 +63,8 @@ COMMANDS = {**{name: data_cli.run for name in data_cli.COMMANDS}, **loader.COMMA
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        choose_log_level(args.log_level)
+        setup_logging()
         status = guarded(COMMANDS[args.command], args)
         sys.stdout.flush()   # a closed pipe shows here, not in a traceback at interpreter exit
         return status
@@ -80,3 +85,7 @@ def _stdout_is_open() -> bool:
         return not any(ev & select.POLLERR for _, ev in poller.poll(0))
     except (AttributeError, OSError, ValueError):   # no poll (not POSIX) or no real stdout
         return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

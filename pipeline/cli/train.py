@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from .common import guarded, setup_logging
+from .common import add_log_level, choose_log_level, guarded, setup_logging
 
 PRETRAIN_EXAMPLES = """\
 examples:
@@ -18,8 +18,11 @@ examples:
 
 The config (YAML) is the one source of hyperparameters: train.batch_size is the number of clips
 per step over ALL processes (each takes batch_size / world size), train.precision sets bf16/fp16,
-and DeepSpeed's "auto" values are filled from it. The run folder gets config.yaml, metrics.jsonl,
-tb/ (TensorBoard), figures/, curves.png, checkpoints/step-N/ (+ latest) and encoder.pt.
+and DeepSpeed's "auto" values are filled from it. The run folder gets config.yaml (valid as
+--config to repeat the run), provenance.json (code commit, package versions, argv, data and its
+manifest sha256, devices), metrics.jsonl, sonostream/ (TensorBoard: train.tracker_project),
+figures/, curves.png, checkpoints/step-N/ (+ latest) and encoder.pt. stderr gets one metrics
+line per train.log_every steps (a progress bar too on a terminal, unless --quiet).
 SIGTERM or SIGUSR1 (Slurm: #SBATCH --signal=USR1@120) saves a checkpoint and exits cleanly.
 Exit status: 0 done, 2 bad input (before any training), 1 the run failed.
 """
@@ -36,8 +39,8 @@ examples:
 Modes: supervised (Dice + BCE on labelled frames), semi (+ alpha x mean-teacher consistency on
 the split's other frames, alpha ramped up), multitask (+ beta x plane cross-entropy). The label
 fraction is chosen per patient (nested: the 5% patients are among the 10% ones). The run folder
-gets config.yaml, metrics.jsonl, tb/, curves.png, checkpoints/step-N/ (+ latest) and
-segmenter.pt, which `sonostream evaluate` takes.
+gets config.yaml, provenance.json, metrics.jsonl, sonostream/ (TensorBoard), curves.png,
+checkpoints/step-N/ (+ latest) and segmenter.pt, which `sonostream evaluate` takes.
 Exit status: 0 done, 2 bad input (before any training), 1 the run failed.
 """
 
@@ -91,7 +94,9 @@ def add_arguments(p: argparse.ArgumentParser, job: Job) -> argparse.ArgumentPars
     p.add_argument("--cache-dir", help="cache for remote shards (default ~/.cache/sonostream)")
     p.add_argument("--shard-url", help="shard URL template with {shard}, e.g. "
                    "'pipe:aws s3 cp s3://b/ds/shards/{shard} -'")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or console metrics")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; the metrics lines (one "
+                   "per train.log_every steps: step, losses, lr, images/s, ETA) are still logged")
+    add_log_level(p)
     if job.name == "finetune":
         p.add_argument("--mode", choices=["supervised", "semi", "multitask"],
                        help="training mode (overrides task.mode; default supervised)")
@@ -136,6 +141,7 @@ def module_main(name: str, argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter), job)
     args = p.parse_args(argv)
     args.command = name
+    choose_log_level(getattr(args, "log_level", None))
     return guarded(run, args)
 
 

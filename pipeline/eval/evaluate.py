@@ -1,6 +1,8 @@
 """``sonostream evaluate``: segment a split, score it, and write what a reader needs.
 
-E/metrics.json    dice, iou, hd95_mm, hc_mae_mm, plane_accuracy (+ counts and spreads)
+E/metrics.json    dice, iou, hd95_mm, hc_mae_mm, plane_accuracy (+ counts and spreads), and
+                  what was scored: split, data (absolute path or URL), its manifest_sha256,
+                  checkpoint (absolute path)
 E/per_image.csv   one row per frame of the split
 E/hc18.csv        the HC18 submission (filename,center_x_mm,...,angle_rad), one row per frame
 E/overlays/       best.png and worst.png (by Dice), frame + truth (green) + prediction (red)
@@ -22,14 +24,15 @@ import math
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.data import FrameDecoder, IndexView, ShardSource
 from pipeline.infer import MIN_HEAD_PIXELS, largest_component, pick_device, predict
 from pipeline.models.segmenter import load_segmenter
+from pipeline.train.provenance import absolute, dataset_ref
 from preprocessing import atomic
 from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
+from preprocessing.progress import progress_bar
 
 from .hc import HC18_COLUMNS, fit_ellipse, hc18_row
 from .metrics import dice, hd95, iou, summarize
@@ -75,7 +78,7 @@ def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int
     planes = list(meta.get("planes") or [])
     names = _filenames(view, rows)
     records, hc18, cases = [], [], []
-    bar = tqdm(total=len(rows), unit="frame", desc=f"evaluate {split}", disable=quiet)
+    bar = progress_bar(len(rows), "evaluate", "frame", enabled=not quiet)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         frames = decoder.map(decoder.image, chunk.tolist())   # frames may differ in size
@@ -92,7 +95,8 @@ def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int
         bar.update(len(chunk))
     bar.close()
     metrics = aggregate(records, planes)
-    metrics.update(split=split, checkpoint=str(checkpoint), mode=meta.get("mode"),
+    metrics.update(split=split, checkpoint=absolute(checkpoint), **dataset_ref(str(data)),
+                   mode=meta.get("mode"),
                    init=meta.get("init"), label_fraction=meta.get("label_fraction"),
                    train_step=meta.get("step"))
     if out is not None:

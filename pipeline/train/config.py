@@ -6,7 +6,10 @@ one dataclass that lives beside the class it configures; this module only reads,
     cfg = load_config("launch/configs/pretrain.yaml", PretrainConfig, ["train.steps=100"])
 
 Unknown keys are refused with the valid ones (and the closest match) listed, so a typo never
-silently trains with a default.
+silently trains with a default. A run config class may name keys its job sets itself
+(``SET_BY_JOB = {"loader.batch_size": "why, and what to set instead"}``): they are refused in
+user configs and left out of what a run saves (:func:`saved_dict`), so ``RUN/config.yaml``
+loads back as ``--config`` for the same job.
 """
 from __future__ import annotations
 
@@ -100,6 +103,10 @@ def load_config(path, cls, overrides=()):
             if not isinstance(node, dict):
                 raise SonostreamError(f"--set {item!r}: {k} is not a section")
         node[keys[-1]] = value
+    for key, why in getattr(cls, "SET_BY_JOB", {}).items():
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            raise SonostreamError(f"{key} (in {path or 'the config'} or --set) {why}")
     try:
         return from_dict(cls, data, where="config")
     except TypeError as e:  # a dataclass __post_init__ or a missing required field
@@ -115,6 +122,16 @@ def to_dict(cfg) -> dict:
             return {k: plain(x) for k, x in v.items()}
         return v
     return plain(dataclasses.asdict(cfg))
+
+
+def saved_dict(cfg) -> dict:
+    """What a run saves as its config (``RUN/config.yaml``, trackers, checkpoints): ``to_dict``
+    without the keys the job sets itself (``SET_BY_JOB``), so it is valid as ``--config``."""
+    d = to_dict(cfg)
+    for key in getattr(type(cfg), "SET_BY_JOB", {}):
+        section, name = key.split(".")
+        d.get(section, {}).pop(name, None)
+    return d
 
 
 def flat(d: dict, prefix: str = "") -> dict:

@@ -13,6 +13,7 @@ pretraining's; this task adds the loader, the UNet, the step and ``RUN/segmenter
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .optim import OptimConfig
 CURVES = (("loss", "total"), ("loss_seg", "Dice + BCE"), ("loss_plane", "plane CE"),
           ("loss_cons", "consistency"))
 SCORES = (("dice_soft", "soft Dice (train)"), ("acc_plane", "plane accuracy (train)"))
+NO_INIT = ("none", "", "scratch")   # task.init values meaning "from scratch"
 
 
 @dataclass
@@ -45,6 +47,8 @@ class TaskConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise SonostreamError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if str(self.init).lower() not in NO_INIT:   # relative to the launch folder, kept absolute
+            self.init = os.path.abspath(os.path.expanduser(self.init))
 
 
 @dataclass
@@ -197,7 +201,7 @@ class Finetuning:
 
 
 def _init_path(cfg: FinetuneConfig) -> str | None:
-    return None if str(cfg.task.init).lower() in ("none", "", "scratch") else cfg.task.init
+    return None if str(cfg.task.init).lower() in NO_INIT else cfg.task.init
 
 
 def train(cfg: FinetuneConfig, data: str, out, resume: str | None = None,

@@ -10,7 +10,8 @@ A job is a run config (a dataclass with ``train: TrainConfig``, ``optim: OptimCo
 2. the accelerator, the per-rank batch, the seed (the same initial weights on every rank);
 3. the task's parts (``task.build``): loader, model, step, figure, extra checkpointed objects;
 4. AdamW + warm-up/cosine schedule (``optim``), DeepSpeed's "auto" values;
-5. config.yaml, the start line, trackers;
+5. config.yaml (``config.saved_dict``: valid as ``--config``), provenance.json, the start line,
+   trackers (project ``train.tracker_project``, run name: the run folder's name);
 6. :func:`loop.fit`;
 7. on the main rank the task's artifact (``task.export``: encoder.pt, segmenter.pt) and curves.
 """
@@ -28,13 +29,12 @@ from preprocessing.atomic import write_text
 from preprocessing.dataset import check_dataset_dir
 
 from .checkpoint import check_resume
-from .config import flat, to_dict
+from .config import flat, saved_dict
 from .logs import plot_curves, read_metrics
 from .loop import (StopSignal, check_run_dir, fill_deepspeed_auto, fit, full_state_dict,
                    make_accelerator, per_rank_batch)
 from .optim import build_optimizer, build_scheduler
-
-TRACKER_PROJECT = "tb"
+from .provenance import provenance, write_provenance
 
 
 @dataclass
@@ -82,7 +82,7 @@ def run_job(cfg, task: Task, data: str, out, *, resume: str | None = None,
             quiet: bool = False) -> dict:
     """Train ``task`` with ``cfg``; returns a summary (step reached, complete, stopped_by, out,
     the task's artifact, last metrics). Bad input raises SonostreamError before training."""
-    out = Path(out)
+    out = Path(out).absolute()
     stopper = StopSignal()   # first: a signal during set-up must not kill the job uncheckpointed
     if not is_url(data):
         check_dataset_dir(data)   # the contract's own checks and messages
@@ -103,16 +103,21 @@ def run_job(cfg, task: Task, data: str, out, *, resume: str | None = None,
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
     fill_deepspeed_auto(acc, per_rank, tc)
 
+    saved = saved_dict(cfg)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text(out / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
+        write_provenance(out / "provenance.json",
+                         provenance(acc, tc, data=data, out=out, resume_from=ckpt),
+                         resumed=ckpt is not None)
         acc.print(f"{task.name} {parts.banner} | {acc.num_processes} process(es), {parts.per_rank}, "
                   f"accumulation {tc.grad_accum}, precision {tc.precision}, {acc.distributed_type}")
     if tc.trackers:
-        acc.init_trackers(TRACKER_PROJECT, config=flat(to_dict(cfg)))
+        acc.init_trackers(tc.tracker_project, config=flat(saved),
+                          init_kwargs={"wandb": {"name": out.name}, "mlflow": {"run_name": out.name}})
 
     end = fit(acc, parts.model, optimizer, scheduler, parts.loader, tc, out, step_fn=parts.step,
-              ckpt=ckpt, run_info={"config": to_dict(cfg)}, stopper=stopper,
+              ckpt=ckpt, run_info={"config": saved}, stopper=stopper,
               stop_after=stop_after, quiet=quiet, figure_fn=parts.figure, on_step=parts.on_step)
 
     step = end["step"]

@@ -8,6 +8,7 @@ model, an optimizer and LR scheduler, and a ``step_fn`` that turns one micro-bat
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from preprocessing.format import SonostreamError
+from preprocessing.progress import bars_wanted, eta_text
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import TrainState, latest_checkpoint, list_checkpoints, resolve_resume, save_checkpoint
 from .logs import MetricsLog
@@ -48,7 +51,8 @@ class TrainConfig:
     figure_every: int = 1000       # the job's figure every N steps (0: off)
     figure_frames: int = 4         # frames shown in that figure
     max_nonfinite: int = 10        # stop after this many steps in a row with a non-finite loss
-    trackers: tuple = ("tensorboard",)   # Accelerate trackers (tensorboard, wandb, ...); [] = none
+    trackers: tuple = ("tensorboard",)   # Accelerate trackers (tensorboard, wandb, mlflow); [] = none
+    tracker_project: str = "sonostream"  # W&B project, MLflow experiment, RUN/<this>/ for TensorBoard
 
     def __post_init__(self):
         self.trackers = tuple(self.trackers)
@@ -59,6 +63,9 @@ class TrainConfig:
                   "max_nonfinite"):
             if getattr(self, k) < 1:
                 raise SonostreamError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        if not str(self.tracker_project).strip():
+            raise SonostreamError("train.tracker_project is empty; name the tracker project "
+                                  "(default sonostream)")
 
 
 class StopSignal:
@@ -184,7 +191,9 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     steps) draws whatever the job shows of its outputs. ``run_info`` (the config) is saved beside
     each checkpoint. ``on_step(model)`` runs after every optimizer step that was taken (e.g. a
     mean teacher's EMA update). The learning rate of every named optimizer group is logged as
-    ``lr_<name>``.
+    ``lr_<name>``. Every logged step is also one INFO line of ``sonostream.train`` (step/total,
+    losses, lr, images/s, ETA); ``quiet`` only hides the progress bar, which is drawn only when
+    stderr is a terminal (``preprocessing.progress.bars_wanted``).
     """
     model, optimizer = acc.prepare(model, optimizer)
     state = TrainState()
@@ -203,7 +212,11 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     window = MetricWindow(acc, state.window, state.window_count)
     grad_norm, bad, nonfinite_run, stop_reason = None, False, 0, None
     samples_seen, t_log = 0, time.perf_counter()
-    bar = _progress(stop_at, step, disable=quiet or not main)
+    start_step, t_start = step, t_log
+    # A bar only on a terminal (a log file would keep every redraw); the metrics lines always.
+    bar = _progress(stop_at, step, disable=quiet or not main or not bars_wanted())
+    # While the bar is drawn, log lines are printed above it (tqdm.write) instead of through it.
+    redirect = logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()
 
     def checkpoint():
         nonlocal last_ckpt
@@ -215,84 +228,87 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
         last_ckpt = step
 
     model.train()
-    while step < stop_at and stop_reason is None:
-        batches = iter(loader)
-        try:
-            for batch in batches:
-                with acc.accumulate(model):
-                    loss, logs, outputs = step_fn(model, batch, step, acc.step)
-                    # One tiny collective per micro-step: all ranks agree to skip a non-finite
-                    # loss (else DDP would hang) and to stop on a signal.
-                    flags = acc.gather(torch.stack([
-                        torch.isfinite(loss.detach()).float(),
-                        torch.tensor(float(stopper.received is not None), device=acc.device)]).view(1, 2))
-                    finite, signalled = bool(flags[:, 0].min() > 0), bool(flags[:, 1].max() > 0)
-                    if finite:
-                        acc.backward(loss)
-                        window.add({"loss": loss, **logs})
-                    else:
-                        # Zero gradients through every parameter keep DDP/DeepSpeed hooks aligned.
-                        bad = True
-                        acc.backward(sum((p * 0).sum() for p in model.parameters()))
-                    if (acc.sync_gradients and main and figure_fn and tc.figure_every
-                            and (step + 1) % tc.figure_every == 0):
-                        figure_fn(outputs, batch, step + 1)
-                    if acc.sync_gradients:
-                        if bad:   # DeepSpeed has stepped inside backward(): a zero-grad update
-                            optimizer.zero_grad(set_to_none=True)
-                            nonfinite_run += 1
-                            state.nonfinite_skipped += 1
-                            if main:
-                                log.warning("step %d: non-finite loss, step skipped (%d in a row)",
-                                            step + 1, nonfinite_run)
-                            if nonfinite_run >= tc.max_nonfinite:
-                                raise TrainingError(
-                                    f"the loss was not finite for {nonfinite_run} steps in a row (last at "
-                                    f"step {step + 1}); lower optim.lr_encoder/lr_heads, use train.precision "
-                                    f"bf16 instead of fp16, or check the data. Last checkpoint: "
-                                    f"{latest_checkpoint(out) or 'none'}")
+    with redirect:
+        while step < stop_at and stop_reason is None:
+            batches = iter(loader)
+            try:
+                for batch in batches:
+                    with acc.accumulate(model):
+                        loss, logs, outputs = step_fn(model, batch, step, acc.step)
+                        # One tiny collective per micro-step: all ranks agree to skip a non-finite
+                        # loss (else DDP would hang) and to stop on a signal.
+                        flags = acc.gather(torch.stack([
+                            torch.isfinite(loss.detach()).float(),
+                            torch.tensor(float(stopper.received is not None), device=acc.device)]).view(1, 2))
+                        finite, signalled = bool(flags[:, 0].min() > 0), bool(flags[:, 1].max() > 0)
+                        if finite:
+                            acc.backward(loss)
+                            window.add({"loss": loss, **logs})
                         else:
-                            if tc.clip_grad > 0:
-                                grad_norm = acc.clip_grad_norm_(model.parameters(), tc.clip_grad)
-                            optimizer.step()
-                            scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                            nonfinite_run = 0
-                            if on_step is not None:
-                                on_step(model)
-                        bad = False
-                samples_seen += batch.num_images
-                if not acc.sync_gradients:
-                    continue
-                step += 1
-                bar.update(1)
-                if step % tc.log_every == 0 or step == 1 or step == stop_at or signalled:
-                    sums, n = window.totals()
-                    if main:
-                        dt = time.perf_counter() - t_log
-                        row = {"step": step, "epoch": getattr(batch, "epoch", None),
-                               **{k: v / max(n, 1) for k, v in sorted(sums.items())},
-                               **group_lrs(optimizer),
-                               "grad_norm": None if grad_norm is None else float(grad_norm),
-                               "images_per_s": samples_seen * acc.num_processes / dt if dt > 0 else None,
-                               "nonfinite_skipped": state.nonfinite_skipped}
-                        metrics.write(row)   # a window of only skipped steps has no losses
-                        acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
-                        if "loss" in row and not bar.disable:
-                            bar.set_postfix(loss=f"{row['loss']:.4f}")
-                            bar.write(_console_line(row, stop_at))
-                    window.reset()
-                    samples_seen, t_log = 0, time.perf_counter()
-                if signalled:
-                    stop_reason = "signal"
-                elif step >= stop_at:
-                    stop_reason = "end"
-                if step % tc.checkpoint_every == 0 or stop_reason:
-                    checkpoint()
-                if stop_reason:
-                    break
-        finally:
-            batches.close()
+                            # Zero gradients through every parameter keep DDP/DeepSpeed hooks aligned.
+                            bad = True
+                            acc.backward(sum((p * 0).sum() for p in model.parameters()))
+                        if (acc.sync_gradients and main and figure_fn and tc.figure_every
+                                and (step + 1) % tc.figure_every == 0):
+                            figure_fn(outputs, batch, step + 1)
+                        if acc.sync_gradients:
+                            if bad:   # DeepSpeed has stepped inside backward(): a zero-grad update
+                                optimizer.zero_grad(set_to_none=True)
+                                nonfinite_run += 1
+                                state.nonfinite_skipped += 1
+                                if main:
+                                    log.warning("step %d: non-finite loss, step skipped (%d in a row)",
+                                                step + 1, nonfinite_run)
+                                if nonfinite_run >= tc.max_nonfinite:
+                                    raise TrainingError(
+                                        f"the loss was not finite for {nonfinite_run} steps in a row "
+                                        f"(last at step {step + 1}); lower optim.lr_encoder/lr_heads, "
+                                        f"use train.precision bf16 instead of fp16, or check the data. "
+                                        f"Last checkpoint: {latest_checkpoint(out) or 'none'}")
+                            else:
+                                if tc.clip_grad > 0:
+                                    grad_norm = acc.clip_grad_norm_(model.parameters(), tc.clip_grad)
+                                optimizer.step()
+                                scheduler.step()
+                                optimizer.zero_grad(set_to_none=True)
+                                nonfinite_run = 0
+                                if on_step is not None:
+                                    on_step(model)
+                            bad = False
+                    samples_seen += batch.num_images
+                    if not acc.sync_gradients:
+                        continue
+                    step += 1
+                    bar.update(1)
+                    if step % tc.log_every == 0 or step == 1 or step == stop_at or signalled:
+                        sums, n = window.totals()
+                        if main:
+                            dt = time.perf_counter() - t_log
+                            row = {"step": step, "epoch": getattr(batch, "epoch", None),
+                                   **{k: v / max(n, 1) for k, v in sorted(sums.items())},
+                                   **group_lrs(optimizer),
+                                   "grad_norm": None if grad_norm is None else float(grad_norm),
+                                   "images_per_s": samples_seen * acc.num_processes / dt if dt > 0 else None,
+                                   "nonfinite_skipped": state.nonfinite_skipped}
+                            metrics.write(row)   # a window of only skipped steps has no losses
+                            acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+                            done = step - start_step
+                            eta = (time.perf_counter() - t_start) / done * (stop_at - step)
+                            log.info(_console_line(row, stop_at, eta))
+                            if "loss" in row:
+                                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                        window.reset()
+                        samples_seen, t_log = 0, time.perf_counter()
+                    if signalled:
+                        stop_reason = "signal"
+                    elif step >= stop_at:
+                        stop_reason = "end"
+                    if step % tc.checkpoint_every == 0 or stop_reason:
+                        checkpoint()
+                    if stop_reason:
+                        break
+            finally:
+                batches.close()
     bar.close()
     if last_ckpt != step:
         checkpoint()
@@ -319,13 +335,19 @@ def group_lrs(optimizer) -> dict:
     return out
 
 
-def _console_line(row: dict, total: int) -> str:
-    parts = [f"step {row['step']}/{total}", f"loss {row['loss']:.4f}"]
+def _console_line(row: dict, total: int, eta_s: float | None) -> str:
+    """One metrics line: ``step 10/200 | loss 0.4512 | loss_mir 0.210 | ... | lr_encoder
+    1.00e-03 | 812 img/s | ETA 0:03:05`` (a window of only skipped steps has no losses)."""
+    loss = f"loss {row['loss']:.4f}" if "loss" in row else "loss n/a (non-finite, skipped)"
+    parts = [f"step {row['step']}/{total}", loss]
     for k, v in row.items():
         if k.startswith(("loss_", "acc_")) and isinstance(v, float):
             parts.append(f"{k} {v:.3f}")
-    if row.get("images_per_s"):
-        parts.append(f"{row['images_per_s']:.0f} img/s")
+    parts += [f"{k} {v:.2e}" for k, v in row.items() if k.startswith("lr_")]
+    ips = row.get("images_per_s")
+    parts += [f"{ips:.0f} img/s" if ips else "? img/s", f"ETA {eta_text(eta_s)}"]
+    if row.get("nonfinite_skipped"):
+        parts.append(f"{row['nonfinite_skipped']} step(s) skipped")
     return " | ".join(parts)
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipeline.data import ClipLoader, LoaderConfig
 from pipeline.data.tasks import io_classes
@@ -38,6 +37,10 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    # Each rank's loader takes train.batch_size / world size clips (``config.saved_dict``).
+    SET_BY_JOB = {"loader.batch_size": "is not a pretraining key: set train.batch_size, the "
+                  "clips per step over all ranks (each rank takes batch_size / world size)"}
+
     def resume_identity(self) -> dict:
         """What a checkpoint must share with this config to be resumed: the model built."""
         return {"model": to_dict(self.model), "heads": to_dict(self.heads),
@@ -47,14 +50,6 @@ class PretrainConfig:
 def load_pretrain_config(path, overrides=(), max_steps: int | None = None) -> PretrainConfig:
     """The run config from YAML ``path`` + ``SECTION.KEY=VALUE`` overrides (+ ``--max-steps``)."""
     overrides = list(overrides)
-    raw = {}
-    if path is not None and Path(path).is_file():
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    in_file = isinstance(raw.get("loader"), dict) and "batch_size" in raw["loader"]
-    if in_file or any(o.split("=", 1)[0].strip() == "loader.batch_size" for o in overrides):
-        raise SonostreamError("loader.batch_size is not a pretraining key: set train.batch_size, "
-                              "the clips per step over all ranks (each rank takes batch_size / "
-                              "world size)")
     if max_steps is not None:
         overrides.append(f"train.steps={max_steps}")
     cfg = load_config(path, PretrainConfig, overrides)

@@ -107,3 +107,24 @@ def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback():
             "m.COMMANDS['inspect'] = child_gone; sys.exit(m.main(['inspect', 'x']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" in r.stderr and "BrokenPipeError" in r.stderr
+
+
+def test_log_level_from_the_top_or_from_the_training_commands(command):
+    import logging
+    from pipeline.cli.console import build_parser
+    root, before = logging.getLogger(), logging.getLogger().level
+    seen = []
+    command(lambda args: seen.append(root.level))
+    try:
+        assert main(["--log-level", "warning", "inspect", "x"]) == 0
+        assert main(["inspect", "x"]) == 0                     # the next invocation: the default
+        assert seen == [logging.WARNING, logging.INFO]
+    finally:
+        root.setLevel(before)
+    job = ["--data", "d", "--out", "o"]
+    assert build_parser().parse_args(["--log-level", "ERROR", "pretrain", *job]).log_level == "ERROR"
+    assert build_parser().parse_args(["finetune", *job, "--log-level", "debug"]).log_level == "DEBUG"
+    assert build_parser().parse_args(["pretrain", *job]).log_level is None
+    r = subprocess.run([sys.executable, "-m", "pipeline.pretrain", "--help"], capture_output=True,
+                       text=True, check=True)
+    assert "--log-level" in r.stdout and "metrics lines" in r.stdout

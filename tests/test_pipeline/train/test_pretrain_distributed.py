@@ -1,5 +1,6 @@
 """Pretraining with real process groups on CPU (gloo) through `accelerate launch`:
 2 processes on one machine, two "nodes" on 127.0.0.1, and a DeepSpeed ZeRO-2 engine."""
+import json
 import os
 import socket
 import subprocess
@@ -68,6 +69,10 @@ def test_two_processes_on_gloo(ddp_run):
     assert "2 process(es), 4 clips x 4 frames per rank" in proc.stdout
     assert "MULTI_CPU" in proc.stdout
     check_run(out)
+    # The main rank alone logs the metrics lines and writes provenance.json.
+    assert proc.stderr.count("INFO sonostream.train: step ") == 6
+    p = json.loads((out / "provenance.json").read_text())
+    assert p["world_size"] == 2 and p["distributed"] == "MULTI_CPU" and p["devices"] == ["cpu"]
 
 
 def test_two_processes_resume_exactly(shards, ddp_run, tmp_path):

@@ -151,4 +151,4 @@ def test_gradient_accumulation_and_tensorboard(shards, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]       # optimizer steps, not micro-steps
     state = torch.load(out / "checkpoints" / "step-3" / "custom_checkpoint_1.pkl", weights_only=False)
     assert state["loader"]["position"] == 3 * 2 * 8      # 2 micro-batches of 8 clips per step
-    assert list((out / "tb").rglob("events.out.tfevents.*"))
+    assert list((out / "sonostream").rglob("events.out.tfevents.*"))   # train.tracker_project
