@@ -89,12 +89,16 @@ def feature_dim(arch: str) -> int:
 
 
 def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
-    """A fresh :class:`ResNetEncoder` holding the weights of ``encoder.pt`` at ``path``."""
+    """A fresh :class:`ResNetEncoder` holding the weights of ``encoder.pt`` at ``path``, in eval
+    mode (``.train()`` to train it on). Its input is normalised: see ``preprocessing`` in the file."""
     path = Path(path)
     if not path.is_file():
         raise SonostreamError(f"encoder checkpoint {path} does not exist (pretraining writes "
                               f"RUN/encoder.pt)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
+        blob = type(e).__name__
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise SonostreamError(f"{path} is not a sonostream encoder (expected format {FORMAT!r}); "
                               "pass the encoder.pt a pretraining run wrote")
@@ -103,4 +107,4 @@ def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
                               f"to {blob['arch']!r} or pass another encoder")
     enc = ResNetEncoder(blob["arch"], blob["in_chans"])
     enc.load_state_dict(blob["state_dict"], strict=True)
-    return enc
+    return enc.eval()

@@ -1,7 +1,7 @@
 """What the networks expect as input: the one definition of it.
 
-Stored frames are 8-bit grayscale (0..255, ``PIXEL_MAX``). Every model input in sonostream is made by
-:func:`to_unit` (pixels / 255 -> 0..1) and then :func:`normalize` (``(x - MEAN) / STD`` =
+Stored frames are 8-bit grayscale (0..255, ``PIXEL_MAX``). Every model input in sonostream is
+made by :func:`to_unit` (pixels / 255 -> 0..1) and then :func:`normalize` (``(x - MEAN) / STD`` =
 ``x * 2 - 1`` -> -1..1, so a masked, zeroed MIR patch reads as mid-grey). The ``Segmenter``
 applies ``normalize`` inside its ``forward`` (its input is 0..1); the bare ``ResNetEncoder`` and
 the state dicts in ``encoder.pt`` / ``segmenter.pt`` expect the normalised -1..1 input.

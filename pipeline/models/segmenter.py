@@ -145,6 +145,11 @@ def load_segmenter(path) -> tuple[torch.nn.Module, dict]:
         hint = " (that is a pretrained encoder: fine-tune it first)" if what == ENCODER_FORMAT else ""
         raise SonostreamError(f"{path} is not a sonostream segmenter (format {what!r}){hint}; pass "
                               f"the segmenter.pt a finetune run wrote")
+    return segmenter_from_blob(blob)
+
+
+def segmenter_from_blob(blob: dict) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, metadata) from a loaded ``segmenter.pt`` dict."""
     cfg = SegmenterConfig(arch=blob["arch"], in_chans=blob["in_chans"],
                           decoder_channels=tuple(blob["decoder_channels"]))
     model = build_segmenter(cfg, planes=len(blob["planes"]))

@@ -5,38 +5,16 @@ import numpy as np
 import pytest
 import torch
 
+from plain_models import plain_timm, plain_torchvision, plain_unet, recorded_input
+
 from pipeline.infer import predict
 from pipeline.models.encoder import export_encoder
 from pipeline.models.inputs import to_unit
 from pipeline.models.pretext import PretrainModel
-from pipeline.models.segmenter import SegmenterConfig, build_segmenter, export_segmenter, load_segmenter
+from pipeline.models.segmenter import (SegmenterConfig, build_segmenter, export_segmenter,
+                                       load_segmenter)
 
 TOL = 1e-5
-
-
-def recorded_input(pixels: torch.Tensor, recipe: dict) -> torch.Tensor:
-    """uint8 pixels -> network input, from the stored recipe only."""
-    mean = torch.tensor(recipe["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(recipe["std"]).view(1, -1, 1, 1)
-    return (pixels.float() / recipe["pixel_max"] - mean) / std
-
-
-def plain_unet(blob: dict):
-    """A plain smp.Unet from segmenter.pt's metadata, with its weights (strict)."""
-    import segmentation_models_pytorch as smp
-    args = dict(blob["smp"])
-    if "smp_register" in blob:   # arch tiny: smp has no ResNet-10, register it under our own name
-        from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
-        from torchvision.models import resnet
-        reg = blob["smp_register"]
-        smp.encoders.encoders["plain-test-" + reg["name"]] = {
-            "encoder": ResNetEncoder, "pretrained_settings": {},
-            "params": {"out_channels": reg["out_channels"], "block": getattr(resnet, reg["block"]),
-                       "layers": reg["layers"]}}
-        args["encoder_name"] = "plain-test-" + reg["name"]
-    net = smp.Unet(**args)
-    net.load_state_dict(blob["state_dict"], strict=True)
-    return net.eval()
 
 
 def pixels(n, size, seed=0):
@@ -49,7 +27,7 @@ def check_segmenter(path):
     assert (pre["pixel_max"], pre["mean"], pre["std"], pre["in_chans"]) == (255.0, [0.5], [0.5], 1)
     size = tuple(pre["image_size"])
     px = pixels(4, size)
-    net = plain_unet(blob)
+    net = plain_unet(blob, blob["state_dict"])
     model, meta = load_segmenter(path)
     assert meta["preprocessing"] == pre
     with torch.no_grad():
@@ -88,7 +66,8 @@ def test_segmenter_pt_without_recorded_preprocessing_still_loads(tmp_path):
         del blob[k]   # as written before the recipe was recorded
     torch.save(blob, tmp_path / "old.pt")
     _, meta = load_segmenter(tmp_path / "old.pt")
-    assert meta["preprocessing"]["mean"] == [0.5] and meta["smp"]["encoder_name"] == "sonostream-tiny"
+    assert meta["preprocessing"]["mean"] == [0.5]
+    assert meta["smp"]["encoder_name"] == "sonostream-tiny"
 
 
 def _sonostream_features(arch, px):
@@ -102,35 +81,31 @@ def _sonostream_features(arch, px):
     return model.encoder, got[0]
 
 
-def _plain_torchvision(blob):
-    from torchvision.models import resnet
-    net = resnet.ResNet(getattr(resnet, blob["block"]), blob["layers"])
-    net.conv1 = torch.nn.Conv2d(blob["in_chans"], 64, 7, 2, 3, bias=False)
-    missing, unexpected = net.load_state_dict(blob["state_dict"], strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
-    net.eval()
-    return lambda x: net.layer4(net.layer3(net.layer2(net.layer1(
-        net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
-
-
-def _plain_timm(blob):
-    import timm
-    net = timm.create_model(blob["arch"], in_chans=blob["in_chans"], num_classes=0, global_pool="")
-    net.load_state_dict(blob["state_dict"], strict=True)
-    return net.eval().forward_features
-
-
-@pytest.mark.parametrize("arch,plain", [("tiny", _plain_torchvision), ("resnet18", _plain_timm)])
+@pytest.mark.parametrize("arch,plain", [("tiny", plain_torchvision), ("resnet18", plain_timm)])
 def test_encoder_runs_in_plain_torchvision_and_timm(tmp_path, arch, plain):
     px = pixels(3, (64, 64), seed=1)
     encoder, ours = _sonostream_features(arch, px)
     export_encoder(encoder.state_dict(), arch, 1, tmp_path / "encoder.pt", image_size=(64, 64))
     blob = torch.load(tmp_path / "encoder.pt", weights_only=True)
     assert blob["preprocessing"]["image_size"] == [64, 64]
-    net = plain(blob)
+    net = plain(blob, blob["state_dict"])
     with torch.no_grad():
         feats = net(recorded_input(px, blob["preprocessing"]))
         raw = net(px.float() / 255.0)
     assert feats.shape == (3, blob["out_dim"], 2, 2)
     assert (feats - ours).abs().max() <= TOL
     assert (raw - ours).abs().max() > 0.01
+
+
+def test_encoder_pt_without_recorded_preprocessing_loads_in_eval_mode(tmp_path):
+    from pipeline.models.encoder import ResNetEncoder, load_encoder
+    from preprocessing.format import SonostreamError
+    export_encoder(ResNetEncoder("tiny").state_dict(), "tiny", 1, tmp_path / "e.pt")
+    blob = torch.load(tmp_path / "e.pt", weights_only=True)
+    for k in ("preprocessing", "output", "block", "layers"):
+        del blob[k]   # as written before the recipe was recorded
+    torch.save(blob, tmp_path / "old.pt")
+    assert not load_encoder(tmp_path / "old.pt").training   # features, not batch statistics
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(SonostreamError, match="notes.pt is not a sonostream encoder"):
+        load_encoder(tmp_path / "notes.pt")
