@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.models.inputs import to_unit
 from preprocessing.format import Letterbox, SonostreamError
 from preprocessing.imaging import letterbox
 
@@ -52,7 +53,7 @@ def predict(model, frames: list[np.ndarray], size: tuple[int, int], device) -> t
     if size[0] != size[1]:
         raise SonostreamError(f"the model's input size must be square, got {size}")
     inputs = [_to_model(f, size) for f in frames]
-    x = torch.from_numpy(np.stack([x for x, _ in inputs])).to(device).unsqueeze(1).float() / 255.0
+    x = to_unit(torch.from_numpy(np.stack([x for x, _ in inputs])).to(device).unsqueeze(1))
     logits, plane = model(x)
     probs = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
     out = [_from_model(p, f, lb) for p, f, (_, lb) in zip(probs, frames, inputs)]

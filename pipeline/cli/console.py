@@ -7,7 +7,7 @@ import sys
 
 from preprocessing import cli as data_cli
 
-from . import apps, loader, segment, train
+from . import apps, export, loader, segment, train
 from .common import add_log_level, choose_log_level, guarded, setup_logging
 
 EPILOG = """\
@@ -21,6 +21,7 @@ typical use:
   sonostream pretrain --config launch/configs/debug/pretrain.yaml --data data/shards --out runs/pt
   sonostream finetune ... / evaluate ... / experiment label-efficiency ...   # segmentation
   sonostream segment-video --checkpoint runs/ft/segmenter.pt --input cine.dcm --out runs/sv
+  sonostream export --checkpoint runs/ft/segmenter.pt --format onnx --out export/segmenter.onnx
   sonostream demo --out runs/demo                   # all of it on the synthetic cohort -> report.md
 
 The frames CSV needs frame_path, patient_id, video_name, frame_id; optional columns are
@@ -53,11 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parsers(sub)
     segment.add_parsers(sub)
     apps.add_parsers(sub)
+    export.add_parsers(sub)
     return p
 
 
 COMMANDS = {**{name: data_cli.run for name in data_cli.COMMANDS}, **loader.COMMANDS,
-            **train.COMMANDS, **segment.COMMANDS, **apps.COMMANDS}
+            **train.COMMANDS, **segment.COMMANDS, **apps.COMMANDS, **export.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

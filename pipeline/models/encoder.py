@@ -4,6 +4,7 @@ No weights are downloaded (ultrasound is not ImageNet, and clusters are often of
 module *is* a torchvision ``ResNet`` minus ``avgpool``/``fc``, so its state dict uses the
 torchvision names (``conv1.weight``, ``layer1.0.conv1.weight``, ...) that
 segmentation-models-pytorch's ResNet encoders also use: ``encoder.pt`` loads into either.
+Its input is normalised, -1..1 (``inputs.py``; ``encoder.pt`` records the recipe).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from preprocessing.format import SonostreamError
+
+from .inputs import preprocessing
 
 # name -> (block, blocks per stage). "tiny" (a ResNet-10: one block per stage) is the debug size.
 ARCHS = {
@@ -40,7 +43,8 @@ class EncoderConfig:
 
 
 class ResNetEncoder(ResNet):
-    """imgs (N, in_chans, H, W) -> feature map (N, out_dim, H/32, W/32)."""
+    """imgs (N, in_chans, H, W), normalised (``inputs.normalize``: -1..1) -> feature map
+    (N, out_dim, H/32, W/32)."""
 
     def __init__(self, arch: str = "resnet18", in_chans: int = 1):
         EncoderConfig(arch, in_chans)  # validates
@@ -57,10 +61,23 @@ class ResNetEncoder(ResNet):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def export_encoder(state_dict: dict, arch: str, in_chans: int, path, **meta) -> None:
-    """Write ``encoder.pt``: plain dict of str/int/float and tensors, so ``weights_only=True`` loads it."""
+def encoder_meta(arch: str, in_chans: int, image_size=None) -> dict:
+    """What ``encoder.pt`` says of its network: shape, input recipe (``inputs.preprocessing``;
+    ``image_size`` is the pretraining frame size, any multiple of 32 works) and output."""
+    block, layers = ARCHS[arch]
+    return {"arch": arch, "in_chans": in_chans, "out_dim": feature_dim(arch),
+            "block": block.__name__, "layers": list(layers),
+            "preprocessing": preprocessing(in_chans, image_size),
+            "output": f"feature map [N, {feature_dim(arch)}, H/32, W/32]: layer4 of a torchvision "
+                      "ResNet (no avgpool/fc)"}
+
+
+def export_encoder(state_dict: dict, arch: str, in_chans: int, path, image_size=None,
+                   **meta) -> None:
+    """Write ``encoder.pt``: plain dict of str/int/float/list and tensors, so ``weights_only=True``
+    loads it."""
     from preprocessing.atomic import atomic_open
-    blob = {"format": FORMAT, "arch": arch, "in_chans": in_chans, "out_dim": feature_dim(arch),
+    blob = {"format": FORMAT, **encoder_meta(arch, in_chans, image_size),
             "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()}, **meta}
     with atomic_open(path, "wb") as f:
         torch.save(blob, f)
@@ -72,12 +89,16 @@ def feature_dim(arch: str) -> int:
 
 
 def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
-    """A fresh :class:`ResNetEncoder` holding the weights of ``encoder.pt`` at ``path``."""
+    """A fresh :class:`ResNetEncoder` holding the weights of ``encoder.pt`` at ``path``, in eval
+    mode (``.train()`` to train it on). Its input is normalised: see ``preprocessing`` in the file."""
     path = Path(path)
     if not path.is_file():
         raise SonostreamError(f"encoder checkpoint {path} does not exist (pretraining writes "
                               f"RUN/encoder.pt)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
+        blob = type(e).__name__
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise SonostreamError(f"{path} is not a sonostream encoder (expected format {FORMAT!r}); "
                               "pass the encoder.pt a pretraining run wrote")
@@ -86,4 +107,4 @@ def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
                               f"to {blob['arch']!r} or pass another encoder")
     enc = ResNetEncoder(blob["arch"], blob["in_chans"])
     enc.load_state_dict(blob["state_dict"], strict=True)
-    return enc
+    return enc.eval()

@@ -13,11 +13,7 @@ from torch import nn
 
 from .encoder import ResNetEncoder
 from .heads import HeadsConfig, IOHead, MIRDecoder, PMHead
-
-
-def normalize(imgs: torch.Tensor) -> torch.Tensor:
-    """0..1 pixels -> -1..1: a masked (zeroed) patch then reads as mid-grey, not as background."""
-    return imgs * 2.0 - 1.0
+from .inputs import normalize   # 0..1 -> -1..1 (inputs.py defines every model input)
 
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

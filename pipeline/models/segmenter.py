@@ -7,7 +7,8 @@ smp's ResNet encoders *are* torchvision ResNets, like ours, so ``encoder.pt`` lo
 
 ``segmenter.pt`` (what ``finetune`` writes and ``evaluate`` / ``segment-video`` read) is a plain
 dict that loads with ``weights_only=True``: format, arch, in_chans, image_size, planes,
-decoder_channels, mode, init, step, complete, state_dict.
+decoder_channels, block, layers, smp (the plain ``smp.Unet`` arguments), preprocessing (the
+input recipe of ``inputs.py``), outputs, mode, init, step, complete, state_dict.
 """
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
 
 from .encoder import ARCHS, FORMAT as ENCODER_FORMAT
-from .pretext import normalize
+from .inputs import normalize, preprocessing
 
 FORMAT = "sonostream-segmenter/1"
 SMP_NAMES = {"tiny": "sonostream-tiny", "resnet18": "resnet18", "resnet34": "resnet34",
              "resnet50": "resnet50"}
+# smp's encoders entry for "tiny" (smp has no ResNet-10): stored in segmenter.pt as smp_register
+TINY_SMP = {"out_channels": [3, 64, 64, 128, 256, 512], "block": ARCHS["tiny"][0].__name__,
+            "layers": list(ARCHS["tiny"][1])}
 
 
 @dataclass
@@ -46,12 +50,10 @@ class SegmenterConfig:
 def _register_tiny() -> None:
     from segmentation_models_pytorch import encoders
     from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
-    from torchvision.models.resnet import BasicBlock
     if SMP_NAMES["tiny"] not in encoders.encoders:
         encoders.encoders[SMP_NAMES["tiny"]] = {
             "encoder": ResNetEncoder, "pretrained_settings": {},
-            "params": {"out_channels": [3, 64, 64, 128, 256, 512], "block": BasicBlock,
-                       "layers": list(ARCHS["tiny"][1])}}
+            "params": {**TINY_SMP, "block": ARCHS["tiny"][0]}}
 
 
 def build_segmenter(cfg: SegmenterConfig, planes: int = 0):
@@ -64,7 +66,11 @@ def build_segmenter(cfg: SegmenterConfig, planes: int = 0):
         (mask logits (N, 1, H, W), plane logits (N, planes) or None)."""
 
         def forward(self, x):
-            out = super().forward(normalize(x))   # -1..1, as the encoder was pretrained
+            return self.forward_normalized(normalize(x))   # -1..1, as the encoder was pretrained
+
+        def forward_normalized(self, x):
+            """The plain smp.Unet on normalised input: what segmenter.pt's weights expect."""
+            out = super().forward(x)
             return out if isinstance(out, tuple) else (out, None)
 
     aux = {"classes": planes, "dropout": cfg.plane_dropout} if planes else None
@@ -92,12 +98,32 @@ def load_pretrained_encoder(model, path, arch: str, in_chans: int = 1) -> dict:
     return {k: v for k, v in blob.items() if k != "state_dict"}
 
 
+def segmenter_meta(cfg: SegmenterConfig, image_size, planes) -> dict:
+    """What ``segmenter.pt`` says of its network: enough to build a plain ``smp.Unet`` for its
+    state dict (``smp``; arch ``tiny`` needs ``smp_register`` added to smp's encoders, see
+    README), the input recipe (``inputs.preprocessing``) and what the outputs mean."""
+    block, layers = ARCHS[cfg.arch]
+    smp_args = {"encoder_name": SMP_NAMES[cfg.arch], "encoder_weights": None,
+                "in_channels": cfg.in_chans, "classes": 1,
+                "decoder_channels": list(cfg.decoder_channels)}
+    outputs = {"mask": "logits [N, 1, H, W]; sigmoid > 0.5 is the fetal head"}
+    if planes:
+        smp_args["aux_params"] = {"classes": len(planes), "dropout": cfg.plane_dropout}
+        outputs["planes"] = f"logits [N, {len(planes)}] over planes, in the order of 'planes'"
+    out = {"arch": cfg.arch, "in_chans": cfg.in_chans,
+           "decoder_channels": list(cfg.decoder_channels), "image_size": list(image_size),
+           "planes": list(planes), "block": block.__name__, "layers": list(layers),
+           "smp": smp_args, "preprocessing": preprocessing(cfg.in_chans, image_size),
+           "outputs": outputs}
+    if cfg.arch == "tiny":
+        out["smp_register"] = {"name": SMP_NAMES["tiny"], **TINY_SMP}
+    return out
+
+
 def export_segmenter(state_dict: dict, cfg: SegmenterConfig, path, *, image_size, planes,
                      **meta) -> None:
     from preprocessing.atomic import atomic_open
-    blob = {"format": FORMAT, "arch": cfg.arch, "in_chans": cfg.in_chans,
-            "decoder_channels": list(cfg.decoder_channels), "image_size": list(image_size),
-            "planes": list(planes), **meta,
+    blob = {"format": FORMAT, **segmenter_meta(cfg, image_size, planes), **meta,
             "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()}}
     with atomic_open(path, "wb") as f:
         torch.save(blob, f)
@@ -119,12 +145,19 @@ def load_segmenter(path) -> tuple[torch.nn.Module, dict]:
         hint = " (that is a pretrained encoder: fine-tune it first)" if what == ENCODER_FORMAT else ""
         raise SonostreamError(f"{path} is not a sonostream segmenter (format {what!r}){hint}; pass "
                               f"the segmenter.pt a finetune run wrote")
+    return segmenter_from_blob(blob)
+
+
+def segmenter_from_blob(blob: dict) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, metadata) from a loaded ``segmenter.pt`` dict."""
     cfg = SegmenterConfig(arch=blob["arch"], in_chans=blob["in_chans"],
                           decoder_channels=tuple(blob["decoder_channels"]))
     model = build_segmenter(cfg, planes=len(blob["planes"]))
     model.load_state_dict(blob["state_dict"], strict=True)
     model.eval()
-    return model, {k: v for k, v in blob.items() if k != "state_dict"}
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    # files written before the recipe was recorded: the same constants made their inputs
+    return model, {**segmenter_meta(cfg, blob["image_size"], blob["planes"]), **meta}
 
 
 PLANES = fmt.PLANES

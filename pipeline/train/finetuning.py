@@ -21,6 +21,7 @@ import torch
 
 from pipeline.data import SegDataConfig, SegLoader
 from pipeline.data.augment import AugmentConfig, geometric, intensity
+from pipeline.models.inputs import to_unit
 from pipeline.models.segmenter import (PLANES, SegmenterConfig, build_segmenter, export_segmenter,
                                        load_pretrained_encoder)
 from pipeline.objectives.segmentation import (MODES, MultitaskConfig, SemiConfig, consistency,
@@ -107,13 +108,13 @@ def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Ge
                      teacher: MeanTeacher | None = None, autocast=None):
     """One micro-batch -> (loss, logged terms, outputs). Labelled (and, in semi mode, unlabelled)
     frames go through the model in ONE forward, so BatchNorm and DDP see one pass."""
-    x = batch.frames.float() / 255.0
+    x = to_unit(batch.frames)
     y = batch.masks.float()
     x, y = geometric(x, y, cfg.augment, gen)
     x = intensity(x, cfg.augment, gen)
     b = x.shape[0]
     if teacher is not None:
-        u, _ = geometric(batch.unlabelled.float() / 255.0, None, cfg.augment, gen)
+        u, _ = geometric(to_unit(batch.unlabelled), None, cfg.augment, gen)
         with torch.no_grad(), autocast():
             t_logits, _ = teacher.module(u)   # the teacher sees the frame without intensity noise
         x = torch.cat([x, intensity(u, cfg.augment, gen)])

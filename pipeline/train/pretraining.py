@@ -14,6 +14,7 @@ import torch
 from pipeline.data import ClipLoader, LoaderConfig
 from pipeline.data.tasks import io_classes
 from pipeline.models import EncoderConfig, HeadsConfig, PretrainModel, export_encoder
+from pipeline.models.inputs import to_unit
 from pipeline.models.pretext import apply_mask
 from pipeline.objectives import TasksConfig, pretrain_losses
 from preprocessing.format import SonostreamError
@@ -96,7 +97,8 @@ class Pretraining:
                out: Path) -> dict:
         enc = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
         export_encoder(enc, cfg.model.arch, cfg.model.in_chans, out / "encoder.pt",
-                       step=end["step"], complete=end["complete"])
+                       image_size=parts.loader.image_size, step=end["step"],
+                       complete=end["complete"])
         return {"encoder": str(out / "encoder.pt")}
 
     def curves(self, cfg: PretrainConfig, parts: Parts) -> dict:
@@ -123,7 +125,7 @@ def pretrain_forward(model, batch, tasks: TasksConfig, step: int, seed: int | No
     """One micro-batch: the B*K frames through the encoder once, then the three heads.
     Returns (weighted loss, the other logged terms, the model's outputs + the MIR mask)."""
     mask = batch.mir_mask if "mir" in tasks.active else None
-    out = model(batch.images(), mask, batch.io_perm, batch.pm_a, batch.pm_b, noise_seed=seed)
+    out = model(to_unit(batch.frames), mask, batch.io_perm, batch.pm_a, batch.pm_b, noise_seed=seed)
     losses = pretrain_losses(out, batch, mask, tasks, step)
     out["mask"] = mask
     return losses.pop("loss"), losses, out
