@@ -57,8 +57,8 @@ class BuildOptions:
     codec: str = "jpeg"
     jpeg_quality: int = 95
     shard_size_mb: float = 64.0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    val_fraction: float | None = None    # None: 0.1, or 0 for a split the CSV names
+    test_fraction: float | None = None
     seed: int = 0
     min_video_frames: int = 1
 
@@ -75,7 +75,7 @@ class BuildOptions:
             raise fmt.SonostreamError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.min_video_frames < 1:
             raise fmt.SonostreamError(f"min video frames must be >= 1, got {self.min_video_frames}")
-        fmt.check_fractions(self.val_fraction, self.test_fraction)
+        fmt.resolve_fractions(self.val_fraction, self.test_fraction)
 
 
 @dataclass

@@ -45,11 +45,13 @@ def add_parsers(sub) -> None:
     b.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
     b.add_argument("--shard-size-mb", type=float, default=64.0, help="shard size limit in MB (default 64)")
     b.add_argument("--workers", type=int, default=default_workers(), help="encoding processes (default: cores, max 8)")
-    b.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of the patients the CSV does not place that go to val (default 0.1)")
-    b.add_argument("--test-fraction", type=float, default=0.1,
+    b.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the patients the CSV does not place that go to val (default "
+                   "0.1, or 0 when the CSV's split column names val rows)")
+    b.add_argument("--test-fraction", type=float, default=None,
                    help="share of the patients the CSV does not place that go to test, 0..1 "
-                   "(default 0.1; 1: all of them, whatever --val-fraction)")
+                   "(default 0.1, or 0 when the CSV's split column names test rows, so a named "
+                   "test set stays exactly that; 1: all of them, whatever --val-fraction)")
     b.add_argument("--seed", type=int, default=0, help="seed of the patient split and video order (default 0)")
     b.add_argument("--min-video-frames", type=int, default=1,
                    help="reject videos with fewer usable frames (default 1: keep single images, "
@@ -133,6 +135,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_build(args) -> int:
+    from . import format as fmt
     from .build import BuildOptions, build
     opts = BuildOptions(image_size=args.image_size, codec=args.codec, jpeg_quality=args.jpeg_quality,
                         shard_size_mb=args.shard_size_mb, val_fraction=args.val_fraction,
@@ -151,7 +154,8 @@ def cmd_build(args) -> int:
           + (f" (see {os.path.join(args.out, 'rejects.csv')})" if r.rejects else ""))
     for split, c in r.splits.items():
         print(f"  {split:<5} {c['patients']:>6} patients {c['videos']:>7} videos {c['frames']:>9} frames")
-    share = {"test": opts.test_fraction, "val": min(opts.val_fraction, 1 - opts.test_fraction)}
+    val, test = fmt.resolve_fractions(opts.val_fraction, opts.test_fraction)
+    share = {"test": test, "val": min(val, 1 - test)}
     share["train"] = 1 - share["test"] - share["val"]
     for split, c in r.splits.items():
         if c["frames"] == 0 and r.frames and share[split] > 1e-9:

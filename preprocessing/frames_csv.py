@@ -173,8 +173,10 @@ def _csv_splits(csv_path: str, records: list[dict], videos: dict) -> dict[str, s
     return {p: next(iter(s)) for p, s in given.items()}
 
 
-def plan_build(csv_path: str, val_fraction: float, test_fraction: float, seed: int) -> Plan:
-    fmt.check_fractions(val_fraction, test_fraction)
+def plan_build(csv_path: str, val_fraction: float | None, test_fraction: float | None,
+               seed: int) -> Plan:
+    """None fractions: see ``fmt.resolve_fractions`` (0 for a split the CSV names)."""
+    fmt.resolve_fractions(val_fraction, test_fraction)
     df = read_frames_csv(csv_path)
     base = os.path.dirname(os.path.abspath(csv_path))
     label_cols = [c for c in fmt.LABEL_COLUMNS if c in df.columns]
@@ -213,6 +215,8 @@ def plan_build(csv_path: str, val_fraction: float, test_fraction: float, seed: i
             video = videos[(pid, vid)] = Video(pid, vid, fmt.video_key(pid, vid), "")
         video.frames.append(row)
     chosen = _csv_splits(csv_path, records, videos) if fmt.SPLIT_COLUMN in df.columns else {}
+    val_fraction, test_fraction = fmt.resolve_fractions(val_fraction, test_fraction,
+                                                        set(chosen.values()))
     for video in videos.values():
         video.split = chosen.get(video.patient_id) or fmt.split_of(
             video.patient_id, val_fraction, test_fraction, seed)

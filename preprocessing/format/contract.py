@@ -48,6 +48,8 @@ __all__ = [
     "split_of",
     "parse_split",
     "check_fractions",
+    "resolve_fractions",
+    "DEFAULT_FRACTION",
     "is_number",
     "natural_key",
     "frame_order",
@@ -168,6 +170,20 @@ def split_of(patient_id: str, val_fraction: float, test_fraction: float, seed: i
     if u < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+DEFAULT_FRACTION = 0.1   # of val and of test, for a split the CSV does not name
+
+
+def resolve_fractions(val_fraction: float | None, test_fraction: float | None,
+                      named: set[str] = frozenset()) -> tuple[float, float]:
+    """(val, test) fractions of the hash split. A fraction left as None is DEFAULT_FRACTION, or
+    0 when the CSV's split column names that split: a CSV that says which rows are the test set
+    (HC18's official one, a hospital's held-out patients) gets no hashed patients added to it."""
+    val, test = (f if f is not None else 0.0 if name in named else DEFAULT_FRACTION
+                 for name, f in (("val", val_fraction), ("test", test_fraction)))
+    check_fractions(val, test)
+    return val, test
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:

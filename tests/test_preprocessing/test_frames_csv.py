@@ -104,6 +104,20 @@ def test_split_column_overrides_the_hash_and_empty_cells_fall_back(tmp_path):
     assert plan.extra_columns == [] and plan.rejects == []
 
 
+def test_a_split_the_csv_names_gets_no_hashed_patients_by_default(tmp_path):
+    from preprocessing import format as fmt
+    rows = ["a.png,p1,v,1,test"] + [f"h{i}.png,h{i},v,1," for i in range(60)]
+    path = _csv(tmp_path, "frame_path,patient_id,video_name,frame_id,split\n" + "\n".join(rows) + "\n")
+    hashed = {p: s for p, s in _splits(plan_build(path, None, None, 0)).items() if p != "p1"}
+    assert hashed == {p: fmt.split_of(p, 0.1, 0.0, 0) for p in hashed}   # val keeps its 0.1
+    assert set(hashed.values()) == {"train", "val"}
+    given = {p: s for p, s in _splits(plan_build(path, None, 0.2, 0)).items() if p != "p1"}
+    assert "test" in given.values()                                       # unless it is asked for
+    plain = _csv(tmp_path, "frame_path,patient_id,video_name,frame_id\n"
+                 + "\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n", name="plain.csv")
+    assert set(_splits(plan_build(plain, None, None, 0)).values()) == {"train", "val", "test"}
+
+
 def test_a_patient_given_two_splits_stops_the_build_naming_the_lines(tmp_path):
     path = _csv(tmp_path, "frame_path,patient_id,video_name,frame_id,split\n"
                 "a.png,p1,v,1,test\nb.png,p2,v,1,train\nc.png,p1,v2,1,train\n")

@@ -98,7 +98,7 @@ def test_hc18_official_test_set_is_split_test_and_the_submission_covers_it(tmp_p
     from pipeline.models.segmenter import SegmenterConfig, build_segmenter, export_segmenter
     root = make_hc18(tmp_path / "hc18", test_images=3)
     r = import_hc18(str(root), tmp_path / "imp", progress=False)
-    opts = BuildOptions(image_size=64, val_fraction=0.5, test_fraction=0.0)
+    opts = BuildOptions(image_size=64, val_fraction=0.5)   # the default test fraction: none added
     build(r.csv_path, str(tmp_path / "ds"), opts, workers=1, progress=False)
     rows = pq.read_table(tmp_path / "ds" / fmt.INDEX_FILE).to_pylist()
     official = sorted(f"{i:03d}_HC.png" for i in range(3))
