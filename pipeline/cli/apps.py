@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import setup_logging, write_json_result
+from .common import log_level_chosen, setup_logging, write_json_result
 
 EXPERIMENT_EPILOG = """\
 example (the small CPU setting `make demo` runs):
@@ -125,6 +125,8 @@ def add_parsers(sub) -> None:
 def cmd_experiment(args) -> int:
     from pipeline.apps.experiment import label_efficiency
     setup_logging()
+    if not args.verbose and not log_level_chosen():   # one line per run, not every run's metrics
+        logging.getLogger("sonostream.train").setLevel(logging.WARNING)
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
     label_efficiency(args.data, args.out, encoder=args.encoder, config=args.config,
                      overrides=args.set, fractions=[float(f) for f in split(args.fractions)],

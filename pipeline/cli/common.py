@@ -32,6 +32,11 @@ def choose_log_level(name: str | None) -> None:
     _chosen[0] = None if name is None else getattr(logging, name)
 
 
+def log_level_chosen() -> bool:
+    """Whether the user gave ``--log-level`` (then no command lowers or raises it on its own)."""
+    return _chosen[0] is not None
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Our INFO lines (or the ``--log-level`` the user chose, which wins over ``level``, a
     command's default); only warnings from the libraries around us."""

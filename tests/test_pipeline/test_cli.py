@@ -128,3 +128,23 @@ def test_log_level_from_the_top_or_from_the_training_commands(command):
     r = subprocess.run([sys.executable, "-m", "pipeline.pretrain", "--help"], capture_output=True,
                        text=True, check=True)
     assert "--log-level" in r.stdout and "metrics lines" in r.stdout
+
+
+@pytest.mark.parametrize("argv, shown", [([], False), (["--verbose"], True)])
+def test_experiment_shows_every_runs_metrics_only_when_verbose(monkeypatch, tmp_path, argv, shown):
+    """The training loop's metrics lines are per run; the experiment prints one line per run."""
+    import logging
+    import pipeline.apps.experiment as experiment
+    seen = []
+
+    def fake(*args, **kw):
+        seen.append(logging.getLogger("sonostream.train").isEnabledFor(logging.INFO))
+    monkeypatch.setattr(experiment, "label_efficiency", fake)
+    train_log = logging.getLogger("sonostream.train")
+    before = train_log.level
+    try:
+        assert main(["experiment", "label-efficiency", "--data", "d", "--out", str(tmp_path),
+                     *argv]) == 0
+    finally:
+        train_log.setLevel(before)
+    assert seen == [shown]
