@@ -26,7 +26,7 @@ $(VENV)/.deepspeed: $(VENV)/.installed
 # The main job on the built-in synthetic cohort, ending in $(DEMO)/report.md: synth -> build ->
 # verify -> inspect -> pretrain -> finetune (supervised, semi, multitask) -> evaluate ->
 # label-efficiency (small) -> segment-video on a synthetic sweep and a real 2-frame DICOM -> report.
-# About 10 minutes on 2 CPU cores; a re-run skips finished stages (see `sonostream demo --help`).
+# README's Set-up gives its time on 2 CPU cores; a re-run skips finished stages (see `sonostream demo --help`).
 demo: setup
 	$(BIN)/sonostream demo --out $(DEMO)
 

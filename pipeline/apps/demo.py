@@ -7,8 +7,8 @@ the sweep and on a real 2-frame ultrasound DICOM (pydicom-data) -> report.md
 Every stage leaves D/.demo/<stage>.json when it finishes (what it made, how long it took); a re-run
 skips finished stages, and the training stages resume from their last checkpoint, so an
 interrupted demo continues where it stopped. ``--size smoke`` is the smallest setting (seconds per
-stage; what the test suite runs); ``default`` is what ``make demo`` runs (about 6 minutes on 2 CPU
-cores).
+stage; what the test suite runs); ``default`` is what ``make demo`` runs (README's Set-up gives
+its time).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ DEMO_EPILOG = """\
 stages: synth, build, verify, inspect, pretrain, finetune (supervised, semi, multitask), evaluate,
 label_efficiency, sweep, video_sweep, video_dicom, report. A finished stage leaves
 D/.demo/<stage>.json and is skipped on a re-run; training resumes from its last checkpoint.
---size smoke runs every stage at toy size in about 30 seconds (the test suite's setting).
+--size smoke runs every stage at toy size (the test suite's setting; README gives both times).
 Exit status: 0 done, 2 bad input, 1 a stage failed (its log is named).
 """
 
@@ -55,7 +55,7 @@ def add_parsers(sub) -> None:
                        epilog=DEMO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     d.add_argument("--size", default="default", choices=sorted(SIZES),
-                   help="default: what `make demo` runs (~6 min on 2 CPU cores); smoke: toy size (~30 s)")
+                   help="default: what `make demo` runs; smoke: every stage at toy size")
     d.add_argument("--verbose", action="store_true", help="progress bars and logs of every stage")
 
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
