@@ -8,7 +8,9 @@ opened with ``webdataset.gopen``).
 
 Remote shards are downloaded whole into the cache on first use (size and sha256 checked
 against the manifest, written to a temp file and renamed, one download per node even with
-several workers: a lock file serialises them), then read like local ones: each member is one
+several workers: a lock file serialises them), then read like local ones. The sha256 checked
+at download is kept beside the cached shard and compared with the manifest of every later run,
+so a dataset rebuilt at the same URL is fetched again, never served from a stale cache: each member is one
 ``pread`` at the byte offset the index gives, so no tar is parsed on the hot path. With
 ``cache_limit_gb`` the least recently used shards are deleted after a download once the cache
 is larger (a shard still open keeps working: POSIX keeps unlinked open files; a later read of
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from preprocessing import format as fmt
+from preprocessing.atomic import write_text
 from preprocessing.dataset import DatasetError, open_dataset
 
 
@@ -103,13 +106,25 @@ class ShardSource:
         if not self.remote:
             return Path(self.root) / fmt.SHARDS_DIR / shard
         dest = self.cache_dir / shard
-        if not dest.exists():
+        if not self._cached(shard, dest):
             self._download(shard, dest)
             if self.cache_limit is not None:
                 self._evict(keep=dest)
         else:
             os.utime(dest)  # recently used
         return dest
+
+    def _cached(self, shard: str, dest: Path) -> bool:
+        """Whether ``dest`` holds this dataset's ``shard``: the sha256 checked at its download
+        (kept beside it in ``dest.sha256``) must be the one the manifest now gives, so a dataset
+        rebuilt at the same URL is downloaded again, never served from a stale cache."""
+        try:
+            verified = Path(f"{dest}.sha256").read_text().strip()
+            size = dest.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        info = self._shard_info.get(shard, {})
+        return verified == info.get("sha256", verified) and size == info.get("bytes", size)
 
     def _evict(self, keep: Path) -> None:
         """Delete least recently used cached shards until the cache fits its limit."""
@@ -128,6 +143,7 @@ class ShardSource:
                 continue
             try:
                 p.unlink()
+                Path(f"{p}.sha256").unlink(missing_ok=True)
                 total -= size
             except FileNotFoundError:
                 pass
@@ -136,7 +152,7 @@ class ShardSource:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{dest}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if dest.exists():  # another worker fetched it while we waited
+            if self._cached(shard, dest):  # another worker fetched it while we waited
                 return
             url, tmp = self.url_of(shard), f"{dest}.tmp.{os.getpid()}"
             digest, n = hashlib.sha256(), 0
@@ -151,7 +167,9 @@ class ShardSource:
                     raise DatasetError(f"{url}: got {n} bytes, the manifest says {info['bytes']}")
                 if "sha256" in info and digest.hexdigest() != info["sha256"]:
                     raise DatasetError(f"{url}: sha256 differs from the manifest (corrupt download)")
+                Path(f"{dest}.sha256").unlink(missing_ok=True)   # no stale mark on the new bytes
                 os.replace(tmp, dest)
+                write_text(f"{dest}.sha256", digest.hexdigest() + "\n")
             except OSError as e:
                 raise DatasetError(f"{url}: download failed ({e})") from e
             finally:
