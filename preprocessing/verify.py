@@ -10,6 +10,7 @@ exactly one split.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import tarfile
@@ -30,8 +31,68 @@ def verify(root: str, decode: bool = False, progress: bool = True) -> list[str]:
     problems = [f"index: {p}" for p in fmt.check_index_schema(ds.index.schema)]
     if problems:
         return problems
+    problems += _check_manifest(ds)
     problems += _check_shards(ds, progress)
     problems += _check_rows(ds, decode, progress)
+    return problems
+
+
+def _check_manifest(ds: Dataset) -> list[str]:
+    """Every manifest field that the index, the shards' records or rejects.csv can recompute:
+    an edited manifest (say ``image_size``, which the loaders trust) is found, not served."""
+    m, index = ds.manifest, ds.index
+    problems = []
+    fix = "(edited or from another build; rebuild with --overwrite)"
+    options = m.get("fingerprint", {}).get("options", {})
+    want = {"codec": options.get("codec"), "image_size": options.get("image_size"),
+            "image_ext": fmt.IMAGE_EXT.get(options.get("codec")),
+            "format_version": m.get("fingerprint", {}).get("format_version")}
+    problems += [f"manifest {k} is {m.get(k)!r} but its build options say {v!r} {fix}"
+                 for k, v in want.items() if m.get(k) != v]
+    size = m.get("image_size")
+    if isinstance(size, int) and size > 0 and index.num_rows:
+        hw = set(zip(index["height"].to_pylist(), index["width"].to_pylist()))
+        if hw != {(size, size)}:
+            problems.append(f"manifest image_size is {size} but the index holds frames of "
+                            f"{', '.join(f'{w}x{h}' for h, w in sorted(hw)[:3])} {fix}")
+    rejects_path = ds.root / fmt.REJECTS_FILE
+    if not rejects_path.is_file():
+        problems.append(f"{fmt.REJECTS_FILE} is missing (every build writes it, empty or not: the "
+                        "CSV rows that are not in the index; rebuild with --overwrite)")
+        rejected = None
+    else:
+        with open(rejects_path, newline="", encoding="utf-8") as f:
+            rejected = sum(1 for _ in csv.DictReader(f))
+    counts = m.get("counts", {})
+    cols = index.select(["split", "patient_id", "video_key", "frame_index", "num_frames"]).to_pandas()
+    splits = {split: {"frames": int(len(g)), "patients": int(g["patient_id"].nunique()),
+                      "videos": int(g["video_key"].nunique())}
+              for split, g in cols.groupby("split", sort=True)}
+    listed = {k: v for k, v in counts.get("splits", {}).items() if v.get("frames")}
+    if listed != splits:
+        problems.append(f"manifest counts.splits {listed} but the index gives {splits} {fix}")
+    if rejected is not None and counts.get("rejects") != rejected:
+        problems.append(f"manifest counts {counts.get('rejects')} rejects but {fmt.REJECTS_FILE} "
+                        f"holds {rejected} rows {fix}")
+    if rejected is not None and counts.get("rows") != index.num_rows + rejected:
+        problems.append(f"manifest counts {counts.get('rows')} CSV rows but the index ({index.num_rows}) "
+                        f"and {fmt.REJECTS_FILE} ({rejected}) hold {index.num_rows + rejected} {fix}")
+    single = int(((cols["frame_index"] == 0) & (cols["num_frames"] == 1)).sum())
+    if counts.get("single_frame_videos") != single:
+        problems.append(f"manifest counts {counts.get('single_frame_videos')} single-frame videos "
+                        f"but the index has {single} {fix}")
+    extra = [c for c in index.schema.names if c not in fmt.index_schema([]).names]
+    if list(m.get("extra_columns", [])) != extra:
+        problems.append(f"manifest extra_columns {m.get('extra_columns')} but the index's are "
+                        f"{extra} {fix}")
+    per_shard = cols.assign(shard=index["shard"].to_pylist()).groupby("shard").size().to_dict()
+    for rec in m.get("shards", []):
+        name = rec.get("name", "?")
+        if not name.startswith(f"{rec.get('split')}-"):
+            problems.append(f"{name}: the manifest gives it split {rec.get('split')!r} {fix}")
+        if rec.get("frames") != per_shard.get(name, 0):
+            problems.append(f"{name}: the manifest counts {rec.get('frames')} frames, the index "
+                            f"{per_shard.get(name, 0)} {fix}")
     return problems
 
 
