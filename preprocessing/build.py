@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing as mp
+import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,8 +37,10 @@ import pyarrow.parquet as pq
 
 from . import atomic
 from . import format as fmt
+from .cpus import exit_with_parent
 from .encode import Encoded, EncodeOptions, Rejected, encode_segment
 from .frames_csv import FrameRow, Plan, Video, plan_build, reject
+from .lock import folder_lock
 from .progress import progress_bar
 from .shards import ShardWriter, load_finished
 from .summary import count_reasons, read_rejects, split_counts
@@ -100,6 +103,14 @@ def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), work
     plan = plan_build(csv_path, opts.val_fraction, opts.test_fraction, opts.seed)
     fingerprint = {"format_version": fmt.FORMAT_VERSION, "csv_sha256": _sha256(csv_path),
                    "options": asdict(opts)}
+    with folder_lock(out, "build"):  # one writer per folder, from here to the index
+        result = _build(out, plan, fingerprint, opts, workers, overwrite, progress)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _build(out: Path, plan: Plan, fingerprint: dict, opts: BuildOptions, workers: int,
+           overwrite: bool, progress: bool) -> BuildResult:
     done = _prepare_out_dir(out, fingerprint, overwrite)
     if done is not None:
         return done
@@ -124,7 +135,6 @@ def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), work
     bar.close()
     result = _finish(out, plan, opts, fingerprint, leftover)
     result.reused_shards = len(records)
-    result.seconds = time.perf_counter() - t0
     return result
 
 
@@ -139,6 +149,7 @@ def _sha256(path: str) -> str:
 def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResult | None:
     """Clears, resumes or refuses ``out``; returns a result when it is already built."""
     state = out / fmt.WORK_DIR / BUILD_STATE
+    atomic.remove_leftovers(out)  # temp files of a killed run (we hold the lock: none is live)
     if overwrite:
         for name in (fmt.INDEX_FILE, fmt.MANIFEST_FILE, fmt.REJECTS_FILE,
                      *map(fmt.wids_name, fmt.SPLITS)):
@@ -192,11 +203,13 @@ def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tupl
     # but never a fork of this process, whose OpenCV or tqdm threads could deadlock a child.
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["preprocessing.encode"])
+        ctx.set_forkserver_preload(["preprocessing.encode", "preprocessing.cpus"])
     else:
         ctx = mp.get_context("spawn")
     window = 4 * workers  # bounded read-ahead: encoded bytes in flight stay bounded
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # Each worker exits when this process does, so a kill -9 of the build leaves no process.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         it = iter(tasks)
         queue = collections.deque((vi, pool.submit(encode_segment, rows, enc))
                                   for vi, rows in itertools.islice(it, window))

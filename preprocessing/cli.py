@@ -78,7 +78,7 @@ def add_parsers(sub) -> None:
 
 
 def _common(p: argparse.ArgumentParser, crop_default: bool) -> None:
-    p.add_argument("--out", required=True, help="folder to write (frames/, masks/, frames.csv, rejects.csv)")
+    p.add_argument("--out", required=True, help="folder to write (frames/, masks/, frames.csv, import_rejects.csv)")
     p.add_argument("--crop-sector", action=argparse.BooleanOptionalAction, default=crop_default,
                    help="crop each video to its imaging fan/rectangle and blank everything outside "
                    f"it (text, calipers, colour bars); default {'on' if crop_default else 'off'}")
@@ -90,7 +90,7 @@ def _add_import_parsers(subparsers) -> None:
     imp = subparsers.add_parser(
         "import", help="turn HC18 folders, DICOM files or videos into a frames CSV",
         description="Import a real-world source into the frames CSV contract (frames/, masks/, "
-        "frames.csv; problems in rejects.csv), ready for `sonostream build --csv OUT/frames.csv`.")
+        "frames.csv; problems in import_rejects.csv), ready for `sonostream build --csv OUT/frames.csv`.")
     sub = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
     h = sub.add_parser("hc18", help="the HC18 challenge layout (training_set/, test_set/, CSVs)",
@@ -218,9 +218,9 @@ def cmd_import(args) -> int:
         print(f"... and {len(result.rejects) - MAX_LISTED} more", file=sys.stderr)
     print(result.summary())
     if result.rejects:
-        print(f"rejects: {result.out_dir}/rejects.csv")
+        print(f"rejects: {result.out_dir}/import_rejects.csv")
     if result.frames == 0:
-        print("error: no frame was imported; every input is in rejects.csv with its reason",
+        print("error: no frame was imported; every input is in import_rejects.csv with its reason",
               file=sys.stderr)
         return 1
     print(f"next: sonostream build --csv {result.csv_path} --out DATASET_DIR")

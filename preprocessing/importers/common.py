@@ -1,14 +1,16 @@
-"""What every importer shares: writing frames, masks, frames.csv and rejects.csv.
+"""What every importer shares: writing frames, masks, frames.csv and import_rejects.csv.
 
 An import folder holds::
 
     frames/<video_key>/<frame:06d>.png   8-bit grayscale frame (cropped to the sector if asked)
     masks/<video_key>/<frame:06d>.png    0/255 head mask, where the source has one
     frames.csv                           the frames CSV contract (preprocessing.format); last
-    rejects.csv                          source, item, reason: every input that did not make it
+    import_rejects.csv                   source, item, reason: every input that did not make it
 
 Each input file is one transaction (``ImportWriter.item``): it lands whole in frames.csv, or not at
-all and in rejects.csv with a reason that names it. One bad file never stops the import.
+all and in import_rejects.csv with a reason that names it. One bad file never stops the import.
+The file is not ``rejects.csv`` (the build's), so a build into the same folder keeps both.
+``with ImportWriter(...)`` holds the folder's writer lock (``preprocessing.lock``) throughout.
 """
 from __future__ import annotations
 
@@ -27,15 +29,16 @@ from preprocessing import atomic
 from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
 from preprocessing.imaging import encode
+from preprocessing.lock import folder_lock
 
 FRAMES_CSV = "frames.csv"
-REJECTS_CSV = "rejects.csv"
+REJECTS_CSV = "import_rejects.csv"  # not the build's rejects.csv: both can share a folder
 REJECT_COLUMNS = ("source", "item", "reason")
 CROP_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "crop_method")
 
 
 class ImportProblem(SonostreamError):
-    """One input cannot be imported; the message says why (it lands in rejects.csv)."""
+    """One input cannot be imported; the message says why (it lands in import_rejects.csv)."""
 
 
 @dataclass
@@ -71,11 +74,16 @@ def crop_columns(sector) -> dict:
 
 
 class ImportWriter:
-    """Writes frames and masks as PNGs, collects CSV rows, and publishes both CSVs at the end."""
+    """Writes frames and masks as PNGs, collects CSV rows, and publishes both CSVs at the end.
+
+    Use as ``with ImportWriter(out, source, overwrite) as w: ...; return w.finish()``: entering
+    takes the folder's writer lock and clears an earlier import; leaving releases the lock."""
 
     def __init__(self, out_dir: str, source: str, overwrite: bool = False):
         self.out = Path(out_dir)
         self.source = source
+        self.overwrite = overwrite
+        self._lock = contextlib.ExitStack()
         self.rows: list[dict] = []
         self.rejects: list[dict] = []
         self.inputs = 0
@@ -83,10 +91,22 @@ class ImportWriter:
         self._pending: list[dict] | None = None
         self._written: list[Path] = []
         self._t0 = time.perf_counter()
-        if self.out.exists() and not self.out.is_dir():
-            raise SonostreamError(f"--out {self.out} is a file; give a folder")
+
+    def __enter__(self) -> "ImportWriter":
+        self._lock.enter_context(folder_lock(self.out, f"import {self.source}"))
+        try:
+            self._clear()
+        except BaseException:
+            self._lock.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.close()
+
+    def _clear(self) -> None:
         leftovers = [n for n in (FRAMES_CSV, "frames", "masks") if (self.out / n).exists()]
-        if leftovers and not overwrite:
+        if leftovers and not self.overwrite:
             raise SonostreamError(f"{self.out} already holds {', '.join(leftovers)} (an earlier "
                                   "import?); pass --overwrite to replace them or choose another "
                                   "--out")
@@ -94,7 +114,7 @@ class ImportWriter:
             (self.out / name).unlink(missing_ok=True)
         for name in ("frames", "masks"):
             shutil.rmtree(self.out / name, ignore_errors=True)
-        self.out.mkdir(parents=True, exist_ok=True)
+        atomic.remove_leftovers(self.out)
 
     def reject(self, item: str, reason: str) -> None:
         self.rejects.append({"source": self.source, "item": str(item), "reason": reason})
@@ -152,7 +172,7 @@ class ImportWriter:
         self._written.append(path)
 
     def finish(self) -> ImportResult:
-        """Write rejects.csv, then frames.csv (last: a folder with frames.csv is complete)."""
+        """Write import_rejects.csv, then frames.csv (last: a folder with it is complete)."""
         atomic.write_text(self.out / REJECTS_CSV, fmt.csv_text(REJECT_COLUMNS, self.rejects))
         first = [*fmt.REQUIRED_COLUMNS, fmt.MASK_COLUMN, *fmt.LABEL_COLUMNS]
         seen = list(dict.fromkeys(k for row in self.rows for k in row))

@@ -25,13 +25,13 @@ def import_dicom(inputs: list[str], out_dir: str, crop_sector: bool = True,
         raise SonostreamError(f"no DICOM files in {', '.join(inputs)} (looked for "
                               f"{', '.join(DICOM_EXTENSIONS)}"
                               " and extension-less files with a DICM marker)")
-    writer = ImportWriter(out_dir, "dicom", overwrite)
-    for path in missing:
-        writer.reject(path, f"{path}: no such file or directory")
-    for path in tqdm(files, desc="dicom", unit="file", disable=not progress):
-        with writer.item(path):
-            _import_file(writer, path, crop_sector)
-    return writer.finish()
+    with ImportWriter(out_dir, "dicom", overwrite) as writer:
+        for path in missing:
+            writer.reject(path, f"{path}: no such file or directory")
+        for path in tqdm(files, desc="dicom", unit="file", disable=not progress):
+            with writer.item(path):
+                _import_file(writer, path, crop_sector)
+        return writer.finish()
 
 
 def _import_file(writer: ImportWriter, path: str, crop_sector: bool) -> None:

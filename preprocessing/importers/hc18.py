@@ -54,20 +54,20 @@ def import_hc18(root: str, out_dir: str, crop_sector: bool = False, overwrite: b
     if not found:
         raise SonostreamError(f"{root} holds neither training_set/ nor test_set/; pass the folder "
                               f"of the HC18 download with --root")
-    writer = ImportWriter(out_dir, "hc18", overwrite)
-    for set_name in found:
-        folder = root_path / set_name
-        csv_name, annotated = SETS[set_name]
-        table = read_table(_find_csv(root_path, folder, csv_name), annotated)
-        images = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png")
-                        and not n.endswith(ANNOTATION_SUFFIX))
-        for name in sorted(set(table) - set(images)):
-            writer.reject(str(folder / name), f"{folder / name}: listed in {csv_name} but there "
-                          "is no such image")
-        for name in tqdm(images, desc=f"hc18 {set_name}", unit="image", disable=not progress):
-            with writer.item(str(folder / name)):
-                _import_image(writer, folder, name, table, csv_name, annotated, crop_sector)
-    return writer.finish()
+    with ImportWriter(out_dir, "hc18", overwrite) as writer:
+        for set_name in found:
+            folder = root_path / set_name
+            csv_name, annotated = SETS[set_name]
+            table = read_table(_find_csv(root_path, folder, csv_name), annotated)
+            images = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png")
+                            and not n.endswith(ANNOTATION_SUFFIX))
+            for name in sorted(set(table) - set(images)):
+                writer.reject(str(folder / name), f"{folder / name}: listed in {csv_name} but "
+                              "there is no such image")
+            for name in tqdm(images, desc=f"hc18 {set_name}", unit="image", disable=not progress):
+                with writer.item(str(folder / name)):
+                    _import_image(writer, folder, name, table, csv_name, annotated, crop_sector)
+        return writer.finish()
 
 
 def _find_csv(root: Path, folder: Path, name: str) -> Path:

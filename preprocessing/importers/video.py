@@ -34,13 +34,13 @@ def import_video(inputs: list[str], out_dir: str, stride: int = 1, crop_sector: 
     if not files and not missing:
         raise SonostreamError(f"no video files in {', '.join(inputs)} (looked for "
                               f"{', '.join(VIDEO_EXTENSIONS)})")
-    writer = ImportWriter(out_dir, "video", overwrite)
-    for path in missing:
-        writer.reject(path, f"{path}: no such file or directory")
-    for path in tqdm(files, desc="video", unit="file", disable=not progress):
-        with writer.item(path):
-            _import_file(writer, path, stride, crop_sector, patient_from)
-    return writer.finish()
+    with ImportWriter(out_dir, "video", overwrite) as writer:
+        for path in missing:
+            writer.reject(path, f"{path}: no such file or directory")
+        for path in tqdm(files, desc="video", unit="file", disable=not progress):
+            with writer.item(path):
+                _import_file(writer, path, stride, crop_sector, patient_from)
+        return writer.finish()
 
 
 def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool,

@@ -145,5 +145,5 @@ def read_rows(out) -> "pd.DataFrame":
 
 
 def read_rejects(out) -> list[dict]:
-    with open(Path(out) / "rejects.csv", newline="") as f:
+    with open(Path(out) / "import_rejects.csv", newline="") as f:
         return list(csv.DictReader(f))

@@ -68,7 +68,7 @@ def test_cli_import_then_build_then_verify(tmp_path, capsys):
                  "--out", str(out), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "imported 4 frames of 1 videos" in captured.out and "bad.mp4" in captured.err
-    with open(out / "rejects.csv", newline="") as f:
+    with open(out / "import_rejects.csv", newline="") as f:
         assert [r["item"] for r in csv.DictReader(f)] == [str(tmp_path / "bad.mp4")]
     assert main(["build", "--csv", str(out / "frames.csv"), "--out", str(tmp_path / "ds"),
                  "--workers", "1", "--image-size", "64", "--quiet"]) == 0
@@ -114,3 +114,37 @@ def test_hc18_official_test_set_is_split_test_and_the_submission_covers_it(tmp_p
                  "--device", "cpu", "--quiet"]) == 0
     with open(tmp_path / "e" / "hc18.csv", newline="") as f:
         assert sorted(row["filename"] for row in csv.DictReader(f)) == official
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("import_first", [True, False])
+def test_import_and_build_in_one_folder_keep_both_rejects(tmp_path, import_first):
+    """The importer's rejects (import_rejects.csv) and the build's (rejects.csv) never clobber."""
+    frames, _ = fan_loop(8)
+    write_video(tmp_path / "short.mp4", frames[:3])
+    write_video(tmp_path / "long.mp4", frames)
+    (tmp_path / "bad.mp4").write_bytes(b"junk")
+    folder = tmp_path / "both"
+    opts = BuildOptions(image_size=64, val_fraction=0.0, test_fraction=0.0, min_video_frames=5)
+
+    def do_import():
+        import_video([str(tmp_path / n) for n in ("short.mp4", "long.mp4", "bad.mp4")],
+                     str(folder), progress=False)
+
+    if import_first:
+        do_import()
+        csv_path = folder / "frames.csv"
+    else:  # build another import's CSV into the folder, then import into it
+        csv_path = import_video([str(tmp_path / "short.mp4"), str(tmp_path / "long.mp4")],
+                                str(tmp_path / "elsewhere"), progress=False).csv_path
+    build(str(csv_path), str(folder), opts, workers=1, progress=False)
+    if not import_first:
+        do_import()
+    assert [r["item"] for r in _rows(folder / "import_rejects.csv")] == [str(tmp_path / "bad.mp4")]
+    built = _rows(folder / fmt.REJECTS_FILE)
+    assert len(built) == 3 and all("--min-video-frames 5" in r["reason"] for r in built)
+    assert verify(str(folder)) == []
