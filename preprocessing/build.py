@@ -64,6 +64,7 @@ class BuildOptions:
     test_fraction: float | None = None
     seed: int = 0
     min_video_frames: int = 1
+    max_pixels: int = fmt.DEFAULT_MAX_PIXELS  # a frame or mask over it is rejected from its header
 
     def __post_init__(self):
         if self.image_size < 0 or 0 < self.image_size < 16:
@@ -78,6 +79,8 @@ class BuildOptions:
             raise fmt.SonostreamError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.min_video_frames < 1:
             raise fmt.SonostreamError(f"min video frames must be >= 1, got {self.min_video_frames}")
+        if self.max_pixels < 1:
+            raise fmt.SonostreamError(f"max pixels must be >= 1, got {self.max_pixels}")
         fmt.resolve_fractions(self.val_fraction, self.test_fraction)
 
 
@@ -94,6 +97,7 @@ class BuildResult:
     splits: dict = field(default_factory=dict)
     reject_reasons: dict = field(default_factory=dict)
     single_frame_videos: int = 0
+    warnings: list = field(default_factory=list)  # about the CSV, e.g. a misspelled column
 
 
 def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), workers: int = 1,
@@ -113,6 +117,7 @@ def _build(out: Path, plan: Plan, fingerprint: dict, opts: BuildOptions, workers
            overwrite: bool, progress: bool) -> BuildResult:
     done = _prepare_out_dir(out, fingerprint, overwrite)
     if done is not None:
+        done.warnings = plan.warnings
         return done
 
     records, tables, part_rejects = load_finished(out)
@@ -125,7 +130,7 @@ def _build(out: Path, plan: Plan, fingerprint: dict, opts: BuildOptions, workers
             if any((v.key, f.frame_id) not in written and f.csv_line not in rejected_lines
                    for f in v.frames)]
     accounted = plan.num_rows - sum(len(v.frames) for v in todo)
-    enc = EncodeOptions(opts.image_size, opts.codec, opts.jpeg_quality)
+    enc = EncodeOptions(opts.image_size, opts.codec, opts.jpeg_quality, opts.max_pixels)
     bar = progress_bar(plan.num_rows, "build", "frame", enabled=progress, initial=accounted)
     with ShardWriter(out, int(opts.shard_size_mb * 2**20), schema, next_numbers) as writer:
         for video, results in _encode_videos(todo, enc, workers):
@@ -135,6 +140,7 @@ def _build(out: Path, plan: Plan, fingerprint: dict, opts: BuildOptions, workers
     bar.close()
     result = _finish(out, plan, opts, fingerprint, leftover)
     result.reused_shards = len(records)
+    result.warnings = plan.warnings
     return result
 
 

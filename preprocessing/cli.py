@@ -56,6 +56,10 @@ def add_parsers(sub) -> None:
     b.add_argument("--min-video-frames", type=int, default=1,
                    help="reject videos with fewer usable frames (default 1: keep single images, "
                    "e.g. HC18; 2 or more for ordering tasks)")
+    b.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="reject a frame or mask whose header says more pixels (width x height), "
+                   "before decoding it; it lands in rejects.csv (default 50000000: ultrasound "
+                   "frames are under 2 Mpx)")
     b.add_argument("--overwrite", action="store_true", help="replace a dataset or unfinished build in --out")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -140,9 +144,11 @@ def cmd_build(args) -> int:
     opts = BuildOptions(image_size=args.image_size, codec=args.codec, jpeg_quality=args.jpeg_quality,
                         shard_size_mb=args.shard_size_mb, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, seed=args.seed,
-                        min_video_frames=args.min_video_frames)
+                        min_video_frames=args.min_video_frames, max_pixels=args.max_pixels)
     r = build(args.csv, args.out, opts, workers=max(1, args.workers), overwrite=args.overwrite,
               progress=not args.quiet)
+    for warning in r.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if r.up_to_date:
         print(f"{args.out} is already built from this CSV with these options; nothing to do "
               "(--overwrite rebuilds)")

@@ -23,6 +23,7 @@ class EncodeOptions:
     image_size: int = 256  # stored frames are image_size x image_size; 0 keeps the source size
     codec: str = "jpeg"  # jpeg | png
     jpeg_quality: int = 95
+    max_pixels: int | None = fmt.DEFAULT_MAX_PIXELS  # checked from the header before decoding
 
 
 @dataclass
@@ -44,7 +45,7 @@ def _is_jpeg(data: bytes) -> bool:
 
 def encode_frame(row: FrameRow, opts: EncodeOptions) -> Encoded:
     data = read_bytes(row.path)
-    raw = decode_raw(data)
+    raw = decode_raw(data, opts.max_pixels)
     img = to_gray8(raw)
     geo = Letterbox.fit(img.shape[0], img.shape[1], opts.image_size)
     already_gray8 = raw.ndim == 2 and raw.dtype == np.uint8
@@ -58,7 +59,7 @@ def encode_frame(row: FrameRow, opts: EncodeOptions) -> Encoded:
         image = encode(letterbox(img, geo), opts.codec, opts.jpeg_quality)
     mask = None
     if row.mask_path is not None:
-        mask = _encode_mask(row.mask_path, img.shape, geo)
+        mask = _encode_mask(row.mask_path, img.shape, geo, opts.max_pixels)
     return Encoded(image, mask, geo, stored_labels(row.labels, geo))
 
 
@@ -66,17 +67,18 @@ _MASK_MEMO: dict[tuple, bytes | str] = {}  # per worker process: (digest, shape,
 _MASK_MEMO_SIZE = 256
 
 
-def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox) -> bytes:
+def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox,
+                 max_pixels: int | None = None) -> bytes:
     try:
         data = read_bytes(path)
     except ImageError as e:
         raise ImageError(f"mask {e}") from None
     # Cine loops repeat masks byte for byte (every frame without a head has the same empty
     # mask), and decoding a PNG mask costs about a third of a frame's budget: remember results.
-    memo_key = (hashlib.blake2b(data, digest_size=16).digest(), frame_shape, geo)
+    memo_key = (hashlib.blake2b(data, digest_size=16).digest(), frame_shape, geo, max_pixels)
     result = _MASK_MEMO.get(memo_key)
     if result is None:
-        result = _check_mask(data, frame_shape, geo)
+        result = _check_mask(data, frame_shape, geo, max_pixels)
         if len(_MASK_MEMO) >= _MASK_MEMO_SIZE:
             _MASK_MEMO.pop(next(iter(_MASK_MEMO)))
         _MASK_MEMO[memo_key] = result
@@ -85,10 +87,11 @@ def _encode_mask(path: str, frame_shape: tuple[int, int], geo: Letterbox) -> byt
     return result
 
 
-def _check_mask(data: bytes, frame_shape: tuple[int, int], geo: Letterbox) -> bytes | str:
+def _check_mask(data: bytes, frame_shape: tuple[int, int], geo: Letterbox,
+                max_pixels: int | None = None) -> bytes | str:
     """The mask member to store, or the reason the mask is unusable."""
     try:
-        mask = to_gray8(decode_raw(data))
+        mask = to_gray8(decode_raw(data, max_pixels))
         if mask.shape != frame_shape:
             return (f"is {mask.shape[1]}x{mask.shape[0]} but the frame is {frame_shape[1]}x"
                     f"{frame_shape[0]} (width x height); masks must match their frame")
@@ -124,4 +127,6 @@ def encode_segment(rows: list[FrameRow], opts: EncodeOptions) -> list[Encoded | 
             out.append(Rejected(str(e)))
         except MemoryError:
             out.append(Rejected("image too large to decode in memory"))
+        except Exception as e:  # a decoder bug on one row must not stop the build
+            out.append(Rejected(f"unexpected error reading the image ({type(e).__name__}: {e})"))
     return out

@@ -15,8 +15,8 @@ follow it, so a patient never spans two splits.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -57,6 +57,7 @@ class Plan:
     videos: list[Video]  # split order (train, val, test), then a seeded shuffle
     rejects: list[dict]  # rows rejected before any image is read
     extra_columns: list[str]
+    warnings: list[str] = field(default_factory=list)  # e.g. a misspelled optional column
 
 
 def reject(row_line: int, frame_path: str, patient_id: str, video_name: str, frame_id: str,
@@ -98,15 +99,9 @@ def read_frames_csv(csv_path: str) -> pd.DataFrame:
 
 
 def _parse_float(text: str, name: str, positive: bool) -> float | None:
-    if text.strip() == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise SonostreamError(f"{name} {text!r} is not a number") from None
-    if not math.isfinite(value) or (positive and value <= 0):
-        raise SonostreamError(f"{name} {text!r} must be a {'positive ' if positive else ''}finite "
-                              f"number")
+    value = fmt.parse_number(text, name)  # strict: no 1_0, nan or inf (float() takes them)
+    if value is not None and positive and value <= 0:
+        raise SonostreamError(f"{name} {text!r} must be a positive number")
     return value
 
 
@@ -185,7 +180,7 @@ def plan_build(csv_path: str, val_fraction: float | None, test_fraction: float |
     has_mask_col = fmt.MASK_COLUMN in df.columns
     rejects: list[dict] = []
     videos: dict[tuple[str, str], Video] = {}
-    seen: dict[tuple[str, str, str], int] = {}
+    seen: dict[tuple, tuple[int, str]] = {}  # (patient, video, frame identity) -> (line, id)
     columns = list(df.columns)
     records = [dict(zip(columns, values)) for values in zip(*(df[c].tolist() for c in columns))]
     for i, cells in enumerate(records):
@@ -195,13 +190,16 @@ def plan_build(csv_path: str, val_fraction: float | None, test_fraction: float |
         if empty:
             rejects.append(reject(line, fp, pid, vid, fid, f"empty {', '.join(empty)}"))
             continue
-        ident = (pid, vid, fid)
+        ident = (pid, vid, fmt.frame_identity(fid))  # 1, 01 and " 1" are one frame
         if ident in seen:
+            first, first_id = seen[ident]
+            same = "" if first_id == fid else f" ({first_id!r} and {fid!r} are the same frame id)"
             rejects.append(reject(line, fp, pid, vid, fid,
                                   f"duplicate frame: same patient_id, video_name and frame_id "
-                                  f"as line {seen[ident]}"))
+                                  f"as line {first}{same}"))
             continue
-        seen[ident] = line
+        seen[ident] = (line, fid)
+        fid = fid.strip()  # the stored frame_id: the CSV's text without surrounding spaces
         try:
             labels = parse_labels({c: cells[c] for c in label_cols})
         except ValueError as e:
@@ -230,4 +228,21 @@ def plan_build(csv_path: str, val_fraction: float | None, test_fraction: float |
         video.frames = [video.frames[j] for j in order]
     ordered = sorted(videos.values(), key=lambda v: (fmt.SPLITS.index(v.split),
                                                      video_order_key(seed, v.key)))
-    return Plan(csv_path, len(records), ordered, rejects, extra_cols)
+    return Plan(csv_path, len(records), ordered, rejects, extra_cols,
+                column_warnings(csv_path, extra_cols))
+
+
+def column_warnings(csv_path: str, extra_cols: list[str]) -> list[str]:
+    """A warning per extra column whose name looks like a misspelled known one (``pixel_size``,
+    ``mask``, ``Plane``): it is still carried as text, but the label it meant is missing."""
+    known = [*fmt.REQUIRED_COLUMNS, *fmt.OPTIONAL_COLUMNS]
+    out = []
+    for col in extra_cols:
+        name = col.strip().lower()
+        match = [k for k in known if k == name or k.startswith(name + "_")]
+        match = match or difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if match:
+            out.append(f"{csv_path}: column {col!r} is not a known column; did you mean "
+                       f"{match[0]!r}? It is carried as text, so the dataset has no "
+                       f"{match[0]}; rename the column if that was meant")
+    return out

@@ -7,8 +7,11 @@ cannot read (GIF, some TIFFs), so any format Pillow knows is accepted.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
+import stat
 
 import cv2
 import numpy as np
@@ -28,8 +31,15 @@ class ImageError(SonostreamError):
 
 
 def read_bytes(path: str) -> bytes:
+    """The bytes of the regular file ``path``. A FIFO, device, socket or folder is an ImageError
+    before anything is read (a FIFO would block, ``/dev/zero`` never ends): ``os.stat`` refuses
+    them without opening, and the file is opened non-blocking and checked again with ``fstat``,
+    so a path swapped in between cannot hang the build either."""
     try:
-        with open(path, "rb") as f:
+        _check_regular(os.stat(path).st_mode, path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb", closefd=True) as f:
+            _check_regular(os.fstat(f.fileno()).st_mode, path)
             data = f.read()
     except FileNotFoundError:
         raise ImageError(f"file not found: {path}") from None
@@ -40,10 +50,67 @@ def read_bytes(path: str) -> bytes:
     return data
 
 
-def decode_raw(data: bytes) -> np.ndarray:
-    """Decode image bytes as stored: ``(H, W)`` or ``(H, W, C)`` in BGR(A) order, any dtype."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    return _decode_pillow(data) if arr is None else arr
+def _check_regular(mode: int, path: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    raise ImageError(f"{path} is {kind}, not a regular file; frame_path and mask_path must name "
+                     "image files")
+
+
+@contextlib.contextmanager
+def _no_pillow_bomb_check():
+    """Pillow's own decompression-bomb limit off: ``check_pixels`` applies ours from the header
+    (workers are single-threaded, so the global is safe to flip)."""
+    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header alone (``PIL.Image.open`` parses the header, e.g.
+    PNG IHDR, JPEG SOF, TGA, TIFF, BMP, and decodes no pixel); None when Pillow does not
+    recognise the format."""
+    try:
+        with _no_pillow_bomb_check(), Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # unrecognised or broken header: the decoders say why
+        return None
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"image is {width}x{height} ({width * height:,} pixels), over the "
+                         f"limit of {max_pixels:,} pixels; downscale it, or raise --max-pixels "
+                         "if it is genuine")
+
+
+def decode_raw(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Decode image bytes as stored: ``(H, W)`` or ``(H, W, C)`` in BGR(A) order, any dtype.
+
+    With ``max_pixels``, the size in the header is checked before any pixel is decoded; a format
+    Pillow cannot parse the header of is checked after decoding (OpenCV's own limit of 2^30
+    pixels bounds it). Every decoder failure is an ImageError."""
+    if max_pixels is not None:
+        size = image_size(data)
+        if size is not None:
+            check_pixels(*size, max_pixels)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise ImageError(f"not a readable image (OpenCV: {_short(str(e))})") from None
+    arr = _decode_pillow(data, own_limit=max_pixels is not None) if arr is None else arr
+    if max_pixels is not None:
+        check_pixels(arr.shape[1], arr.shape[0], max_pixels)
+    return arr
+
+
+def _short(msg: str) -> str:
+    return msg.strip().splitlines()[-1] if msg.strip() else "unknown error"
 
 
 def decode_gray(data: bytes) -> np.ndarray:
@@ -51,9 +118,11 @@ def decode_gray(data: bytes) -> np.ndarray:
     return to_gray8(decode_raw(data))
 
 
-def _decode_pillow(data: bytes) -> np.ndarray:
+def _decode_pillow(data: bytes, own_limit: bool = False) -> np.ndarray:
+    """``own_limit``: the caller checked the size, so Pillow's bomb limit is off."""
+    guard = _no_pillow_bomb_check() if own_limit else contextlib.nullcontext()
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with guard, Image.open(io.BytesIO(data)) as im:
             im.load()
             if im.mode in ("P", "PA"):
                 im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
@@ -65,11 +134,19 @@ def _decode_pillow(data: bytes) -> np.ndarray:
             if arr.ndim == 3 and arr.shape[2] in (3, 4):  # Pillow is RGB(A); OpenCV is BGR(A)
                 arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
             return arr
-    except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e) or type(e).__name__
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image too large ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not a readable image (neither OpenCV nor Pillow recognises the "
+                         "format)") from None
+    except (OSError, SyntaxError, ValueError, MemoryError) as e:
+        msg = _OBJECT_REPR.sub("", str(e)).strip() or type(e).__name__
         if "truncated" in msg:
             raise ImageError(f"truncated image file ({msg})") from None
         raise ImageError(f"not a readable image ({msg})") from None
+
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")  # never in a reason
 
 
 def to_gray8(arr: np.ndarray) -> np.ndarray:

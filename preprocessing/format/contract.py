@@ -20,6 +20,7 @@ Sample keys are ``{video_key}/{frame_index:06d}``; tar members are ``{key}.jpg|p
 from __future__ import annotations
 
 import csv
+import decimal
 import hashlib
 import io
 import math
@@ -51,6 +52,9 @@ __all__ = [
     "resolve_fractions",
     "DEFAULT_FRACTION",
     "is_number",
+    "parse_number",
+    "frame_identity",
+    "DEFAULT_MAX_PIXELS",
     "natural_key",
     "frame_order",
     "IMAGE_EXT",
@@ -119,6 +123,9 @@ MASK_COLUMN = "mask_path"
 #: hash of the patient id decides (:func:`split_of`).
 SPLIT_COLUMN = "split"
 OPTIONAL_COLUMNS = (MASK_COLUMN, SPLIT_COLUMN, *LABEL_COLUMNS)
+#: Build rejects a frame or mask whose header says more pixels (generous for ultrasound, whose
+#: frames are under 2 Mpx; it stops decompression bombs before a byte is decoded).
+DEFAULT_MAX_PIXELS = 50_000_000
 PLANES = ("head", "abdomen", "femur")
 ELLIPSE_COLUMNS = ("ellipse_cx", "ellipse_cy", "ellipse_a", "ellipse_b", "ellipse_angle")
 
@@ -210,12 +217,40 @@ def parse_split(text: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Frame order within a video
 # ---------------------------------------------------------------------------------------------
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 _CHUNKS = re.compile(r"(\d+)")
 
 
 def is_number(text: str) -> bool:
-    return bool(_NUMBER.match(text.strip()))
+    """A plain decimal number (``7``, ``007``, ``-0.5``, ``1e2``), surrounding spaces allowed.
+    Stricter than ``float``: no ``1_0``, ``nan``, ``inf``, ``0x10`` or non-ASCII digits."""
+    return _NUMBER.fullmatch(text.strip()) is not None
+
+
+def parse_number(text: str, name: str) -> float | None:
+    """A numeric CSV cell: None when empty, its finite value when :func:`is_number`, else a
+    SonostreamError naming the column."""
+    if text.strip() == "":
+        return None
+    if not is_number(text):
+        raise SonostreamError(f"{name} {text!r} is not a number; write a plain decimal such as "
+                              "0.14 or 1e-1 (no nan, inf or underscores), or leave it empty")
+    value = float(text)
+    if not math.isfinite(value):
+        raise SonostreamError(f"{name} {text!r} is out of range; write a finite number")
+    return value
+
+
+def frame_identity(frame_id: str) -> tuple:
+    """What makes two frame ids of a video the same frame: the same text once surrounding spaces
+    are stripped, or, for numbers, the same value (``1``, ``01``, `` 1``, ``1.0`` are one frame)."""
+    text = frame_id.strip()
+    if is_number(text):
+        try:
+            return (0, decimal.Decimal(text).normalize())
+        except decimal.DecimalException:  # an exponent beyond any frame count: compare as text
+            pass
+    return (1, text)
 
 
 def natural_key(text: str) -> tuple:
@@ -227,13 +262,14 @@ def natural_key(text: str) -> tuple:
 def frame_order(frame_ids: Sequence[str]) -> list[int]:
     """Positions of ``frame_ids`` in temporal order.
 
-    Numeric when every id of the video is a number (``007`` -> 7, ``1e2`` -> 100), otherwise
-    natural order. Ties keep their input order (the sort is stable).
+    Numeric when every id of the video is a number (``007`` -> 7, ``1e2`` -> 100, compared
+    exactly, not as floats), otherwise natural order of the stripped ids. Ids of distinct
+    :func:`frame_identity` never tie, so the order does not depend on the input order.
     """
     if frame_ids and all(is_number(f) for f in frame_ids):
-        key = [float(f) for f in frame_ids]
+        key = [decimal.Decimal(f.strip()) for f in frame_ids]
         return sorted(range(len(frame_ids)), key=key.__getitem__)
-    keys = [natural_key(f) for f in frame_ids]
+    keys = [natural_key(f.strip()) for f in frame_ids]
     return sorted(range(len(frame_ids)), key=keys.__getitem__)
 
 

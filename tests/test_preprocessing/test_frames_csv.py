@@ -142,3 +142,63 @@ def test_rejected_rows_do_not_vote_on_their_patients_split(tmp_path):
                 "a.png,p1,v,1,test\na.png,p1,v,1,train\n")
     plan = plan_build(path, 0.0, 0.0, 0)
     assert _splits(plan) == {"p1": "test"} and [r["csv_line"] for r in plan.rejects] == [3]
+
+
+def test_equal_frame_ids_are_one_frame_whatever_the_row_order(tmp_path):
+    header = "frame_path,patient_id,video_name,frame_id\n"
+    rows = ["a.png,1,v,1", "b.png,1,v,01", "c.png,1,v, 1", "d.png,1,v,2", "e.png,1,v,1.0",
+            "f.png,1,w, x", "g.png,1,w,x", "h.png,1,w,y"]
+    plan = plan_build(_csv(tmp_path, header + "\n".join(rows) + "\n"), 0.0, 0.0, 0)
+    frames = {v.video_name: [(f.frame_path, f.frame_id) for f in v.frames] for v in plan.videos}
+    assert frames == {"v": [("a.png", "1"), ("d.png", "2")],
+                      "w": [("f.png", "x"), ("h.png", "y")]}  # stored id: stripped text
+    reasons = {r["frame_path"]: r["reason"] for r in plan.rejects}
+    assert reasons == {
+        "b.png": "duplicate frame: same patient_id, video_name and frame_id as line 2 "
+                 "('1' and '01' are the same frame id)",
+        "c.png": "duplicate frame: same patient_id, video_name and frame_id as line 2 "
+                 "('1' and ' 1' are the same frame id)",
+        "e.png": "duplicate frame: same patient_id, video_name and frame_id as line 2 "
+                 "('1' and '1.0' are the same frame id)",
+        "g.png": "duplicate frame: same patient_id, video_name and frame_id as line 7 "
+                 "(' x' and 'x' are the same frame id)"}
+    # Distinct ids: the order never depends on the CSV's row order.
+    ids = ["010", "9", "1e1x", "frame_2", "frame_10", " 3"]
+    orders = []
+    for name, order in (("fwd.csv", ids), ("rev.csv", ids[::-1])):
+        text = header + "".join(f"{i}.png,1,v,{fid}\n" for i, fid in enumerate(order))
+        (video,) = plan_build(_csv(tmp_path, text, name), 0.0, 0.0, 0).videos
+        orders.append([f.frame_id for f in video.frames])
+    assert orders[0] == orders[1] == ["1e1x", "3", "9", "010", "frame_2", "frame_10"]
+
+
+@pytest.mark.parametrize("text", ["1_0", "nan", "inf", "-inf", "0x10", "1e999", "1,5", "٣"])
+def test_numbers_are_parsed_strictly(text):
+    with pytest.raises(ValueError, match=r"pixel_size_mm '.*' is (not a number|out of range)"):
+        parse_labels({"pixel_size_mm": text})
+    with pytest.raises(ValueError, match="ellipse_angle"):
+        parse_labels({c: "1" for c in ("ellipse_cx", "ellipse_cy", "ellipse_a", "ellipse_b")}
+                     | {"ellipse_angle": text})
+
+
+def test_plain_numbers_and_empty_cells_still_parse():
+    labels = parse_labels({"pixel_size_mm": " 0.5 ", "hc_mm": "", "ellipse_cx": "1e1",
+                           "ellipse_cy": "-.5", "ellipse_a": "+3", "ellipse_b": "2.",
+                           "ellipse_angle": "0"})
+    assert labels["pixel_size_mm"] == 0.5 and labels["hc_mm"] is None
+    assert [labels[c] for c in ("ellipse_cx", "ellipse_cy", "ellipse_a", "ellipse_b")] == \
+        [10.0, -0.5, 3.0, 2.0]
+
+
+def test_misspelled_optional_columns_are_warned_and_still_carried(tmp_path):
+    path = _csv(tmp_path, "frame_path,patient_id,video_name,frame_id,pixel_size,mask,Plane,note\n"
+                "a.png,1,v,1,0.2,m.png,head,x\n")
+    plan = plan_build(path, 0.0, 0.0, 0)
+    assert plan.extra_columns == ["pixel_size", "mask", "Plane", "note"]
+    assert [w.split(": ", 1)[1] for w in plan.warnings] == [
+        f"column {bad!r} is not a known column; did you mean {good!r}? It is carried as text, "
+        f"so the dataset has no {good}; rename the column if that was meant"
+        for bad, good in (("pixel_size", "pixel_size_mm"), ("mask", "mask_path"),
+                          ("Plane", "plane"))]
+    assert all(w.startswith(path) for w in plan.warnings)
+    assert plan.videos[0].frames[0].labels["pixel_size_mm"] is None

@@ -1,4 +1,5 @@
 import io
+import os
 
 import cv2
 import numpy as np
@@ -95,3 +96,33 @@ def test_png_header_sniffing():
     assert is_png_gray8(encode(np.zeros((4, 4), np.uint8), "png"))
     assert not is_png_gray8(_png(np.zeros((4, 4, 3), np.uint8)))
     assert not is_png_gray8(encode(np.zeros((4, 4), np.uint8), "jpeg"))
+
+
+def test_an_unreadable_image_reason_names_no_python_object():
+    with pytest.raises(ImageError) as e:
+        decode_gray(b"this is no image at all" * 4)
+    assert "object at 0x" not in str(e.value)
+    assert str(e.value) == ("not a readable image (neither OpenCV nor Pillow recognises the "
+                            "format)")
+
+
+def test_the_pixel_limit_is_checked_from_the_header_before_decoding(monkeypatch):
+    from preprocessing import imaging
+    data = _png(np.zeros((30, 40), np.uint8))
+    assert imaging.decode_raw(data, max_pixels=1200).shape == (30, 40)
+
+    def no_decoding(*args):
+        raise AssertionError("decoded despite the header saying it is over the limit")
+    monkeypatch.setattr(imaging.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(imaging, "_decode_pillow", no_decoding)
+    with pytest.raises(ImageError, match=r"40x30 \(1,200 pixels\), over the limit of 1,199"):
+        imaging.decode_raw(data, max_pixels=1199)
+
+
+def test_only_regular_files_are_read(tmp_path):
+    from preprocessing.imaging import read_bytes
+    with pytest.raises(ImageError, match="is a folder, not a regular file"):
+        read_bytes(str(tmp_path))
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(ImageError, match="/dev/zero is a device, not a regular file"):
+            read_bytes("/dev/zero")
