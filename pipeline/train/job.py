@@ -123,7 +123,7 @@ def run_job(cfg, task: Task, data: str, out, *, resume: str | None = None,
     step = end["step"]
     sd = full_state_dict(acc, end["model"])   # a collective under ZeRO-3: every rank calls it
     summary = {"step": step, "complete": end["complete"], "stopped_by": end["stopped_by"],
-               "out": str(out)}
+               "signal": end["signal"], "out": str(out)}
     if acc.is_main_process:
         summary.update(task.export(cfg, parts, sd, end, out))
         plot_curves(out / "metrics.jsonl", out / "curves.png", **task.curves(cfg, parts))
