@@ -84,7 +84,8 @@ def test_stop_then_resume_gives_the_same_losses(shards, full_run, tmp_path):
     assert losses(out) == losses(full_run)       # exactly, every step after the resume too
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGINT"])
 def test_a_stop_signal_checkpoints_and_resume_continues_exactly(shards, full_run, tmp_path,
                                                                 sig, status):
     """SIGTERM (Slurm) and Ctrl-C both save a checkpoint at the step they stop at; the advice
