@@ -218,4 +218,9 @@ def safe_deepspeed_loads(engine) -> None:
 
 
 def _deepspeed_globals():
-    return []
+    """The DeepSpeed classes a ZeRO checkpoint holds: plain records (an enum, a dataclass, the
+    loss scaler's attributes) rebuilt without calling any code of theirs beyond ``__new__``."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [ZeroStageEnum, fragment_address, LossScaler]

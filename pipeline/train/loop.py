@@ -24,7 +24,8 @@ from preprocessing.format import SonostreamError
 from preprocessing.progress import bars_wanted, eta_text
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .checkpoint import TrainState, latest_checkpoint, load_checkpoint, list_checkpoints, resolve_resume, save_checkpoint
+from .checkpoint import (TrainState, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         resolve_resume, save_checkpoint)
 from .logs import MetricsLog
 from .optim import NO_DECAY
 
