@@ -75,12 +75,18 @@ class StopSignal:
     the next step, exit. A second Ctrl-C interrupts at once (KeyboardInterrupt, nothing saved)."""
 
     def __init__(self):
-        self.received = None
+        self.received, self._before = None, {}
         for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
-                signal.signal(s, self._handle)
+                self._before[s] = signal.signal(s, self._handle)
             except ValueError:   # not the main thread (e.g. called from a notebook thread)
                 pass
+
+    def restore(self) -> None:
+        """The handlers from before (a Ctrl-C after the job interrupts as usual again)."""
+        for s, h in self._before.items():
+            signal.signal(s, h)
+        self._before = {}
 
     def _handle(self, signum, _frame):
         if signum == signal.SIGINT and self.received == "SIGINT":
