@@ -181,7 +181,9 @@ def load_checkpoint(accelerator, ckpt, model, optimizer, objects) -> None:
         if not weights.is_file():
             raise SonostreamError(f"cannot resume from {ckpt}: model.safetensors is missing; "
                                   "resume from a complete checkpoint folder this pipeline wrote")
-        load_model(model, weights, device=str(accelerator.device))
+        dev = accelerator.device   # "cpu", not "cpu:0" (which safetensors refuses)
+        load_model(accelerator.unwrap_model(model), weights,     # saved unwrapped (no "module.")
+                   device="cpu" if dev.type == "cpu" else str(dev))
         optimizer.load_state_dict(_load_plain(ckpt / "optimizer.bin", ckpt, "optimizer state"))
         if accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(_load_plain(ckpt / "scaler.pt", ckpt, "grad scaler"))
