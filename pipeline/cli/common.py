@@ -52,7 +52,9 @@ def guarded(fn, *args) -> int:
     try:
         status = fn(*args)
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        print("interrupted before a checkpoint was saved; to continue from the last checkpoint, "
+              "rerun the same command with --resume latest (without it if the run has none)",
+              file=sys.stderr)
         return 130
     except SonostreamError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -123,14 +123,14 @@ def run(args) -> int:
                   shard_url=args.shard_url, quiet=args.quiet)
     if args.command == "pretrain":
         from pipeline.train.pretraining import load_pretrain_config, train
-        train(load_pretrain_config(args.config, args.set, args.max_steps), args.data, args.out,
-              **common)
+        summary = train(load_pretrain_config(args.config, args.set, args.max_steps), args.data,
+                        args.out, **common)
     else:
         from pipeline.train.finetuning import load_finetune_config, train
         cfg = load_finetune_config(args.config, args.set, mode=args.mode, init=args.init,
                                    label_fraction=args.label_fraction, max_steps=args.max_steps)
-        train(cfg, args.data, args.out, **common)
-    return 0
+        summary = train(cfg, args.data, args.out, **common)
+    return 130 if summary.get("signal") == "SIGINT" else 0   # Ctrl-C: checkpointed, then 130
 
 
 def module_main(name: str, argv=None) -> int:

@@ -84,7 +84,12 @@ def load_pretrained_encoder(model, path, arch: str, in_chans: int = 1) -> dict:
     if not path.is_file():
         raise SonostreamError(f"--init {path}: no such file (pretraining writes RUN/encoder.pt; "
                               "--init none trains from scratch)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unpickling failure means "not ours"
+        raise SonostreamError(f"--init {path} is not a sonostream encoder.pt: it holds more than "
+                              "tensors and plain data, which is never loaded (unpickling it could "
+                              "run code); pass the encoder.pt a pretraining run wrote") from None
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
         raise SonostreamError(f"--init {path} is not a sonostream encoder (format "
                               f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "

@@ -10,9 +10,18 @@
 A checkpoint is saved into ``.step-N.tmp`` by every rank, then renamed by the main process once
 all ranks are done, and only then does ``latest`` move. A crash mid-save leaves the previous
 checkpoint as ``latest``. All ranks must see the same RUN folder (a shared file system).
+
+Loading (:func:`load_checkpoint`) never runs code from the folder: Accelerate's own
+``load_state`` unpickles the registered objects (``custom_checkpoint_N.pkl``) with
+``weights_only=False``, so it is not used. The model comes from safetensors, the optimizer,
+scaler, registered objects and RNG states from ``torch.load(weights_only=True)`` (the RNG files
+with only numpy's array globals allowed); a file holding anything else is refused. DeepSpeed
+checkpoints are read by DeepSpeed's engine, whose loader is made ``weights_only=True`` too.
 """
 from __future__ import annotations
 
+import pickle
+import random
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -128,3 +137,92 @@ def check_resume(ckpt: Path, cfg) -> None:
         if have.get(key) != want[key]:
             raise SonostreamError(f"cannot resume from {ckpt}: its {key} config {have.get(key)} "
                                   f"differs from this run's {want[key]}; use the run's config")
+
+
+def _load_plain(path: Path, ckpt: Path, what: str, allow=()):
+    """``torch.load(weights_only=True)`` of one checkpoint file, or a SonostreamError."""
+    import torch
+    if not path.is_file():
+        raise SonostreamError(f"cannot resume from {ckpt}: {path.name} ({what}) is missing; resume "
+                              "from a complete checkpoint folder this pipeline wrote")
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+        raise SonostreamError(
+            f"cannot resume from {ckpt}: {path} ({what}) is not a sonostream checkpoint file: it "
+            f"holds more than tensors and plain data, which is never loaded because unpickling it "
+            f"could run code ({str(e).splitlines()[0][:200]}); resume from a checkpoint this "
+            f"pipeline wrote, or start without --resume") from None
+
+
+def _rng_globals():
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS   # numpy arrays/dtypes, codecs.encode
+    return TORCH_SAFE_GLOBALS
+
+
+def load_checkpoint(accelerator, ckpt, model, optimizer, objects) -> None:
+    """What ``accelerator.save_state`` wrote, loaded without unpickling objects: ``model`` and
+    ``optimizer`` are the prepared ones, ``objects`` those registered for checkpointing (in
+    order, ``custom_checkpoint_N.pkl``)."""
+    import numpy as np
+    import torch
+    ckpt = Path(ckpt)
+    found = sorted(p.name for p in ckpt.glob("custom_checkpoint_*.pkl"))
+    if len(found) != len(objects):
+        raise SonostreamError(f"cannot resume from {ckpt}: it holds {len(found)} custom_checkpoint "
+                              f"files, this run saves {len(objects)}; resume with the run's config")
+    if accelerator.distributed_type == "DEEPSPEED":
+        safe_deepspeed_loads(model)
+        model.load_checkpoint(str(ckpt), "pytorch_model")
+    else:
+        from safetensors.torch import load_model
+        weights = ckpt / "model.safetensors"
+        if not weights.is_file():
+            raise SonostreamError(f"cannot resume from {ckpt}: model.safetensors is missing; "
+                                  "resume from a complete checkpoint folder this pipeline wrote")
+        dev = accelerator.device   # "cpu", not "cpu:0" (which safetensors refuses)
+        load_model(accelerator.unwrap_model(model), weights,     # saved unwrapped (no "module.")
+                   device="cpu" if dev.type == "cpu" else str(dev))
+        optimizer.load_state_dict(_load_plain(ckpt / "optimizer.bin", ckpt, "optimizer state"))
+        if accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(_load_plain(ckpt / "scaler.pt", ckpt, "grad scaler"))
+    for i, obj in enumerate(objects):
+        obj.load_state_dict(_load_plain(ckpt / f"custom_checkpoint_{i}.pkl", ckpt,
+                                        f"state of {type(obj).__name__}"))
+    rng = _load_plain(ckpt / f"random_states_{accelerator.process_index}.pkl", ckpt, "RNG states",
+                      allow=_rng_globals())
+    if "step" in rng:
+        accelerator.step = rng["step"]
+    random.setstate(rng["random_state"])
+    np.random.set_state(rng["numpy_random_seed"])
+    torch.set_rng_state(rng["torch_manual_seed"])
+    if torch.cuda.is_available() and "torch_cuda_manual_seed" in rng:
+        torch.cuda.set_rng_state_all(rng["torch_cuda_manual_seed"])
+
+
+def safe_deepspeed_loads(engine) -> None:
+    """DeepSpeed's torch checkpoint engine loads with ``weights_only=False``; make it load with
+    ``weights_only=True`` (DeepSpeed's few own types allowed)."""
+    import torch
+    ce = engine.checkpoint_engine
+
+    def load(path, map_location=None):
+        try:
+            with torch.serialization.safe_globals(_deepspeed_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+            raise SonostreamError(
+                f"cannot resume: {path} is not a DeepSpeed checkpoint this pipeline wrote: it holds "
+                f"more than tensors and plain data, which is never loaded because unpickling it could "
+                f"run code ({str(e).splitlines()[0][:200]}); start without --resume") from None
+    ce.load = load
+
+
+def _deepspeed_globals():
+    """The DeepSpeed classes a ZeRO checkpoint holds: plain records (an enum, a dataclass, the
+    loss scaler's attributes) rebuilt without calling any code of theirs beyond ``__new__``."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [ZeroStageEnum, fragment_address, LossScaler]

@@ -82,8 +82,16 @@ def run_job(cfg, task: Task, data: str, out, *, resume: str | None = None,
             quiet: bool = False) -> dict:
     """Train ``task`` with ``cfg``; returns a summary (step reached, complete, stopped_by, out,
     the task's artifact, last metrics). Bad input raises SonostreamError before training."""
-    out = Path(out).absolute()
     stopper = StopSignal()   # first: a signal during set-up must not kill the job uncheckpointed
+    try:
+        return _run_job(cfg, task, data, Path(out).absolute(), stopper, resume=resume,
+                        stop_after=stop_after, cache_dir=cache_dir, shard_url=shard_url, quiet=quiet)
+    finally:
+        stopper.restore()
+
+
+def _run_job(cfg, task: Task, data: str, out: Path, stopper: StopSignal, *, resume, stop_after,
+             cache_dir, shard_url, quiet) -> dict:
     if not is_url(data):
         check_dataset_dir(data)   # the contract's own checks and messages
     ckpt = check_run_dir(out, resume)
@@ -123,7 +131,7 @@ def run_job(cfg, task: Task, data: str, out, *, resume: str | None = None,
     step = end["step"]
     sd = full_state_dict(acc, end["model"])   # a collective under ZeRO-3: every rank calls it
     summary = {"step": step, "complete": end["complete"], "stopped_by": end["stopped_by"],
-               "out": str(out)}
+               "signal": end["signal"], "out": str(out)}
     if acc.is_main_process:
         summary.update(task.export(cfg, parts, sd, end, out))
         plot_curves(out / "metrics.jsonl", out / "curves.png", **task.curves(cfg, parts))

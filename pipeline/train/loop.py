@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from preprocessing.format import SonostreamError
 from preprocessing.progress import bars_wanted, eta_text
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .checkpoint import TrainState, latest_checkpoint, list_checkpoints, resolve_resume, save_checkpoint
+from .checkpoint import (TrainState, latest_checkpoint, list_checkpoints, load_checkpoint,
+                         resolve_resume, save_checkpoint)
 from .logs import MetricsLog
 from .optim import NO_DECAY
 
@@ -69,18 +71,30 @@ class TrainConfig:
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's warning before a time limit): checkpoint at the next step, exit."""
+    """SIGTERM / SIGUSR1 (Slurm's warning before a time limit) / SIGINT (Ctrl-C): checkpoint at
+    the next step, exit. A second Ctrl-C interrupts at once (KeyboardInterrupt, nothing saved)."""
 
     def __init__(self):
-        self.received = None
-        for s in (signal.SIGTERM, signal.SIGUSR1):
+        self.received, self._before = None, {}
+        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
-                signal.signal(s, self._handle)
+                self._before[s] = signal.signal(s, self._handle)
             except ValueError:   # not the main thread (e.g. called from a notebook thread)
                 pass
 
+    def restore(self) -> None:
+        """The handlers from before (a Ctrl-C after the job interrupts as usual again)."""
+        for s, h in self._before.items():
+            signal.signal(s, h)
+        self._before = {}
+
     def _handle(self, signum, _frame):
+        if signum == signal.SIGINT and self.received == "SIGINT":
+            raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            print("Ctrl-C: saving a checkpoint at the end of this step (Ctrl-C again to abort "
+                  "without saving)", file=sys.stderr, flush=True)
 
 
 def check_run_dir(out: Path, resume: str | None) -> Path | None:
@@ -200,7 +214,7 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     # The scheduler is not passed to prepare(): Accelerate would step it once per process.
     acc.register_for_checkpointing(scheduler, state)
     if ckpt is not None:
-        acc.load_state(str(ckpt))
+        load_checkpoint(acc, ckpt, model, optimizer, acc._custom_objects)
         loader.load_state_dict(state.loader)
         acc.print(f"resumed from {ckpt} at step {state.step} (epoch {state.loader.get('epoch')}, "
                   f"position {state.loader.get('position')})")
@@ -315,8 +329,10 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     if main:
         metrics.close()
         if stop_reason == "signal":
-            acc.print(f"stopped by {stopper.received} at step {step}; continue with --resume latest")
-    return {"model": model, "step": step, "complete": step >= tc.steps, "stopped_by": stop_reason}
+            acc.print(f"stopped by {stopper.received} at step {step} (checkpoint saved); to continue, "
+                      "rerun the same command with --resume latest")
+    return {"model": model, "step": step, "complete": step >= tc.steps, "stopped_by": stop_reason,
+            "signal": stopper.received if stop_reason == "signal" else None}
 
 
 def full_state_dict(acc, model) -> dict:

@@ -34,6 +34,28 @@ def test_encoder_of_another_arch_or_format_is_refused(tmp_path):
         load_segmenter(tmp_path / "tiny.pt")
 
 
+class MakesMarker:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):          # unpickling this would create the file: code from a pickle
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("load", ["init", "encoder", "segmenter"])
+def test_a_foreign_pickle_is_refused_without_running_it_or_bad_advice(tmp_path, load):
+    from pipeline.models.encoder import load_encoder
+    from preprocessing.format import SonostreamError
+    path, marker = tmp_path / "encoder.pt", tmp_path / "pwned"
+    torch.save({"format": "x", "state_dict": MakesMarker(marker)}, path)
+    seg = build_segmenter(SegmenterConfig(arch="tiny", decoder_channels=(32, 16, 16, 8, 8)))
+    call = {"init": lambda: load_pretrained_encoder(seg, path, "tiny"),
+            "encoder": lambda: load_encoder(path), "segmenter": lambda: load_segmenter(path)}[load]
+    with pytest.raises(SonostreamError, match="is not a sonostream") as e:
+        call()
+    assert "weights_only" not in str(e.value) and not marker.exists()
+
+
 def test_segmenter_round_trip(tmp_path):
     cfg = SegmenterConfig(arch="tiny", decoder_channels=(32, 16, 16, 8, 8))
     torch.manual_seed(1)

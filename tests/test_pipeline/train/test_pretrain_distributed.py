@@ -2,6 +2,7 @@
 2 processes on one machine, two "nodes" on 127.0.0.1, and a DeepSpeed ZeRO-2 engine."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,14 @@ from factories import PRETRAIN_CONFIG as DEBUG_CONFIG, PRETRAIN_FAST as FAST, RO
 pytestmark = pytest.mark.slow
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no",
           "--dynamo_backend", "no"]
+
+
+class MakesMarker:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):          # unpickling this would create the file: code from a pickle
+        return (open, (self.path, "w"))
 
 
 def trainer_args(shards, out, *extra, steps=6):
@@ -122,6 +131,14 @@ def test_deepspeed_zero2_trains_checkpoints_resumes_and_exports(shards, tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
     assert "DEEPSPEED" in first.stdout
     assert (out / "checkpoints" / "step-3" / "pytorch_model").is_dir()   # ZeRO's own shards
+    # DeepSpeed's own loader unpickles with weights_only=False; ours makes it weights_only=True
+    bad, marker = tmp_path / "bad", tmp_path / "pwned"
+    shutil.copytree(out, bad)
+    optim = bad / "checkpoints" / "step-3" / "pytorch_model" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": MakesMarker(marker)}, optim)
+    refused = run([*ds, *trainer_args(shards, bad, "--resume", "latest")])
+    assert refused.returncode != 0 and not marker.exists()
+    assert "is not a DeepSpeed checkpoint this pipeline wrote" in refused.stderr
     second = run([*ds, *trainer_args(shards, out, "--resume", "latest")])
     assert second.returncode == 0, second.stderr[-3000:]
     rows = check_run(out)

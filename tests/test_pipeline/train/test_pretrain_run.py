@@ -1,6 +1,7 @@
 """Pretraining runs end to end in a subprocess (one process, CPU): losses, exact resume, export."""
 import math
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -83,7 +84,12 @@ def test_stop_then_resume_gives_the_same_losses(shards, full_run, tmp_path):
     assert losses(out) == losses(full_run)       # exactly, every step after the resume too
 
 
-def test_sigterm_checkpoints_and_resume_continues_exactly(shards, full_run, tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_checkpoints_and_resume_continues_exactly(shards, full_run, tmp_path,
+                                                                sig, status):
+    """SIGTERM (Slurm) and Ctrl-C both save a checkpoint at the step they stop at; the advice
+    printed is a command that continues the run exactly."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "pipeline.pretrain", "--config", str(DEBUG_CONFIG), "--data",
             str(shards), "--out", str(out), "--max-steps", str(STEPS), "--quiet",
@@ -95,13 +101,38 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(shards, full_run, tmp_
         if (out / "metrics.jsonl").exists() and len(read_metrics(out / "metrics.jsonl")) >= 3:
             break
         time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err[-2000:]
+    p.send_signal(sig)
+    stdout, err = p.communicate(timeout=120)
+    assert p.returncode == status, err[-2000:]
     stopped = int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
-    assert 3 <= stopped < STEPS
+    assert 3 <= stopped < STEPS and max(losses(out)) == stopped   # saved where it stopped
+    assert "rerun the same command with --resume latest" in stdout + err
     pretrain(shards, out, "--resume", "latest")
     assert losses(out) == losses(full_run)
+
+
+class MakesMarker:
+    """Unpickling this creates ``path``: the stand-in for a pickle that runs code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("name", ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
+                                  "random_states_0.pkl", "optimizer.bin"])
+def test_resume_never_unpickles_code_from_a_checkpoint(shards, full_run, tmp_path, name):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    shutil.copytree(full_run, out)
+    ckpt = out / "checkpoints" / f"step-{STEPS}"
+    torch.save({"state": MakesMarker(marker)}, ckpt / name)
+    proc = pretrain(shards, out, "--resume", "latest", check=False)
+    assert not marker.exists()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{ckpt / name} " in proc.stderr and "not a sonostream checkpoint file" in proc.stderr
+    assert "weights_only=False" not in proc.stderr
 
 
 def test_encoder_export_loads_into_a_fresh_resnet(full_run):

@@ -42,3 +42,24 @@ def test_config_errors_say_the_fix(tmp_path):
     cfg = load_pretrain_config(None, ["tasks.pm=0"], max_steps=7)
     assert cfg.train.steps == 7 and cfg.tasks.active == ("mir", "io")
     assert PretrainModel("tiny", 4, 12, tasks=cfg.tasks.active).pm is None
+
+
+def test_stop_signal_catches_ctrl_c_during_the_job_only(capsys):
+    import os
+    import signal
+
+    from pipeline.cli.common import guarded
+    from pipeline.train.loop import StopSignal
+    before = signal.getsignal(signal.SIGINT)
+    stopper = StopSignal()
+    os.kill(os.getpid(), signal.SIGINT)              # first Ctrl-C: a flag, checkpoint next step
+    assert stopper.received == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):            # the second aborts
+        os.kill(os.getpid(), signal.SIGINT)
+    stopper.restore()
+    assert signal.getsignal(signal.SIGINT) is before   # after the job Ctrl-C interrupts again
+
+    def interrupted():
+        raise KeyboardInterrupt
+    assert guarded(interrupted) == 130
+    assert "rerun the same command with --resume latest" in capsys.readouterr().err
