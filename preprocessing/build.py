@@ -43,7 +43,7 @@ from .frames_csv import FrameRow, Plan, Video, plan_build, reject
 from .lock import folder_lock
 from .progress import progress_bar
 from .shards import ShardWriter, load_finished
-from .summary import count_reasons, read_rejects, split_counts
+from .summary import count_reasons, read_rejects, single_frame_videos, split_counts
 
 SEGMENT_FRAMES = 64  # frames per worker task: small enough to balance, large enough to amortise
 BUILD_STATE = "build.json"
@@ -317,10 +317,9 @@ def _write_rejects(path: Path, rejects: list[dict]) -> None:
 def _summarize(out_dir: str, rows: int, table: pa.Table, rejects: list[dict],
                shards: int) -> BuildResult:
     cols = table.select(["split", "patient_id", "video_key", "frame_index", "num_frames"]).to_pandas()
-    single = int(((cols["frame_index"] == 0) & (cols["num_frames"] == 1)).sum())
     return BuildResult(out_dir, rows, table.num_rows, len(rejects), shards,
                        splits=split_counts(cols), reject_reasons=count_reasons(rejects),
-                       single_frame_videos=single)
+                       single_frame_videos=single_frame_videos(cols))
 
 
 def _result_from_manifest(out: Path, manifest: dict) -> BuildResult:

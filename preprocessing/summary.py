@@ -27,6 +27,11 @@ def split_counts(df) -> dict:
     return out
 
 
+def single_frame_videos(df) -> int:
+    """Videos of one frame in an index (as a DataFrame with frame_index and num_frames)."""
+    return int(((df["frame_index"] == 0) & (df["num_frames"] == 1)).sum())
+
+
 def reason_kind(reason: str) -> str:
     """A reject reason without its particulars (paths, numbers, quoted values), for counting."""
     reason = reason.split(" (")[0]

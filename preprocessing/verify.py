@@ -10,7 +10,6 @@ exactly one split.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import tarfile
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from . import format as fmt
 from .dataset import Dataset, open_dataset
 from .imaging import decode_gray
+from .summary import read_rejects, single_frame_videos, split_counts
 
 MAX_LISTED = 20
 
@@ -55,32 +55,26 @@ def _check_manifest(ds: Dataset) -> list[str]:
         if hw != {(size, size)}:
             problems.append(f"manifest image_size is {size} but the index holds frames of "
                             f"{', '.join(f'{w}x{h}' for h, w in sorted(hw)[:3])} {fix}")
-    rejects_path = ds.root / fmt.REJECTS_FILE
-    if not rejects_path.is_file():
+    if not (ds.root / fmt.REJECTS_FILE).is_file():
         problems.append(f"{fmt.REJECTS_FILE} is missing (every build writes it, empty or not: the "
                         "CSV rows that are not in the index; rebuild with --overwrite)")
         rejected = None
     else:
-        with open(rejects_path, newline="", encoding="utf-8") as f:
-            rejected = sum(1 for _ in csv.DictReader(f))
+        rejected = len(read_rejects(ds.root))
     counts = m.get("counts", {})
     cols = index.select(["split", "patient_id", "video_key", "frame_index", "num_frames"]).to_pandas()
-    splits = {split: {"frames": int(len(g)), "patients": int(g["patient_id"].nunique()),
-                      "videos": int(g["video_key"].nunique())}
-              for split, g in cols.groupby("split", sort=True)}
-    listed = {k: v for k, v in counts.get("splits", {}).items() if v.get("frames")}
-    if listed != splits:
-        problems.append(f"manifest counts.splits {listed} but the index gives {splits} {fix}")
+    if counts.get("splits") != split_counts(cols):
+        problems.append(f"manifest counts.splits {counts.get('splits')} but the index gives "
+                        f"{split_counts(cols)} {fix}")
     if rejected is not None and counts.get("rejects") != rejected:
         problems.append(f"manifest counts {counts.get('rejects')} rejects but {fmt.REJECTS_FILE} "
                         f"holds {rejected} rows {fix}")
     if rejected is not None and counts.get("rows") != index.num_rows + rejected:
         problems.append(f"manifest counts {counts.get('rows')} CSV rows but the index ({index.num_rows}) "
                         f"and {fmt.REJECTS_FILE} ({rejected}) hold {index.num_rows + rejected} {fix}")
-    single = int(((cols["frame_index"] == 0) & (cols["num_frames"] == 1)).sum())
-    if counts.get("single_frame_videos") != single:
+    if counts.get("single_frame_videos") != single_frame_videos(cols):
         problems.append(f"manifest counts {counts.get('single_frame_videos')} single-frame videos "
-                        f"but the index has {single} {fix}")
+                        f"but the index has {single_frame_videos(cols)} {fix}")
     extra = [c for c in index.schema.names if c not in fmt.index_schema([]).names]
     if list(m.get("extra_columns", [])) != extra:
         problems.append(f"manifest extra_columns {m.get('extra_columns')} but the index's are "
