@@ -118,6 +118,9 @@ def _add_import_parsers(subparsers) -> None:
     v.add_argument("--patient-from", choices=["file", "folder"], default="file",
                    help="patient id: the file name (default) or its folder's name (one folder "
                    "per patient)")
+    v.add_argument("--keep-truncated", action="store_true",
+                   help="import the frames a cut-off file holds (fewer than its container lists), "
+                   "flagged truncated=true, instead of rejecting it")
     _common(v, crop_default=True)
 
 
@@ -217,7 +220,12 @@ def cmd_import(args) -> int:
         from .importers.video import import_video
         result = import_video(args.input, args.out, stride=args.stride,
                               crop_sector=args.crop_sector, patient_from=args.patient_from,
-                              overwrite=args.overwrite, progress=progress)
+                              overwrite=args.overwrite, progress=progress,
+                              keep_truncated=args.keep_truncated)
+    for r in result.truncated[:MAX_LISTED]:
+        print(f"truncated, kept: {r['reason']}", file=sys.stderr)
+    if len(result.truncated) > MAX_LISTED:
+        print(f"... and {len(result.truncated) - MAX_LISTED} more truncated", file=sys.stderr)
     for r in result.rejects[:MAX_LISTED]:
         print(f"rejected: {r['reason']}", file=sys.stderr)
     if len(result.rejects) > MAX_LISTED:

@@ -7,7 +7,10 @@ into 8-bit gray plus a colour mask, and cropped to the ultrasound sector when as
 
 Video: every ``stride``-th decoded frame is kept (its index in the file is its frame id). The
 sector is found from the kept frames and applied to all of them, so a loop is decoded twice
-unless its kept frames fit in CACHE_BYTES.
+unless its kept frames fit in CACHE_BYTES. A file that ends before the frames its container
+lists (a cut-off copy: the mp4 moov's sample count, the avi header's, else the stated duration)
+raises :class:`VideoTruncated` with both counts, or is read as far as it goes with a
+:class:`VideoReport`; a cut non-faststart mp4 (no moov box) cannot be opened and says so.
 
 DICOM: pixels through pydicom (with pylibjpeg for JPEG/JPEG-LS, Pillow for JPEG 2000, its own RLE
 decoder): YBR is converted to RGB by the decoder, PALETTE COLOR through its lookup table,
@@ -68,27 +71,115 @@ def find_files(paths: list[str], wanted) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------------------------
 # video files
 # ---------------------------------------------------------------------------------------------
-def decode_video(path: str, stride: int = 1):
-    """Yields (frame index, time in s or None, gray, colour mask) for every stride-th frame."""
+class VideoTruncated(MediaError):
+    """The file ends before the frames its container lists (a cut-off copy or export)."""
+
+    def __init__(self, path: str, decoded: int, expected: int, about: bool = False):
+        self.path, self.decoded, self.expected, self.about = path, decoded, expected, about
+        lists = "the duration its container states" if about else "the frames its container lists"
+        super().__init__(f"{path}: truncated: {decoded} of {'about ' if about else ''}{expected} "
+                         f"frames decoded (the file ends before {lists}); re-export or re-copy it")
+
+
+class VideoReport:
+    """Passed to :func:`decode_video` to read a truncated file anyway: ``truncated`` is set (a
+    :class:`VideoTruncated`) when the frames run out early, instead of raising it."""
+
+    def __init__(self):
+        self.truncated: VideoTruncated | None = None
+
+
+def _expected_frames(container, stream) -> tuple[int | None, bool]:
+    """(frames the container lists, or an estimate from its duration; is it an estimate)."""
+    if stream.frames:
+        return int(stream.frames), False   # mp4/mov: the moov's sample count; avi: its header
+    rate = stream.average_rate
+    duration = None
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration and len(container.streams) == 1:   # mkv/webm: the segment's duration
+        duration = container.duration / 1e6
+    if not (rate and duration):
+        return None, False
+    return int(round(duration * float(rate))), True
+
+
+def _truncated(whole: int, expected: int | None, about: bool) -> bool:
+    if expected is None:
+        return False
+    # An estimate from the duration is not exact: only a clear shortfall counts.
+    return whole < (expected - max(2, expected // 10) if about else expected)
+
+
+def decode_video(path: str, stride: int = 1, report: VideoReport | None = None):
+    """Yields (frame index, time in s or None, gray, colour mask) for every stride-th frame.
+
+    A file that ends before the frames its container lists (``stream.frames``: the mp4 moov's
+    sample count or the avi header's; else the duration times the frame rate) raises
+    :class:`VideoTruncated` after its last frame, unless ``report`` is given (then
+    ``report.truncated`` says so). A sample cut short at the end of the file is not decoded."""
     import av
     try:
         container = av.open(path)
     except Exception as e:  # av.InvalidDataError, OSError, ... : whatever FFmpeg cannot open
-        raise MediaError(f"{path}: not a readable video ({e})") from None
+        raise MediaError(f"{path}: not a readable video ({e}){_cut_index(path)}") from None
     with container:
         if not container.streams.video:
             raise MediaError(f"{path}: the file has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        index = -1
+        expected, about = _expected_frames(container, stream)
+        index, whole = -1, 0   # last frame decoded; samples read whole
         try:
-            for index, frame in enumerate(container.decode(stream)):
-                if index % stride == 0:
-                    gray, colour = split_colour(frame.to_ndarray(format="rgb24"))
-                    time_s = float(frame.time) if frame.time is not None else None
-                    yield index, time_s, gray, colour
+            for packet in container.demux(stream):
+                if packet.size or packet.dts is not None:   # not the flush packet at the end
+                    if packet.is_corrupt:   # read short (the file ends inside it)
+                        continue
+                    whole += 1
+                for frame in packet.decode():
+                    index += 1
+                    if index % stride == 0:
+                        gray, colour = split_colour(frame.to_ndarray(format="rgb24"))
+                        time_s = float(frame.time) if frame.time is not None else None
+                        yield index, time_s, gray, colour
         except av.FFmpegError as e:
-            raise MediaError(f"{path}: decoding failed after frame {index} ({e})") from None
+            of = f" of {'about ' if about else ''}{expected}" if expected else ""
+            raise MediaError(f"{path}: decoding failed after frame {index}{of} ({e})") from None
+    if _truncated(whole, expected, about):
+        error = VideoTruncated(path, index + 1, expected, about)
+        if report is None:
+            raise error
+        report.truncated = error
+
+
+def _cut_index(path: str) -> str:
+    """For an mp4/mov that FFmpeg cannot open: why, when its top-level boxes show a cut file."""
+    if os.path.splitext(path)[1].lower() not in (".mp4", ".mov", ".m4v"):
+        return ""
+    try:
+        size, seen, pos = os.path.getsize(path), [], 0
+        with open(path, "rb") as f:
+            while pos + 8 <= size:
+                f.seek(pos)
+                head = f.read(16)
+                n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if n == 1 and len(head) == 16:
+                    n = int.from_bytes(head[8:16], "big")
+                elif n == 0:
+                    n = size - pos
+                if n < 8 or not kind.isalnum():
+                    return ""   # not a box: not an mp4 we can say more about
+                seen.append(kind.decode())
+                pos += n
+    except OSError:
+        return ""
+    if "mdat" in seen and "moov" not in seen:
+        return ("; its index (the moov box, which a non-faststart mp4 or mov has at the end) is "
+                "missing: the file was cut off. Re-export or re-copy it")
+    if seen and pos > size:
+        return (f"; the file ends inside its {seen[-1]!r} box: it was cut off. Re-export or "
+                "re-copy it")
+    return ""
 
 
 def frame_rate(path: str) -> float | None:
@@ -98,11 +189,13 @@ def frame_rate(path: str) -> float | None:
         return float(rate) if rate else None
 
 
-def read_video(path: str, stride: int = 1, crop_sector: bool = True):
+def read_video(path: str, stride: int = 1, crop_sector: bool = True,
+               report: VideoReport | None = None):
     """(sector or None, iterable of (frame index, time in s or None, image)): the frames as the
     importer stores them (cropped to the sector when asked). Raises MediaError naming ``path``
-    when the file cannot be decoded or holds no frame."""
-    frames, cache, size = decode_video(path, stride), [], 0
+    when the file cannot be decoded or holds no frame, VideoTruncated when it is cut off (unless
+    ``report`` is given: see :func:`decode_video`)."""
+    frames, cache, size = decode_video(path, stride, report), [], 0
     probe = SectorProbe()
     if crop_sector:
         for item in frames:
@@ -113,7 +206,7 @@ def read_video(path: str, stride: int = 1, crop_sector: bool = True):
                 cache = cache if size <= CACHE_BYTES else None
         if probe.frames == 0:
             raise MediaError(f"{path}: the video holds no frame")
-        frames = cache if cache is not None else decode_video(path, stride)
+        frames = cache if cache is not None else decode_video(path, stride, report)
     sector = probe.find() if crop_sector else None
     images = ((index, time_s, sector.apply(gray, colour) if sector else gray)
               for index, time_s, gray, colour in frames)

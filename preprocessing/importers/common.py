@@ -9,6 +9,8 @@ An import folder holds::
 
 Each input file is one transaction (``ImportWriter.item``): it lands whole in frames.csv, or not at
 all and in import_rejects.csv with a reason that names it. One bad file never stops the import.
+An input kept although it is incomplete (a truncated video with ``--keep-truncated``) is listed
+in ``ImportResult.truncated`` (the summary counts it) and its rows get ``truncated=true``.
 The file is not ``rejects.csv`` (the build's), so a build into the same folder keeps both.
 ``with ImportWriter(...)`` holds the folder's writer lock (``preprocessing.lock``) throughout.
 """
@@ -52,12 +54,15 @@ class ImportResult:
     rejects: list[dict] = field(default_factory=list)
     crop_methods: dict = field(default_factory=dict)  # crop_method -> videos
     seconds: float = 0.0
+    truncated: list[dict] = field(default_factory=list)  # kept although cut off: item, reason
 
     def summary(self) -> str:
         rate = self.frames / self.seconds if self.seconds else 0.0
         text = (f"imported {self.frames} frames of {self.videos} videos ({self.patients} patients) "
                 f"from {self.inputs} inputs in {self.seconds:.1f}s ({rate:.0f} frames/s); "
                 f"{len(self.rejects)} rejected")
+        if self.truncated:
+            text += f"; {len(self.truncated)} truncated, kept (--keep-truncated)"
         if self.crop_methods:
             text += "; sector found by " + ", ".join(f"{m}: {n}" for m, n in
                                                       sorted(self.crop_methods.items()))
@@ -86,9 +91,11 @@ class ImportWriter:
         self._lock = contextlib.ExitStack()
         self.rows: list[dict] = []
         self.rejects: list[dict] = []
+        self.truncated: list[dict] = []
         self.inputs = 0
         self.videos: dict[tuple[str, str], str] = {}  # (patient, video) -> item that made it
         self._pending: list[dict] | None = None
+        self._flags: list[dict] = []
         self._written: list[Path] = []
         self._t0 = time.perf_counter()
 
@@ -123,7 +130,7 @@ class ImportWriter:
     def item(self, name: str):
         """One input: its rows are kept if the block finishes, else it is rejected with the error."""
         self.inputs += 1
-        self._pending, self._written = [], []
+        self._pending, self._written, self._flags = [], [], []
         try:
             yield
         except SonostreamError as e:   # ImportProblem, MediaError, ImageError: says why
@@ -132,6 +139,7 @@ class ImportWriter:
             self._discard(name, f"unexpected error ({type(e).__name__}: {e})")
         else:
             self.rows += self._pending
+            self.truncated += self._flags
         finally:
             self._pending = None
 
@@ -141,6 +149,15 @@ class ImportWriter:
         for key in [k for k, v in self.videos.items() if v == name]:
             del self.videos[key]
         self.reject(name, reason if name in reason else f"{name}: {reason}")
+
+    def flag_truncated(self, item: str, reason: str) -> None:
+        """The current input is kept although cut off: its rows so far get ``truncated=true``
+        and, once it lands, it is listed in ``ImportResult.truncated``."""
+        if self._pending is None:
+            raise RuntimeError("flag_truncated outside ImportWriter.item()")
+        for row in self._pending:
+            row["truncated"] = "true"
+        self._flags.append({"source": self.source, "item": str(item), "reason": reason})
 
     def start_video(self, patient_id: str, video_name: str, item: str) -> str:
         """Claims (patient, video) for ``item``; a second claim is an ImportProblem."""
@@ -184,4 +201,4 @@ class ImportWriter:
         methods = Counter(m for m in videos.values() if m)
         return ImportResult(str(self.out), str(csv_path), self.inputs, len(self.rows), len(videos),
                             len({r["patient_id"] for r in self.rows}), self.rejects,
-                            dict(methods), time.perf_counter() - self._t0)
+                            dict(methods), time.perf_counter() - self._t0, self.truncated)

@@ -7,6 +7,10 @@ frame is kept (``frame_id`` is its index in the file, so ids stay comparable acr
 patient_id is the file name without extension (``--patient-from file``) or the name of the
 folder holding the file (``--patient-from folder``: one folder per patient, several loops each);
 video_name is the file name without extension.
+
+A file cut off part-way (fewer frames decoded than its container lists: a copy or export that
+stopped early) is rejected with the counts; ``keep_truncated`` imports the frames it holds
+instead, flagged (``truncated=true`` on its rows, counted in the summary).
 """
 from __future__ import annotations
 
@@ -17,14 +21,15 @@ from tqdm import tqdm
 
 from preprocessing.format import SonostreamError
 from preprocessing.importers.common import ImportProblem, ImportResult, ImportWriter, crop_columns
-from preprocessing.media import VIDEO_EXTENSIONS, find_files, frame_rate, is_video, read_video
+from preprocessing.media import (VIDEO_EXTENSIONS, VideoReport, VideoTruncated, find_files,
+                                 frame_rate, is_video, read_video)
 
 PATIENT_FROM = ("file", "folder")
 
 
 def import_video(inputs: list[str], out_dir: str, stride: int = 1, crop_sector: bool = True,
                  patient_from: str = "file", overwrite: bool = False,
-                 progress: bool = True) -> ImportResult:
+                 progress: bool = True, keep_truncated: bool = False) -> ImportResult:
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise SonostreamError(f"stride must be an integer >= 1 (1 keeps every frame), got "
                               f"{stride!r}")
@@ -39,13 +44,29 @@ def import_video(inputs: list[str], out_dir: str, stride: int = 1, crop_sector: 
             writer.reject(path, f"{path}: no such file or directory")
         for path in tqdm(files, desc="video", unit="file", disable=not progress):
             with writer.item(path):
-                _import_file(writer, path, stride, crop_sector, patient_from)
+                _import_file(writer, path, stride, crop_sector, patient_from, keep_truncated)
         return writer.finish()
 
 
 def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool,
-                 patient_from: str) -> None:
-    sector, frames = read_video(path, stride, crop_sector)
+                 patient_from: str, keep_truncated: bool) -> None:
+    report = VideoReport() if keep_truncated else None
+    try:
+        sector, frames = read_video(path, stride, crop_sector, report)
+        _write_frames(writer, path, stride, sector, frames, patient_from)
+    except SonostreamError as e:
+        cut = e if isinstance(e, VideoTruncated) else report.truncated if report else None
+        if cut is None or not (cut is e or cut.decoded == 0):
+            raise
+        hint = f" (or keep its {cut.decoded} decoded frames: --keep-truncated)" \
+            if cut.decoded else ""
+        raise ImportProblem(f"{cut}{hint}") from None
+    if report is not None and report.truncated is not None:
+        writer.flag_truncated(path, str(report.truncated))
+
+
+def _write_frames(writer: ImportWriter, path: str, stride: int, sector, frames,
+                  patient_from: str) -> None:
     stem = Path(path).stem
     patient = stem if patient_from == "file" else Path(os.path.abspath(path)).parent.name
     rate = frame_rate(path)

@@ -61,9 +61,11 @@ def fan_loop(n: int, h: int = 120, w: int = 160, seed: int = 0) -> tuple[np.ndar
     return np.stack(frames), fan
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264") -> Path:
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264",
+                faststart: bool = False) -> Path:
+    """``faststart``: the mp4's moov (its index) before the frames, as players stream it."""
     import av
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -76,6 +78,13 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "lib
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def cut_copy(src: Path, dst: Path, fraction: float) -> Path:
+    """``dst``: the first ``fraction`` of ``src``'s bytes (a copy that stopped part-way)."""
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[:int(len(data) * fraction)])
+    return Path(dst)
 
 
 def write_empty_video(path: Path) -> Path:

@@ -1,11 +1,13 @@
 """`import video` on small videos written in the test (moving fan, static overlay text)."""
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from importer_helpers import fan_loop, write_empty_video, write_video, read_rejects, read_rows
+from importer_helpers import (cut_copy, fan_loop, read_rejects, read_rows, write_empty_video,
+                              write_video)
 from preprocessing.importers.video import import_video
 
 
@@ -85,3 +87,75 @@ def test_usage_errors(tmp_path):
         import_video([str(tmp_path)], tmp_path / "o", stride=0, progress=False)
     with pytest.raises(ValueError, match="no video files"):
         import_video([str(tmp_path)], tmp_path / "o", progress=False)
+
+
+@pytest.fixture(scope="module")
+def cut_videos(tmp_path_factory):
+    """A 40-frame faststart mp4 (moov first), its first 30 % (cut in the mdat), and a
+    non-faststart mp4 cut the same way (its moov, at the end, is lost)."""
+    root = tmp_path_factory.mktemp("cut")
+    frames, _ = fan_loop(40, 64, 64)
+    full = write_video(root / "full.mp4", frames, faststart=True)
+    plain = write_video(root / "plain.mp4", frames)
+    return full, cut_copy(full, root / "cut.mp4", 0.3), cut_copy(plain, root / "nomoov.mp4", 0.3)
+
+
+def test_a_truncated_faststart_mp4_is_rejected_with_its_counts(tmp_path, cut_videos):
+    full, cut, _ = cut_videos
+    r = import_video([str(full), str(cut)], tmp_path / "out", progress=False)
+    assert (r.videos, r.frames) == (1, 40) and r.truncated == []
+    (rej,) = read_rejects(tmp_path / "out")
+    assert rej["item"] == str(cut)
+    assert re.search(r"cut\.mp4: truncated: \d+ of 40 frames decoded", rej["reason"]), rej["reason"]
+    assert "re-copy" in rej["reason"] and "--keep-truncated" in rej["reason"]
+    assert "40 frames of 1 videos" in r.summary() and "1 rejected" in r.summary()
+    rows = read_rows(tmp_path / "out")
+    assert set(rows.source_file) == {str(full)}
+    assert rows.frame_id.tolist() == [str(i) for i in range(40)]
+    assert [p.name for p in (tmp_path / "out" / "frames").iterdir()] == ["full__full"]
+
+
+def test_keep_truncated_imports_what_the_file_holds_flagged(tmp_path, cut_videos):
+    full, cut, _ = cut_videos
+    r = import_video([str(full), str(cut)], tmp_path / "out", keep_truncated=True, progress=False)
+    assert r.rejects == [] and r.videos == 2
+    (flag,) = r.truncated
+    n = int(re.search(r"truncated: (\d+) of 40 frames decoded", flag["reason"]).group(1))
+    assert flag["item"] == str(cut) and 0 < n < 40 and r.frames == 40 + n
+    assert "1 truncated, kept" in r.summary()
+    rows = read_rows(tmp_path / "out")
+    kept = rows[rows.source_file == str(cut)]
+    assert kept.frame_id.tolist() == [str(i) for i in range(n)] and set(kept.truncated) == {"true"}
+    assert set(rows[rows.source_file == str(full)].truncated) == {""}
+
+
+def test_a_file_cut_inside_its_last_frame_is_truncated(tmp_path, cut_videos):
+    full = cut_videos[0]
+    data = full.read_bytes()
+    short = tmp_path / "short.mp4"   # faststart: the last bytes are the last frame's
+    short.write_bytes(data[:-64])
+    import_video([str(short)], tmp_path / "out", progress=False)
+    (rej,) = read_rejects(tmp_path / "out")
+    assert "short.mp4: truncated: 39 of 40 frames decoded" in rej["reason"], rej["reason"]
+
+
+def test_a_cut_mp4_without_its_moov_is_rejected_saying_so(tmp_path, cut_videos):
+    _, _, nomoov = cut_videos
+    r = import_video([str(nomoov)], tmp_path / "out", keep_truncated=True, progress=False)
+    (rej,) = read_rejects(tmp_path / "out")
+    assert r.frames == 0 and rej["item"] == str(nomoov)
+    assert "nomoov.mp4: not a readable video" in rej["reason"]
+    assert "moov box" in rej["reason"] and "cut off" in rej["reason"], rej["reason"]
+
+
+def test_cli_lists_a_truncated_file_and_keeps_it_when_asked(tmp_path, cut_videos, capsys):
+    from pipeline.cli import main
+    _, cut, _ = cut_videos
+    assert main(["import", "video", "--input", str(cut), "--out", str(tmp_path / "a"),
+                 "--quiet"]) == 1   # nothing imported: the one file is rejected
+    err = capsys.readouterr().err
+    assert "rejected: " in err and "truncated: " in err and "of 40 frames decoded" in err
+    assert main(["import", "video", "--input", str(cut), "--out", str(tmp_path / "b"),
+                 "--keep-truncated", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "truncated, kept: " in err and "0 rejected; 1 truncated, kept" in out
