@@ -94,6 +94,8 @@ def summarize(cine, result: CineResult, checkpoint) -> dict:
            f"jitter_raw_{unit}": jitter(raw_hc), f"jitter_smoothed_{unit}": jitter(smooth_hc),
            "seconds": round(result.seconds, 2),
            "frames_per_s": round(len(cine.frames) / result.seconds, 1) if result.seconds else None}
+    if cine.warnings:
+        out["warnings"] = list(cine.warnings)
     truth = cine.truth or {}
     if truth.get("standard_frame") is not None:
         out["standard_frame"] = int(cine.frame_index[truth["standard_frame"]])

@@ -71,21 +71,26 @@ def segment_loops(checkpoint, out, *, input=None, data=None, video_key=None,
     files = find_loops(input)
     if os.path.isfile(input):
         cine = read_file(input, crop_sector, pixel_size_mm)
+        for warning in cine.warnings:
+            log(f"warning: {warning}")
         log(describe(segment_video(checkpoint, out, cine=cine, **common)) + f"\nwrote {out}/")
         return 1, 0
     rows, failed = [], 0
     for path in files:
         where = Path(out) / _out_name(path, input)
         try:
-            s = segment_video(checkpoint, where, cine=read_file(path, crop_sector, pixel_size_mm),
-                              **common)
+            cine = read_file(path, crop_sector, pixel_size_mm)
+            s = segment_video(checkpoint, where, cine=cine, **common)
         except SonostreamError as e:   # one bad loop must not stop the others; it is listed
             failed += 1
             rows.append({"input": path, "status": "error", "reason": str(e)})
             log(f"skipped {path}: {e}")
             continue
         rows.append({"input": path, "status": "ok", "out": str(where),
-                     **{k: s.get(k) for k in SUMMARY_COLUMNS[2:7]}})
+                     **{k: s.get(k) for k in SUMMARY_COLUMNS[2:7]},
+                     "reason": "; ".join(cine.warnings)})   # ok, but: a truncated file
+        for warning in cine.warnings:
+            log(f"warning: {warning}")
         log(describe(s))
     atomic.write_text(Path(out) / "summary.csv", fmt.csv_text(SUMMARY_COLUMNS, rows))
     log(f"{len(files) - failed} of {len(files)} loops segmented; wrote {out}/summary.csv")

@@ -4,7 +4,8 @@ Files are read by ``preprocessing.media``, the code ``sonostream import`` reads 
 loop is segmented exactly as an import would have stored it: decoded by PyAV or pydicom and
 cropped to the ultrasound sector (``crop_sector``). Coordinates reported for a file are in the
 source file's pixels (the crop's offset is added back); for a video in the shards, in the stored
-frame's pixels.
+frame's pixels. A video file cut off part-way is segmented as far as it goes, with a warning
+(``Cine.warnings``) saying how many of the frames its container lists were read.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.format import SonostreamError
-from preprocessing.media import (VIDEO_EXTENSIONS, DicomLoop, find_files, frame_rate,
-                                 is_loop_file, is_video, looks_like_dicom, read_video)
+from preprocessing.media import (VIDEO_EXTENSIONS, DicomLoop, VideoReport, find_files,
+                                 frame_rate, is_loop_file, is_video, looks_like_dicom, read_video)
 
 MIN_FRAMES = 2
 
@@ -33,6 +34,7 @@ class Cine:
     fps: float | None
     offset: tuple = (0.0, 0.0)    # (x, y) from ``frames`` pixels to the source's pixels
     truth: dict = field(default_factory=dict)  # "hc_mm" (array) and "standard_frame" when known
+    warnings: list = field(default_factory=list)  # e.g. a truncated file: what was read of it
 
 
 def find_loops(path: str) -> list[str]:
@@ -81,15 +83,29 @@ def _offset(sector) -> tuple[float, float]:
 def _read_video(path: str, crop_sector: bool) -> Cine:
     if not is_video(path):
         raise SonostreamError(f"{path}: not a video ({', '.join(VIDEO_EXTENSIONS)}) or DICOM file")
-    sector, images = read_video(path, 1, crop_sector)
-    index, frames = [], []
-    for i, _, image in images:
-        index.append(i)
-        frames.append(image)
+    report = VideoReport()
+    try:
+        sector, images = read_video(path, 1, crop_sector, report)
+        index, frames = [], []
+        for i, _, image in images:
+            index.append(i)
+            frames.append(image)
+    except SonostreamError:
+        if report.truncated is not None and report.truncated.decoded == 0:
+            raise report.truncated from None   # cut off before its first frame
+        raise
+    cut = report.truncated
+    if cut is not None and len(frames) < MIN_FRAMES:
+        raise cut   # cut off before it became a loop: says so, not "a single frame"
     if not frames:
         raise SonostreamError(f"{path}: the video holds no frame")
-    return Cine(Path(path).stem, path, "video", frames, index, None, frame_rate(path),
+    cine = Cine(Path(path).stem, path, "video", frames, index, None, frame_rate(path),
                 _offset(sector))
+    if cut is not None:
+        of = f"{'about ' if cut.about else ''}{cut.expected}"
+        cine.warnings.append(f"{path} is truncated: read {cut.decoded} of {of} frames (the file "
+                             "ends early; re-export or re-copy it); segmented the frames it holds")
+    return cine
 
 
 def _read_dicom(path: str, crop_sector: bool) -> Cine:

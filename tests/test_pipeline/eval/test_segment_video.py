@@ -11,6 +11,7 @@ import pytest
 from pipeline.apps.demo import find_dicom
 from pipeline.eval.cine.outputs import COLUMNS
 from pipeline.cli import main
+from preprocessing.format import SonostreamError
 from preprocessing.synth.sweep import write_sweep
 
 
@@ -134,10 +135,17 @@ def test_a_folder_segments_every_loop_and_lists_the_bad_ones(trained_segmenter, 
     folder = tmp_path / "in"
     write_sweep(folder / "a.mp4", patient=41, frames=6, size=64)
     (folder / "broken.mp4").write_bytes(b"not a video at all")
+    data = faststart_sweep(tmp_path / "fs.mp4", 20)
+    (folder / "cut.mp4").write_bytes(data[:len(data) // 2])
     out = tmp_path / "o"
     assert segment(trained_segmenter, "--input", folder, "--out", out, "--no-video") == 0
     listed = {r["input"].rsplit("/", 1)[-1]: r for r in rows_of(out / "summary.csv")}
     assert listed["a.mp4"]["status"] == "ok" and listed["a.mp4"]["frames"] == "6"
+    assert listed["a.mp4"]["reason"] == ""
+    cut = listed["cut.mp4"]   # segmented as far as it goes, saying so
+    assert cut["status"] == "ok" and f"read {cut['frames']} of 20 frames" in cut["reason"]
+    s = json.loads((out / "cut" / "summary.json").read_text())
+    assert s["frames"] == int(cut["frames"]) < 20 and "truncated" in s["warnings"][0]
     assert listed["broken.mp4"]["status"] == "error" and "broken.mp4" in listed["broken.mp4"]["reason"]
     assert (out / "a" / "per_frame.csv").is_file() and not (out / "a" / "overlay.mp4").exists()
 
@@ -170,3 +178,33 @@ def test_bad_input_is_a_clear_error_naming_it(case, trained_segmenter, seg_shard
     err = capsys.readouterr().err
     assert err.startswith("error: ") and named in err, err
     assert not (tmp_path / "o" / "per_frame.csv").exists()
+
+
+def faststart_sweep(path, frames: int, patient: int = 42) -> bytes:
+    """A synthetic sweep remuxed with its moov first (faststart); returns the file's bytes."""
+    import av
+    info = write_sweep(path.with_name("plain_" + path.name), patient=patient, frames=frames,
+                       size=64)
+    with av.open(info["video"]) as src, av.open(str(path), "w",
+                                                 options={"movflags": "faststart"}) as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    return path.read_bytes()
+
+
+def test_a_truncated_video_is_read_as_far_as_it_goes_with_a_warning(tmp_path):
+    """No model needed: what segment-video would segment of a faststart mp4 cut at 30 %."""
+    from pipeline.eval.cine.source import read_file
+    data = faststart_sweep(tmp_path / "fs.mp4", 40)
+    (tmp_path / "cut.mp4").write_bytes(data[:len(data) * 3 // 10])
+    assert read_file(str(tmp_path / "fs.mp4"), crop_sector=False).warnings == []
+    cine = read_file(str(tmp_path / "cut.mp4"), crop_sector=False)
+    (warning,) = cine.warnings
+    assert f"is truncated: read {len(cine.frames)} of 40 frames" in warning
+    assert 2 <= len(cine.frames) < 40 and cine.frame_index == list(range(len(cine.frames)))
+    (tmp_path / "stub.mp4").write_bytes(data[:data.index(b"mdat") + 20])   # no frame whole
+    with pytest.raises(SonostreamError, match=r"stub\.mp4: truncated: 0 of 40 frames"):
+        read_file(str(tmp_path / "stub.mp4"), crop_sector=False)
