@@ -1,8 +1,8 @@
 """IndexView: the one numpy view of ``index.parquet`` that every reader projects.
 
 Built once per dataset, with no per-row Python work (Arrow encodes the string columns): per-row
-arrays for reading members (shard id, byte offsets, sizes and checksums), identity (patient, video, frame
-index) and, on first use, keys, splits, labels (plane, pixel size, HC) and geometry. Clips
+arrays for reading members (shard id, byte offsets, sizes, checksums), identity (patient, video,
+frame index) and, on first use, keys, splits, labels (plane, pixel size, HC) and geometry. Clips
 (``clips.video_table``), segmentation frames (``segloader``), evaluation and cine loops all
 read rows through it, so no reader ever scans a DataFrame per sample and no two readers decode
 the index differently.
