@@ -47,7 +47,8 @@ from .summary import count_reasons, read_rejects, single_frame_videos, split_cou
 
 SEGMENT_FRAMES = 64  # frames per worker task: small enough to balance, large enough to amortise
 BUILD_STATE = "build.json"
-META_SKIP = {"shard", "image_offset", "image_size", "mask_offset", "mask_size", "num_frames"}
+META_SKIP = {"shard", "image_offset", "image_size", "mask_offset", "mask_size", "num_frames",
+             *fmt.CHECKSUM_COLUMNS}
 
 
 class BuildError(fmt.SonostreamError):
@@ -260,7 +261,7 @@ def _write_video(writer: ShardWriter, video: Video, results: list, opts: BuildOp
 
 def _index_row(video: Video, frame: FrameRow, e: Encoded, key: str, index: int) -> dict:
     g = e.geometry
-    row = {"key": key, "mask_offset": None, "mask_size": None,
+    row = {"key": key, "mask_offset": None, "mask_size": None, "mask_crc32": None,
            "patient_id": video.patient_id, "video_name": video.video_name,
            "video_key": video.key, "frame_id": frame.frame_id, "frame_index": index,
            "num_frames": 0, "split": video.split, "height": g.height, "width": g.width,

@@ -1,6 +1,8 @@
 """Opens a built dataset directory: its index, manifest and random access to shard members.
 
-Readers use the index's byte offsets to fetch one member without parsing the tar.
+Readers use the index's byte offsets to fetch one member without parsing the tar, and check
+its bytes against the index's ``image_crc32`` / ``mask_crc32`` (format 3; a format-2 dataset has
+no checksums and is read unchecked).
 """
 from __future__ import annotations
 
@@ -27,6 +29,27 @@ class Dataset:
 
     def shard_path(self, shard: str) -> Path:
         return self.root / fmt.SHARDS_DIR / shard
+
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest.get("format_version"))
+
+    @property
+    def has_checksums(self) -> bool:
+        """Whether the index holds per-member checksums (format 3 on)."""
+        return all(c in self.index.schema.names for c in fmt.CHECKSUM_COLUMNS)
+
+    def member(self, row: dict, what: str = "image") -> bytes:
+        """The bytes of an index row's ``image`` or ``mask`` member (``row`` as ``to_pylist``
+        gives it), checked against its checksum; a DatasetError naming shard and key if they
+        differ."""
+        data = self.read(row["shard"], row[f"{what}_offset"], row[f"{what}_size"])
+        want = row.get(f"{what}_crc32")
+        if want is not None and fmt.member_crc32(data) != want:
+            raise DatasetError(f"{self.shard_path(row['shard'])}: the {what} member of {row['key']} "
+                               "fails its checksum (corrupted on disk); run `sonostream verify "
+                               f"{self.root}` and rebuild the dataset")
+        return data
 
     def read(self, shard: str, offset: int, size: int) -> bytes:
         with open(self.shard_path(shard), "rb") as f:

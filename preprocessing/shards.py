@@ -132,8 +132,9 @@ class ShardWriter:
     def write(self, key: str, members: list[tuple[str, bytes]], row: dict) -> None:
         """Append one sample of the current video. ``members`` are (extension, bytes).
 
-        ``row`` is the sample's index row; ``shard``, ``image_offset``, ``image_size`` and the mask's
-        ``mask_offset``/``mask_size`` are filled in here.
+        ``row`` is the sample's index row; ``shard``, ``image_offset``, ``image_size``,
+        ``image_crc32`` and the mask's ``mask_offset``/``mask_size``/``mask_crc32`` are filled in
+        here, from the bytes written.
         """
         fmt.check_key(key)
         split = self._split
@@ -154,8 +155,10 @@ class ShardWriter:
             pos = offset + len(data) + len(pad)
             if ext == fmt.MASK_EXT:
                 row["mask_offset"], row["mask_size"] = offset, len(data)
+                row["mask_crc32"] = fmt.member_crc32(data)
             elif ext in fmt.IMAGE_EXT.values():
                 row["image_offset"], row["image_size"] = offset, len(data)
+                row["image_crc32"] = fmt.member_crc32(data)
         self._file.write(b"".join(parts))
         self._rows.append(row)
 

@@ -133,10 +133,10 @@ def contact_sheet(root: str, out_png: str, n: int = 16, seed: int = 0, tile: int
 
 
 def _tile(ds: Dataset, row: dict, tile: int) -> np.ndarray:
-    gray = decode_gray(ds.read(row["shard"], row["image_offset"], row["image_size"]))
+    gray = decode_gray(ds.member(row, "image"))
     img = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     if row["has_mask"]:
-        mask = decode_gray(ds.read(row["shard"], row["mask_offset"], row["mask_size"]))
+        mask = decode_gray(ds.member(row, "mask"))
         contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL,
                                        cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(img, contours, -1, (0, 220, 0), max(1, img.shape[0] // 160))

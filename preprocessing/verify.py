@@ -5,13 +5,17 @@ each index row points at a real member (right name, offset and size; mask and me
 members where the row says so), that each shard's DALI ``.idx`` is the one its tar gives and
 each split's wids shard list matches the manifest, and checks the contract's invariants:
 unique dot-free keys, each video's frames numbered 0..n-1 in shard order, each patient in
-exactly one split.
+exactly one split. Every image and mask member's bytes are checked against the index's
+``image_crc32`` / ``mask_crc32`` (format 3; a format-2 dataset has none, which is logged), so
+the members a corrupted shard breaks are named.
 ``decode=True`` also decodes every image and compares its size with the index.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import tarfile
 from collections import defaultdict
 
@@ -23,14 +27,19 @@ from .imaging import decode_gray
 from .summary import read_rejects, single_frame_videos, split_counts
 
 MAX_LISTED = 20
+log = logging.getLogger("sonostream.verify")
 
 
 def verify(root: str, decode: bool = False, progress: bool = True) -> list[str]:
     """Problems found (empty list: the dataset is sound)."""
     ds = open_dataset(root)
-    problems = [f"index: {p}" for p in fmt.check_index_schema(ds.index.schema)]
+    problems = [f"index: {p}" for p in fmt.check_index_schema(ds.index.schema, ds.format_version)]
     if problems:
         return problems
+    if not ds.has_checksums:
+        log.warning("%s is dataset format %d, which has no per-member checksums: members are not "
+                    "checked one by one (the shards' sha256 still is); rebuild it with `sonostream "
+                    "build --overwrite` to get per-member checks", root, ds.format_version)
     problems += _check_manifest(ds)
     problems += _check_shards(ds, progress)
     problems += _check_rows(ds, decode, progress)
@@ -157,7 +166,8 @@ def _check_rows(ds: Dataset, decode: bool, progress: bool) -> list[str]:
     problems = []
     cols = ds.index.select(["key", "shard", "image_offset", "image_size", "mask_offset", "mask_size",
                             "has_mask", "video_key", "frame_index", "num_frames", "patient_id",
-                            "split", "height", "width"]).to_pylist()
+                            "split", "height", "width",
+                            *(fmt.CHECKSUM_COLUMNS if ds.has_checksums else ())]).to_pylist()
     ext = ds.manifest["image_ext"]
     seen_keys, patient_splits = set(), defaultdict(set)
     last_index: dict[str, int] = {}
@@ -178,22 +188,24 @@ def _check_rows(ds: Dataset, decode: bool, progress: bool) -> list[str]:
         problems += _check_dali_index(ds, known[shard], listing)
         members = {name: (off, size) for name, off, size in listing}
         expected = set()
-        for row in rows:
-            key = row["key"]
-            problems += _check_row(ds, row, members, ext, decode)
-            expected.update({f"{key}.{ext}", f"{key}.{fmt.META_EXT}"}
-                            | ({f"{key}.{fmt.MASK_EXT}"} if row["has_mask"] else set()))
-            if key in seen_keys:
-                problems.append(f"{key}: key appears twice in the index")
-            seen_keys.add(key)
-            want = last_index.get(row["video_key"], -1) + 1
-            if row["frame_index"] != want:
-                problems.append(f"{key}: frame_index {row['frame_index']} where {want} was expected "
-                                "(frames of a video must be contiguous and in order)")
-            last_index[row["video_key"]] = row["frame_index"]
-            patient_splits[row["patient_id"]].add(row["split"])
-            if not shard.startswith(f"{row['split']}-"):
-                problems.append(f"{key}: split {row['split']!r} but stored in shard {shard}")
+        with open(ds.shard_path(shard), "rb") as f:   # one descriptor per shard for its members
+            read = lambda off, size, fd=f.fileno(): os.pread(fd, size, off)  # noqa: E731
+            for row in rows:
+                key = row["key"]
+                problems += _check_row(row, members, ext, decode, read)
+                expected.update({f"{key}.{ext}", f"{key}.{fmt.META_EXT}"}
+                                | ({f"{key}.{fmt.MASK_EXT}"} if row["has_mask"] else set()))
+                if key in seen_keys:
+                    problems.append(f"{key}: key appears twice in the index")
+                seen_keys.add(key)
+                want = last_index.get(row["video_key"], -1) + 1
+                if row["frame_index"] != want:
+                    problems.append(f"{key}: frame_index {row['frame_index']} where {want} was "
+                                    "expected (frames of a video must be contiguous and in order)")
+                last_index[row["video_key"]] = row["frame_index"]
+                patient_splits[row["patient_id"]].add(row["split"])
+                if not shard.startswith(f"{row['split']}-"):
+                    problems.append(f"{key}: split {row['split']!r} but stored in shard {shard}")
         extra = sorted(set(members) - expected)
         if extra:
             problems.append(f"{shard}: {len(extra)} members not in the index (e.g. {extra[0]})")
@@ -211,26 +223,40 @@ def _check_rows(ds: Dataset, decode: bool, progress: bool) -> list[str]:
     return problems
 
 
-def _check_row(ds: Dataset, row: dict, members: dict, ext: str, decode: bool) -> list[str]:
+def _check_row(row: dict, members: dict, ext: str, decode: bool, read) -> list[str]:
+    """Problems of one index row: its members' names, places, checksums (and decoding)."""
     key, out = row["key"], []
     try:
         fmt.check_key(key)
     except ValueError as e:
         out.append(str(e))
-    for name, off, size in ((f"{key}.{ext}", row["image_offset"], row["image_size"]),
-                            (f"{key}.{fmt.MASK_EXT}", row["mask_offset"], row["mask_size"])):
-        if name.endswith(fmt.MASK_EXT) and not row["has_mask"]:
+    image = None
+    for what, name in (("image", f"{key}.{ext}"), ("mask", f"{key}.{fmt.MASK_EXT}")):
+        if what == "mask" and not row["has_mask"]:
             continue
+        off, size = row[f"{what}_offset"], row[f"{what}_size"]
         if name not in members:
             out.append(f"{row['shard']}: member {name} is missing")
-        elif members[name] != (off, size):
+            continue
+        if members[name] != (off, size):
             out.append(f"{row['shard']}: member {name} is at {members[name]}, index says "
                        f"(offset, size) = ({off}, {size})")
+            continue
+        want = row.get(f"{what}_crc32")
+        if want is None and not decode:
+            continue
+        data = read(off, size)
+        if what == "image":
+            image = data
+        if want is not None and fmt.member_crc32(data) != want:
+            out.append(f"{row['shard']}: member {name} fails its checksum (crc32 "
+                       f"{fmt.member_crc32(data):08x}, the index says {want:08x}): its bytes "
+                       "changed on disk; rebuild the dataset")
     if f"{key}.{fmt.META_EXT}" not in members:
         out.append(f"{row['shard']}: member {key}.{fmt.META_EXT} is missing")
     if decode and not out:
         try:
-            img = decode_gray(ds.read(row["shard"], row["image_offset"], row["image_size"]))
+            img = decode_gray(image)
             if img.shape != (row["height"], row["width"]):
                 out.append(f"{key}: image is {img.shape[1]}x{img.shape[0]}, index says "
                            f"{row['width']}x{row['height']}")

@@ -83,6 +83,43 @@ def make_dataset(out: Path, csv_path: Path, image_size: int = 64, val: float = 0
     return out
 
 
+def as_format_2(ds: Path) -> Path:
+    """Rewrite the built dataset ``ds`` in place as format 2 wrote it: the same shards, an
+    index without the checksum columns (version 2 in its metadata), a manifest of version 2."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from preprocessing import format as fmt
+    index = pq.read_table(ds / fmt.INDEX_FILE).drop_columns(list(fmt.CHECKSUM_COLUMNS))
+    pq.write_table(index.replace_schema_metadata({fmt.FORMAT_VERSION_KEY: "2"}),
+                   ds / fmt.INDEX_FILE)
+    manifest = json.loads((ds / fmt.MANIFEST_FILE).read_text())
+    manifest["format_version"] = manifest["fingerprint"]["format_version"] = 2
+    (ds / fmt.MANIFEST_FILE).write_text(json.dumps(manifest))
+    return ds
+
+
+def scramble_member(ds: Path, row, what: str = "image") -> bytes:
+    """Scramble the middle bytes of one member of index row ``row`` (a pandas row) in place,
+    keeping its size: silent corruption. In a JPEG only the middle of the entropy-coded scan
+    changes, with no 0xFF bytes, so headers, SOI and EOI stay and it still decodes, to garbage;
+    elsewhere the middle half. Returns the member's original bytes."""
+    path = ds / "shards" / row.shard
+    off, size = int(getattr(row, f"{what}_offset")), int(getattr(row, f"{what}_size"))
+    data = bytearray(path.read_bytes())
+    original = bytes(data[off:off + size])
+    start, end = 0, size
+    if original[:2] == b"\xff\xd8":
+        sos = original.index(b"\xff\xda")
+        start, end = sos + 2 + int.from_bytes(original[sos + 2:sos + 4], "big"), size - 2
+    lo, hi = start + (end - start) // 4, end - (end - start) // 4
+    noise = np.random.default_rng(size).integers(0, 255, hi - lo, np.uint8).tobytes()
+    data[off + lo:off + hi] = noise
+    path.write_bytes(bytes(data))
+    return original
+
+
 def rewrite_csv(src: Path, dst: Path, drop=(), blank=()) -> Path:
     """A copy of a frames CSV without some columns, or with some columns emptied."""
     with open(src, newline="") as fh:

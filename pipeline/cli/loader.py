@@ -21,6 +21,9 @@ def add_parsers(sub) -> None:
     lo.add_argument("--threads", type=int, default=2, help="decode threads (default 2)")
     lo.add_argument("--epochs", type=int, default=1, help="epochs to stream (default 1)")
     lo.add_argument("--max-steps", type=int, help="stop after this many batches")
+    lo.add_argument("--max-fault-share", type=float, default=0.01,
+                    help="share of an epoch's clips that may be skipped for corrupt members "
+                    "before it stops with an error (default 0.01; 1: never stop)")
     lo.add_argument("--seed", type=int, default=0, help="placement seed (default 0)")
     lo.add_argument("--cache-dir", help="where remote shards are cached (default ~/.cache/sonostream)")
     lo.add_argument("--cache-limit-gb", type=float, help="evict least recently used cached shards "
@@ -37,7 +40,8 @@ def cmd_loader(args) -> int:
     from pipeline.data import ClipLoader, LoaderConfig
     cfg = LoaderConfig(batch_size=args.batch_size, clip_len=args.clip_len, stride=args.stride,
                        splits=tuple(args.split.split(",")), num_workers=args.workers,
-                       decode_threads=args.threads, loader=args.loader)
+                       decode_threads=args.threads, loader=args.loader,
+                       max_fault_share=args.max_fault_share)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loader = ClipLoader(args.data, cfg, seed=args.seed, device=device, cache_dir=args.cache_dir,
                         shard_url=args.shard_url, cache_limit_gb=args.cache_limit_gb)

@@ -4,6 +4,9 @@ The one decoder of the project's read side. The clip loader's CPU path decodes w
 (skipping a clip with a corrupt member, which it reports), its DALI path takes only the bytes
 (:meth:`FrameDecoder.fetch`) and decodes on the GPU; segmentation batches, evaluation and
 cine loops decode single frames and masks here (a corrupt member is then an error that names it).
+Every member's bytes are checked against the index's CRC-32 as they are read (``fetch`` and the
+single-frame reads), so a member corrupted in place, which may still decode to garbage, is a
+fault like one that does not decode; ``zlib.crc32`` releases the GIL, so threads stay parallel.
 One thread pool serves them all: OpenCV releases the GIL while it decodes, so threads decode a
 batch in parallel without copying it between processes.
 """
@@ -16,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from preprocessing.format import SonostreamError
+from preprocessing.format import SonostreamError, member_crc32
 from preprocessing.imaging import mask_levels, shown_levels
 
 from .index import IndexView
@@ -54,9 +57,11 @@ def fit(img: np.ndarray, size: tuple[int, int] | None, interp=cv2.INTER_AREA) ->
 class FrameDecoder:
     """Reads and decodes the members of index rows; ``threads`` decode a batch in parallel."""
 
-    def __init__(self, source: ShardSource, view: IndexView, threads: int = 2):
+    def __init__(self, source: ShardSource, view: IndexView, threads: int = 2,
+                 checksums: bool = True):
         self.source, self.view = source, view
         self.threads = max(1, threads)
+        self.checksums = checksums and view.has_checksums   # off: only to measure their cost
         self._executor, self._pid = None, None
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -81,8 +86,9 @@ class FrameDecoder:
         return v.shards[v.shard_id[row]], str(v.keys[row]), reason
 
     def fetch(self, rows: np.ndarray) -> tuple[list[bytes] | None, tuple | None]:
-        """Encoded image bytes of ``rows`` (one clip), or (None, (shard, key, reason)) on a fault.
-        Frames of one shard within MAX_SPAN_READ come with a single pread."""
+        """Encoded image bytes of ``rows`` (one clip), checked against their checksums, or
+        (None, (shard, key, reason)) on a fault. Frames of one shard within MAX_SPAN_READ come
+        with a single pread."""
         v = self.view
         shard_ids = v.shard_id[rows]
         off, size = v.offset[rows], v.size[rows]
@@ -90,11 +96,17 @@ class FrameDecoder:
         try:
             if (shard_ids == shard_ids[0]).all() and last - first <= MAX_SPAN_READ:
                 blob = self.source.read(v.shards[shard_ids[0]], first, last - first)
-                return [blob[o - first:o - first + s] for o, s in zip(off.tolist(), size.tolist())], None
-            return [self.source.read(v.shards[i], int(o), int(s))
-                    for i, o, s in zip(shard_ids.tolist(), off.tolist(), size.tolist())], None
+                datas = [blob[o - first:o - first + s] for o, s in zip(off.tolist(), size.tolist())]
+            else:
+                datas = [self.source.read(v.shards[i], int(o), int(s))
+                         for i, o, s in zip(shard_ids.tolist(), off.tolist(), size.tolist())]
         except EOFError as e:
             return None, self.fault(rows[0], str(e))
+        if self.checksums:
+            for row, data, want in zip(rows.tolist(), datas, v.image_crc[rows].tolist()):
+                if want >= 0 and member_crc32(data) != want:
+                    return None, self.fault(row, "checksum mismatch")
+        return datas, None
 
     # -- clips: a corrupt member drops its clip (reported, never raised) ---------------------------
     def decode_clip(self, rows: np.ndarray, out: np.ndarray):
@@ -129,10 +141,15 @@ class FrameDecoder:
         return (frames if kept.all() else frames[kept]), kept, faults
 
     # -- single frames: a corrupt member is an error naming it -------------------------------------
-    def _member(self, row: int, offset: int, size: int, what: str) -> np.ndarray:
+    def _member(self, row: int, offset: int, size: int, crc: int, what: str) -> np.ndarray:
         v = self.view
         shard = v.shards[v.shard_id[row]]
-        img = decode_gray(self.source.read(shard, int(offset), int(size)))
+        data = self.source.read(shard, int(offset), int(size))
+        if self.checksums and crc >= 0 and member_crc32(data) != crc:
+            raise SonostreamError(f"{shard}: the {what} of {v.keys[row]} fails its checksum (its "
+                                  "bytes changed on disk); run `sonostream verify "
+                                  f"{self.source.root}` and rebuild the dataset")
+        img = decode_gray(data)
         if img is None:
             raise SonostreamError(f"{shard}: the {what} of {v.keys[row]} does not decode; run "
                                   "`sonostream verify` on the dataset and rebuild it")
@@ -141,14 +158,14 @@ class FrameDecoder:
     def image(self, row: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W) uint8 frame of ``row``, resized (INTER_AREA) to ``size`` when one is given."""
         v = self.view
-        return fit(self._member(row, v.offset[row], v.size[row], "frame"), size)
+        return fit(self._member(row, v.offset[row], v.size[row], v.image_crc[row], "frame"), size)
 
     def mask(self, row: int, size: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W) uint8 0/1 mask of ``row``. Values other than 0/255 are an error, never guessed."""
         v = self.view
         if v.mask_offset[row] < 0:
             raise SonostreamError(f"{v.keys[row]} has no mask")
-        m = self._member(row, v.mask_offset[row], v.mask_size[row], "mask")
+        m = self._member(row, v.mask_offset[row], v.mask_size[row], v.mask_crc[row], "mask")
         levels = mask_levels(m)
         if not set(levels) <= {0, 255}:
             raise SonostreamError(

@@ -1,8 +1,8 @@
 """IndexView: the one numpy view of ``index.parquet`` that every reader projects.
 
 Built once per dataset, with no per-row Python work (Arrow encodes the string columns): per-row
-arrays for reading members (shard id, byte offsets and sizes), identity (patient, video, frame
-index) and, on first use, keys, splits, labels (plane, pixel size, HC) and geometry. Clips
+arrays for reading members (shard id, byte offsets, sizes, checksums), identity (patient, video,
+frame index) and, on first use, keys, splits, labels (plane, pixel size, HC) and geometry. Clips
 (``clips.video_table``), segmentation frames (``segloader``), evaluation and cine loops all
 read rows through it, so no reader ever scans a DataFrame per sample and no two readers decode
 the index differently.
@@ -27,10 +27,13 @@ class IndexView:
         if version is not None:  # an index sonostream built (local or remote): its format
             fmt.check_format_version(version.decode(), f"this {fmt.INDEX_FILE}")
         self.table = index
+        #: whether the index holds member checksums (format 3 on; format 2 is read unchecked)
+        self.has_checksums = all(c in index.column_names for c in fmt.CHECKSUM_COLUMNS)
         shards, self.shard_id = self._codes("shard")
         self.shards: list[str] = [str(s) for s in shards]      # shard id -> file name
         self.offset = self._col("image_offset").astype(np.int64)   # image member
         self.size = self._col("image_size").astype(np.int64)
+        self.image_crc = self._crc("image_crc32")                   # -1: not checked
         self.frame_index = self._col("frame_index").astype(np.int64)
         self.video_keys, self.video = self._codes("video_key")      # [N] code into video_keys
         self.patient_ids, self.patient = self._codes("patient_id")  # [N] code into patient_ids
@@ -57,6 +60,12 @@ class IndexView:
             c = c.fill_null(fill)
         return c.to_numpy(zero_copy_only=False)
 
+    def _crc(self, name: str) -> np.ndarray:
+        """[N] int64 checksums of a member column; -1 where there is none (no mask, format 2)."""
+        if not self.has_checksums:
+            return np.full(len(self), -1, np.int64)
+        return self._col(name, -1).astype(np.int64)
+
     def column(self, name: str) -> np.ndarray | None:
         """Any other column (e.g. ``is_standard_plane``, ``frame_time_ms``), or None if absent."""
         return self._col(name) if name in self.table.column_names else None
@@ -77,6 +86,10 @@ class IndexView:
     @cached_property
     def mask_size(self) -> np.ndarray:
         return self._col("mask_size", 0).astype(np.int64)
+
+    @cached_property
+    def mask_crc(self) -> np.ndarray:
+        return self._crc("mask_crc32")                         # -1: no mask, or not checked
 
     @property
     def has_mask(self) -> np.ndarray:

@@ -10,6 +10,10 @@
 The state is (epoch, position): position counts the clips of the epoch's global order that all
 ranks together have consumed. Same world size: the same batches as an uninterrupted run.
 Another world size or batch size: the same global order continues from ``position``.
+
+A clip with a corrupt member (does not decode, fails its checksum) is skipped and reported; past
+``max_fault_share`` of the rank's clips in an epoch the loader stops with an error instead, so
+a broken dataset never trains on what is left of it.
 """
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ class LoaderConfig:
     prefetch: int = 2                     # batches prefetched per worker
     loader: str = "auto"                  # "cpu", "dali", or "auto" (DALI when CUDA + DALI)
     dali_threads: int = 4
+    max_fault_share: float = 0.01         # share of the rank's clips per epoch that may be
+                                          # skipped for corrupt members; more stops the run
 
     def __post_init__(self):
         self.splits = tuple(self.splits)
@@ -61,6 +67,9 @@ class LoaderConfig:
             raise SonostreamError(f"loader must be one of {LOADERS}, got {self.loader!r}")
         if self.batch_size < 1:
             raise SonostreamError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.max_fault_share <= 1.0:
+            raise SonostreamError(f"max_fault_share must be in [0, 1] (1: never stop for corrupt "
+                                  f"members), got {self.max_fault_share}")
         if self.clip_len >= 2:
             io_classes(self.clip_len, self.io_reverse)  # raises a clear error for bad K / reverse
 
@@ -145,13 +154,16 @@ class ClipLoader:
         plan = self.plan()
         start, G = self.state.position, self.cfg.batch_size * self.world_size
         expected = 0
+        epoch_faults: list = []
         for batch in self._batches(plan):
             if batch.step != expected:
                 raise RuntimeError(f"loader produced step {batch.step}, expected {expected}")
             expected += 1
+            self.faults.extend((plan.epoch, *f) for f in batch.faults)
+            epoch_faults += batch.faults
+            self._check_fault_budget(plan, epoch_faults)
             batch = batch.to(self.device, non_blocking=True)
             batch.mir_patches = self.mir_patches(batch)
-            self.faults.extend((plan.epoch, *f) for f in batch.faults)
             self.state.position = start + expected * G
             yield batch
         listed = [f"{s}:{k} ({r})" for e, s, k, r in self.faults if e == plan.epoch]
@@ -162,6 +174,25 @@ class ClipLoader:
                 f" and {len(listed) - 10} more" if len(listed) > 10 else "")
         (log.warning if n else log.info)(msg)
         self.state = LoaderState(epoch=plan.epoch + 1, position=0)
+
+    def _check_fault_budget(self, plan: EpochPlan, faults: list) -> None:
+        """SonostreamError once more than ``max_fault_share`` of this rank's clips in the epoch
+        (those the plan gives it: ``steps x batch_size``) were skipped for corrupt members. One
+        bad member in a large dataset goes on; a dataset that is mostly corrupt stops within its
+        first steps instead of training on what is left."""
+        clips, share = plan.positions.size, self.cfg.max_fault_share
+        if len(faults) <= share * clips:
+            return
+        members = {(s, k) for s, k, _ in faults}
+        listed = ", ".join(f"{s}:{k} ({r})" for s, k, r in faults[:5])
+        more = f" and {len(faults) - 5} more" if len(faults) > 5 else ""
+        raise SonostreamError(
+            f"epoch {plan.epoch}, rank {self.rank}: {len(faults)} clip(s) skipped for "
+            f"{len(members)} corrupt member(s), more than loader.max_fault_share={share} of the "
+            f"rank's {clips} clips in the epoch allows ({int(share * clips)}): {listed}{more}. "
+            f"Run `sonostream verify {self.source.root}` to list the bad members and rebuild the "
+            "dataset (`sonostream build --csv CSV --out DIR --overwrite`), or raise "
+            "loader.max_fault_share (e.g. --set loader.max_fault_share=0.05) to train without them")
 
     def mir_patches(self, batch) -> torch.Tensor:
         """[B, K, gh, gw] MIR patch masks, drawn on the training device from (seed, epoch, clip)."""

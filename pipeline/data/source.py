@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import threading
 import urllib.request
@@ -33,6 +34,8 @@ import pyarrow.parquet as pq
 from preprocessing import format as fmt
 from preprocessing.atomic import write_text
 from preprocessing.dataset import DatasetError, open_dataset
+
+log = logging.getLogger("sonostream.loader")
 
 
 def is_url(path: str) -> bool:
@@ -81,6 +84,11 @@ class ShardSource:
         self._pid = os.getpid()
         self._lock = threading.Lock()   # decode threads open shards concurrently
         self.index, self.manifest = self._load()
+        if not all(c in self.index.column_names for c in fmt.CHECKSUM_COLUMNS):
+            log.warning("%s is dataset format %s, which has no per-member checksums: a member "
+                        "corrupted on disk that still decodes is served as data; rebuild it with "
+                        "`sonostream build --csv CSV --out DIR --overwrite` to get per-member checks",
+                        self.root, self.manifest.get("format_version"))
         self._shard_info = {s["name"]: s for s in self.manifest.get("shards", [])}
 
     def _load(self) -> tuple[pa.Table, dict]:

@@ -25,6 +25,7 @@ import hashlib
 import io
 import math
 import re
+import zlib
 from typing import Iterable, Sequence
 
 import pyarrow as pa
@@ -34,7 +35,11 @@ from .errors import SonostreamError
 __all__ = [
     "FORMAT_VERSION",
     "FORMAT_VERSION_KEY",
+    "READABLE_VERSIONS",
+    "CHECKSUMS_SINCE",
     "check_format_version",
+    "CHECKSUM_COLUMNS",
+    "member_crc32",
     "REQUIRED_COLUMNS",
     "LABEL_COLUMNS",
     "MASK_COLUMN",
@@ -80,25 +85,33 @@ __all__ = [
 #: 2: the image member's byte offset and size are ``image_offset``, ``image_size`` (were
 #: ``offset``, ``size``: ``offset`` is a reserved word in SQL); shards have DALI ``.idx`` files
 #: and splits ``{split}.wids.json``.
-FORMAT_VERSION = 2
+#: 3: ``image_crc32`` / ``mask_crc32``: a CRC-32 of each image and mask member's bytes, which
+#: readers check, so a member corrupted in place (same size, still decodes) is caught.
+FORMAT_VERSION = 3
 FORMAT_VERSION_KEY = "sonostream_format_version"  # in index.parquet's schema metadata
+#: Versions readers open: a format-2 dataset is read without per-member checks (it has no
+#: checksums); ``sonostream build`` writes only FORMAT_VERSION and never appends to another.
+READABLE_VERSIONS = (2, 3)
+CHECKSUMS_SINCE = 3
 
 
-def check_format_version(found, where: str) -> None:
-    """SonostreamError unless ``found`` (a manifest's or index's version) is FORMAT_VERSION."""
+def check_format_version(found, where: str) -> int:
+    """``found`` (a manifest's or index's version) as an int when readers open it
+    (READABLE_VERSIONS); SonostreamError naming the fix otherwise."""
     try:
         version = int(found)
     except (TypeError, ValueError):
         version = None
-    if version == FORMAT_VERSION:
-        return
+    if version in READABLE_VERSIONS:
+        return version
     if version is not None and version > FORMAT_VERSION:
         fix = "upgrade sonostream to read it"
     else:
         fix = ("rebuild it with this sonostream (`sonostream build --csv CSV --out DIR "
                "--overwrite`)")
+    readable = " and ".join(map(str, READABLE_VERSIONS))
     raise SonostreamError(f"{where} is sonostream dataset format {found}, this sonostream reads "
-                          f"format {FORMAT_VERSION}; {fix}")
+                          f"formats {readable}; {fix}")
 
 # ---------------------------------------------------------------------------------------------
 # The frames CSV (what every source importer writes and `sonostream build` reads)
@@ -352,8 +365,10 @@ CORE_FIELDS = (
     pa.field("shard", pa.string(), nullable=False),
     pa.field("image_offset", pa.int64(), nullable=False),  # byte offset of the image member's data
     pa.field("image_size", pa.int64(), nullable=False),  # byte size of the image member
-    pa.field("mask_offset", pa.int64()),
+    pa.field("mask_offset", pa.int64()),  # null: no mask (as mask_size, mask_crc32)
     pa.field("mask_size", pa.int64()),
+    pa.field("image_crc32", pa.int64(), nullable=False),  # zlib.crc32 of the image member's bytes
+    pa.field("mask_crc32", pa.int64()),                   # ... of the mask member's
     pa.field("patient_id", pa.string(), nullable=False),
     pa.field("video_name", pa.string(), nullable=False),
     pa.field("video_key", pa.string(), nullable=False),
@@ -371,6 +386,7 @@ CORE_FIELDS = (
     pa.field("has_mask", pa.bool_(), nullable=False),
     pa.field("source_path", pa.string(), nullable=False),  # frame_path exactly as in the CSV
 )
+CHECKSUM_COLUMNS = ("image_crc32", "mask_crc32")   # since format 3 (CHECKSUMS_SINCE)
 RESERVED_COLUMNS = frozenset(f.name for f in CORE_FIELDS) - {"patient_id", "video_name", "frame_id",
                                                              SPLIT_COLUMN}
 
@@ -382,10 +398,20 @@ def index_schema(extra_columns: Iterable[str] = ()) -> pa.Schema:
     return pa.schema(fields, metadata={FORMAT_VERSION_KEY: str(FORMAT_VERSION)})
 
 
-def check_index_schema(schema: pa.Schema) -> list[str]:
-    """Names the ways ``schema`` departs from the contract (empty list: it conforms)."""
+def member_crc32(data) -> int:
+    """The checksum ``image_crc32`` / ``mask_crc32`` hold: ``zlib.crc32`` of a member's bytes
+    (unsigned, 0 .. 2**32-1). zlib releases the GIL on large buffers, so decode threads that
+    check it stay parallel."""
+    return zlib.crc32(data)
+
+
+def check_index_schema(schema: pa.Schema, version: int = FORMAT_VERSION) -> list[str]:
+    """Names the ways ``schema`` departs from the contract of format ``version`` (empty list:
+    it conforms). Format 2 has no checksum columns."""
     problems = []
     for field in (*CORE_FIELDS, *(pa.field(n, t) for n, t in LABEL_COLUMNS.items())):
+        if version < CHECKSUMS_SINCE and field.name in CHECKSUM_COLUMNS:
+            continue
         if field.name not in schema.names:
             problems.append(f"column {field.name!r} is missing")
         elif not schema.field(field.name).type.equals(field.type):

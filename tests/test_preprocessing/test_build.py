@@ -4,6 +4,7 @@ import hashlib
 import json
 import subprocess
 import tarfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from factories import write_frames
+from factories import as_format_2, write_frames
 from preprocessing import format as fmt
 from preprocessing import shards as shards_mod
 from preprocessing.build import BuildError, BuildOptions, build
@@ -73,9 +74,14 @@ def test_webdataset_and_tar_read_exactly_the_indexed_frames(tmp_path):
     rows = _index(tmp_path / "ds")
     urls = sorted(str(p) for p in (tmp_path / "ds" / "shards").glob("*.tar"))
     seen = {}
+    by_key = {r["key"]: r for r in rows}
     for sample in wds.WebDataset(urls, shardshuffle=False):
         meta = json.loads(sample["json"])
         assert meta["key"] == sample["__key__"]
+        row = by_key[meta["key"]]   # the index's checksums are those of the members' bytes
+        assert row["image_crc32"] == zlib.crc32(sample["jpg"])
+        assert row["mask_crc32"] == zlib.crc32(sample["mask.png"])
+        assert not set(fmt.CHECKSUM_COLUMNS) & set(meta)
         assert decode_gray(sample["jpg"]).shape == (64, 64)
         assert set(np.unique(decode_gray(sample["mask.png"])).tolist()) <= {0, 255}
         seen[sample["__key__"]] = Path(sample["__url__"]).name
@@ -229,13 +235,15 @@ def test_rerun_options_and_overwrite(tmp_path):
         build(str(src), out, other, progress=False)
     r = build(str(src), out, other, overwrite=True, progress=False)
     assert not r.up_to_date and _index(out)[0]["height"] == 32
-    manifest = json.loads((tmp_path / "ds" / fmt.MANIFEST_FILE).read_text())
-    old = {**manifest, "format_version": 1,  # as the previous format wrote it
-           "fingerprint": {**manifest["fingerprint"], "format_version": 1}}
-    (tmp_path / "ds" / fmt.MANIFEST_FILE).write_text(json.dumps(old))
-    with pytest.raises(BuildError, match=r"holds a dataset of format 1 \(this sonostream writes "
-                                         r"2\); pass --overwrite to rebuild it"):
+    # a dataset of the previous format (no checksums), from the same CSV and options: readers
+    # still open it, but build neither takes it as up to date nor adds to it
+    as_format_2(tmp_path / "ds")
+    with pytest.raises(BuildError, match=r"holds a dataset of format 2 \(this sonostream writes "
+                                         r"3\); pass --overwrite to rebuild it"):
         build(str(src), out, other, progress=False)
+    r = build(str(src), out, other, overwrite=True, progress=False)
+    assert not r.up_to_date and all(row["image_crc32"] is not None for row in _index(out))
+    assert json.loads((tmp_path / "ds" / fmt.MANIFEST_FILE).read_text())["format_version"] == 3
 
 
 def test_image_modes_and_geometry_labels(tmp_path):

@@ -91,3 +91,20 @@ def test_index_schema_check_names_departures():
     problems = fmt.check_index_schema(broken)
     assert any("'image_offset' is missing" in p for p in problems)
     assert any("'height' is string" in p for p in problems)
+
+
+def test_format_3_adds_member_checksums_and_readers_still_open_format_2():
+    schema = fmt.index_schema()
+    assert fmt.FORMAT_VERSION == 3 and fmt.READABLE_VERSIONS == (2, 3)
+    assert schema.metadata[fmt.FORMAT_VERSION_KEY.encode()] == b"3"
+    assert schema.field("image_crc32").type == pa.int64() and not schema.field("image_crc32").nullable
+    assert schema.field("mask_crc32").type == pa.int64() and schema.field("mask_crc32").nullable
+    v2 = pa.schema([f for f in schema if f.name not in fmt.CHECKSUM_COLUMNS])
+    assert fmt.check_index_schema(v2, version=2) == []
+    assert fmt.check_index_schema(v2) == ["column 'image_crc32' is missing",
+                                          "column 'mask_crc32' is missing"]
+    assert fmt.check_format_version("2", "x") == 2 and fmt.check_format_version(3, "x") == 3
+    with pytest.raises(ValueError, match="x is sonostream dataset format 1, this sonostream reads "
+                                         "formats 2 and 3; rebuild it"):
+        fmt.check_format_version(1, "x")
+    assert fmt.member_crc32(b"123456789") == 0xCBF43926   # the CRC-32 check value

@@ -1,4 +1,5 @@
 import tarfile
+import zlib
 
 import pytest
 
@@ -38,6 +39,31 @@ def test_writer_keeps_videos_whole_and_splits_only_oversized_ones(tmp_path):
             members = {m.name: (m.offset_data, m.size) for m in tar}
         for row in table.to_pylist():
             assert members[f"{row['key']}.jpg"] == (row["image_offset"], row["image_size"])
+            assert row["image_crc32"] == zlib.crc32(b"x" * 1000) and row["mask_crc32"] is None
+
+
+def test_writer_records_each_members_checksum(tmp_path):
+    """image_crc32 / mask_crc32 are zlib.crc32 of exactly the bytes at the row's offsets."""
+    schema = fmt.index_schema()
+    with ShardWriter(tmp_path, max_bytes=1 << 20, schema=schema) as w:
+        w.start_video("train", 0)
+        for i in range(3):
+            members = [("png", bytes([i]) * (700 + i)), ("json", b"{}")]
+            if i != 1:
+                members.append(("mask.png", bytes([9, i]) * 300))
+            w.write(fmt.sample_key("a", i), members, _full_row(fmt.sample_key("a", i)))
+    (rec,), (table,), _ = load_finished(tmp_path)
+    data = (tmp_path / "shards" / rec["name"]).read_bytes()
+    rows = table.to_pylist()
+    for row in rows:
+        image = data[row["image_offset"]:row["image_offset"] + row["image_size"]]
+        assert row["image_crc32"] == zlib.crc32(image) and image[0] == row["frame_index"]
+        if row["mask_offset"] is None:
+            assert row["mask_crc32"] is None
+        else:
+            mask = data[row["mask_offset"]:row["mask_offset"] + row["mask_size"]]
+            assert row["mask_crc32"] == zlib.crc32(mask)
+    assert [r["mask_crc32"] is None for r in rows] == [False, True, False]
 
 
 def _full_row(key):

@@ -7,11 +7,12 @@ import cv2
 import pyarrow.parquet as pq
 import pytest
 
-from factories import write_frames
+from factories import as_format_2, scramble_member, write_frames
 from preprocessing import format as fmt
 from preprocessing.build import BuildOptions, build
+from preprocessing.dataset import DatasetError
 from pipeline.cli import main
-from preprocessing.summary import summarize
+from preprocessing.summary import contact_sheet, summarize
 from preprocessing.verify import verify
 
 OPTS = BuildOptions(image_size=64, val_fraction=0.2, test_fraction=0.2, shard_size_mb=0.05)
@@ -158,9 +159,32 @@ def test_a_dataset_of_another_format_version_asks_for_a_rebuild(dataset, capsys)
     (dataset / fmt.MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
     assert main(["verify", str(dataset), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert (f"{dataset} is sonostream dataset format 1, this sonostream reads format "
+    assert (f"{dataset} is sonostream dataset format 1, this sonostream reads formats 2 and "
             f"{fmt.FORMAT_VERSION}; rebuild it with this sonostream (`sonostream build --csv CSV "
             "--out DIR --overwrite`)") in err
     (dataset / fmt.MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(ValueError, match="format 99, .*; upgrade sonostream"):
         verify(str(dataset), progress=False)
+
+
+def test_scrambled_members_are_named_by_their_checksums(dataset, capsys, tmp_path):
+    index = pq.read_table(dataset / fmt.INDEX_FILE).to_pandas()
+    img, mask = index.iloc[5], index.iloc[20]
+    scramble_member(dataset, img, "image")
+    scramble_member(dataset, mask, "mask")
+    problems = verify(str(dataset), progress=False)
+    assert f"{img.shard}: member {img.key}.jpg fails its checksum" in "\n".join(problems)
+    assert f"{mask.shard}: member {mask.key}.mask.png fails its checksum" in "\n".join(problems)
+    assert sum("fails its checksum" in p for p in problems) == 2   # the clean members pass
+    assert main(["verify", str(dataset), "--quiet"]) == 1
+    assert f"member {img.key}.jpg fails its checksum" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match=f"image member of {img.key} fails its checksum"):
+        contact_sheet(str(dataset), str(tmp_path / "s.png"), n=48)
+
+
+def test_a_format_2_dataset_verifies_without_member_checks(dataset, caplog):
+    as_format_2(dataset)
+    with caplog.at_level("WARNING", logger="sonostream.verify"):
+        assert verify(str(dataset), decode=True, progress=False) == []
+    assert "format 2, which has no per-member checksums" in caplog.text
+    assert "rebuild it with `sonostream build --overwrite`" in caplog.text

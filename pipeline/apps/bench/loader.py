@@ -5,6 +5,7 @@ All three run in one process tree, on the same JPEG bytes and the same CPU budge
 
 * **ours**: ``ClipLoader`` (CPU path, ``workers`` DataLoader workers), batches of B clips x K
   frames with IO/PM labels and MIR masks; frames/s = frames delivered to the training loop.
+  **ours, crc off**: the same with the per-member CRC-32 check off (what the check costs).
 * **seed-style**: what the seed encoder's loader does: one image file per sample, and for every
   sample a DataFrame scan for its patient (a PM pair: 2 more images) and for its video (an IO
   sequence: K more images). frames/s counts every image it decodes (generous to it).
@@ -102,12 +103,14 @@ def raw_decode(ds: Path, workers: int, seconds: float) -> float:
 
 # --- ours ------------------------------------------------------------------------------------
 def ours(ds: Path, workers: int, seconds: float, batch: int, k: int, warmup: int = 2,
-         processes: bool = False) -> float:
-    """Threads (the default: ``workers`` decode threads) or ``workers`` DataLoader processes."""
+         processes: bool = False, checksums: bool = True) -> float:
+    """Threads (the default: ``workers`` decode threads) or ``workers`` DataLoader processes;
+    ``checksums=False`` skips the per-member CRC-32 check (only to measure its cost)."""
     from pipeline.data import ClipLoader, LoaderConfig
     cfg = LoaderConfig(batch_size=batch, clip_len=k, num_workers=workers if processes else 0,
                        decode_threads=1 if processes else workers, prefetch=4, loader="cpu")
     loader = ClipLoader(ds, cfg, seed=0)
+    loader.decoder.checksums = checksums and loader.view.has_checksums
     n, t0 = 0, None
     for i, b in enumerate(loader):
         if i == warmup:
@@ -200,13 +203,16 @@ def bench_loader(workdir: str | None = None, sizes=(20_000, 200_000), seconds: f
         fps = {"raw_decode": raw_decode(base, workers, seconds)}
         for n in sizes:
             fps[f"ours_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len)
+            fps[f"ours_crc_off_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
+                                                 checksums=False)
             fps[f"ours_processes_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
                                                    processes=True)
             fps[f"seed_style_{tag(n)}"] = seed_style(sets[n], files, workers, seconds, clip_len)
         fps = {k: round(v, 1) for k, v in fps.items()}
         ratios = {"ours_vs_raw": fps[f"ours_{tag(large)}"] / fps["raw_decode"],
                   f"ours_vs_seed_style_{tag(large)}": fps[f"ours_{tag(large)}"] / fps[f"seed_style_{tag(large)}"],
-                  f"ours_{tag(large)}_vs_{tag(small)}": fps[f"ours_{tag(large)}"] / fps[f"ours_{tag(small)}"]}
+                  f"ours_{tag(large)}_vs_{tag(small)}": fps[f"ours_{tag(large)}"] / fps[f"ours_{tag(small)}"],
+                  f"ours_crc_on_vs_off_{tag(large)}": fps[f"ours_{tag(large)}"] / fps[f"ours_crc_off_{tag(large)}"]}
         return {"frames_per_s": fps, "ratios": {k: round(v, 3) for k, v in ratios.items()},
                 "setup": {"workers": workers, "batch_size": batch_size, "clip_len": clip_len,
                           "seconds_per_run": seconds, "frame": "256x256 JPEG q95",

@@ -14,5 +14,6 @@ def test_bench_parts_run_and_scale_the_index(dataset, tmp_path):
     assert len(list(files.iterdir())) == base_rows
     for fps in (raw_decode(big, 1, 0.2), ours(big, 2, 0.2, 2, 3, warmup=1),
                 ours(big, 1, 0.2, 2, 3, warmup=1, processes=True),
+                ours(big, 2, 0.2, 2, 3, warmup=1, checksums=False),
                 seed_style(big, files, 1, 0.2, 3, warmup=1)):
         assert fps > 0

@@ -11,7 +11,8 @@ SCRIPT = Path(__file__).with_name("ddp_loader_script.py")
 
 
 def test_two_processes_finish_the_epoch_together(dataset, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
+    # the checkout under test (parents[3]), not whatever sonostream is installed
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[3]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", "0", str(SCRIPT), str(dataset), str(tmp_path), "5"]

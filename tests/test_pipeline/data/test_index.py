@@ -40,5 +40,5 @@ def test_an_index_of_another_format_version_asks_for_a_rebuild(dataset):
     IndexView(table)  # the current format
     old = table.replace_schema_metadata({"sonostream_format_version": "1"})
     with pytest.raises(ValueError, match="index.parquet is sonostream dataset format 1, this "
-                                         "sonostream reads format 2; rebuild it"):
+                                         "sonostream reads formats 2 and 3; rebuild it"):
         IndexView(old)

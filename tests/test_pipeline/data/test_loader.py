@@ -135,7 +135,8 @@ def test_a_corrupt_member_is_skipped_counted_and_reported(corrupt, caplog, worke
     if kind == "dali" and not dali_available():
         pytest.skip("nvidia-dali is not installed")
     ds, r = corrupt
-    loader = ClipLoader(ds, cfg(num_workers=workers, loader=kind), seed=0)   # K=3 covers all 9 frames
+    # 1 of 36 clips: over the default fault budget (1 %), so it is raised here to skip the clip
+    loader = ClipLoader(ds, cfg(num_workers=workers, loader=kind, max_fault_share=0.05), seed=0)
     with caplog.at_level(logging.WARNING, logger="sonostream.loader"):
         batches = list(loader)
     assert len(batches) == len(ClipLoader(ds, cfg(), seed=0))    # training goes on, same steps

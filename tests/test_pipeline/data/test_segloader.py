@@ -1,4 +1,6 @@
 """Segmentation data: which patients are labelled, the frame loader, its state and errors."""
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -74,6 +76,7 @@ def test_no_masks_and_bad_masks_are_clear_errors(seg_shards, unlabelled_shards, 
     real = lo.source.read
     monkeypatch.setattr(lo.source, "read", lambda s, o, n: png if o == lo.view.mask_offset[row]
                         else real(s, o, n))
+    lo.view.mask_crc[row] = zlib.crc32(png)   # intact bytes (the checksum agrees), bad values
     with pytest.raises(ValueError, match=r"values 0, 128, not only 0/255"):
         lo.decoder.mask(row)
     with pytest.raises(ValueError, match="multiple of 32"):
