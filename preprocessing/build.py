@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from . import atomic
 from . import format as fmt
 from .cpus import exit_with_parent
+from .dataset import read_manifest
 from .encode import Encoded, EncodeOptions, Rejected, encode_segment
 from .frames_csv import FrameRow, Plan, Video, plan_build, reject
 from .lock import folder_lock
@@ -166,11 +167,16 @@ def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResu
         if not (out / fmt.MANIFEST_FILE).exists():
             raise BuildError(f"{out} has an index but no {fmt.MANIFEST_FILE}; pass --overwrite "
                              "to rebuild it")
-        manifest = json.loads((out / fmt.MANIFEST_FILE).read_text())
-        if manifest.get("format_version") != fmt.FORMAT_VERSION:
-            raise BuildError(f"{out} holds a dataset of format {manifest.get('format_version')} "
+        try:
+            raw = json.loads((out / fmt.MANIFEST_FILE).read_bytes())
+        except ValueError:
+            raw = None
+        if isinstance(raw, dict) and raw.get("format_version") != fmt.FORMAT_VERSION:
+            raise BuildError(f"{out} holds a dataset of format {raw.get('format_version')} "
                              f"(this sonostream writes {fmt.FORMAT_VERSION}); pass --overwrite to "
                              "rebuild it, or choose another --out")
+        manifest = read_manifest(out, fix="pass --overwrite to rebuild the dataset, or choose "
+                                 "another --out")
         if manifest.get("fingerprint") == fingerprint:
             return _result_from_manifest(out, manifest)
         raise BuildError(f"{out} already holds a dataset built from other inputs or options; "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
-import json
 import os
 import threading
 import urllib.request
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 
 from preprocessing import format as fmt
 from preprocessing.atomic import write_text
-from preprocessing.dataset import DatasetError, open_dataset
+from preprocessing.dataset import REBUILD, DatasetError, open_dataset, parse_manifest
 
 
 def is_url(path: str) -> bool:
@@ -89,12 +88,15 @@ class ShardSource:
             return ds.index, ds.manifest
         try:
             with open_url(_join(self.root, fmt.MANIFEST_FILE)) as f:
-                manifest = json.loads(f.read())
+                raw = f.read()
             with open_url(_join(self.root, fmt.INDEX_FILE)) as f:
                 index = pq.read_table(io.BytesIO(f.read()))
         except OSError as e:
             raise DatasetError(f"{self.root}: cannot read {fmt.MANIFEST_FILE} / {fmt.INDEX_FILE} "
                                f"({e}); is it the URL of a `sonostream build` output folder?") from e
+        manifest = parse_manifest(raw, _join(self.root, fmt.MANIFEST_FILE),
+                                  fix="upload the dataset folder again (`sonostream verify DIR` "
+                                  f"checks the local copy), or {REBUILD}")
         return index, manifest
 
     def url_of(self, shard: str) -> str:

@@ -2,12 +2,14 @@
 URL: each cached shard is checked against the manifest of the run that reads it."""
 import functools
 import http.server
+import re
 import shutil
 import threading
 
 import pytest
 
 from pipeline.data import ClipLoader
+from preprocessing.dataset import DatasetError
 from test_loader import cfg, run   # noqa: E402 (same folder; pytest puts it on sys.path)
 
 from factories import make_dataset, write_frames
@@ -54,3 +56,12 @@ def test_an_unchanged_dataset_reuses_its_cache(tmp_path, dataset, served):
         shutil.copy(dataset / name, www / "ds" / name)
     assert run(ClipLoader(url, cfg(), seed=3, cache_dir=cache)) == first
     assert {p.name: p.stat().st_ino for p in cache.glob("*.tar")} == stamps
+
+
+def test_a_damaged_remote_manifest_names_its_url(tmp_path, dataset, served):
+    www, url = served
+    shutil.copytree(dataset, www / "ds")
+    (www / "ds" / "manifest.json").write_text('{"format_version": 2, "shards": [')   # cut short
+    with pytest.raises(DatasetError, match=r"^" + re.escape(url) + r"manifest\.json is not valid "
+                       r"JSON .*upload the dataset folder again"):
+        ClipLoader(url, cfg(), seed=3, cache_dir=tmp_path / "cache")
