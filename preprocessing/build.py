@@ -109,7 +109,12 @@ def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), work
     fingerprint = {"format_version": fmt.FORMAT_VERSION, "csv_sha256": _sha256(csv_path),
                    "options": asdict(opts)}
     with folder_lock(out, "build"):  # one writer per folder, from here to the index
-        result = _build(out, plan, fingerprint, opts, workers, overwrite, progress)
+        try:
+            result = _build(out, plan, fingerprint, opts, workers, overwrite, progress)
+        except Exception as e:
+            if not atomic.out_of_space(e, out):
+                raise
+            raise BuildError(_no_space(out, plan)) from None
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -143,6 +148,23 @@ def _build(out: Path, plan: Plan, fingerprint: dict, opts: BuildOptions, workers
     result.reused_shards = len(records)
     result.warnings = plan.warnings
     return result
+
+
+def _no_space(out: Path, plan: Plan) -> str:
+    """The message for a disk that filled up mid-build, after removing the unfinished shard
+    (``load_finished`` deletes whatever a shard without its marker left)."""
+    try:
+        records = load_finished(out)[0]
+    except Exception:  # noqa: BLE001 - the message matters more than the estimate
+        records = []
+    frames, size = sum(r["frames"] for r in records), sum(r["bytes"] for r in records)
+    needed = size / frames * (plan.num_rows - frames) if frames else None
+    kept = (f"the {len(records)} finished shards ({atomic.mb(size)}) are kept and the build "
+            "continues after them" if records else "it starts from the first shard again")
+    return atomic.no_space_message(
+        out, "the dataset's shards", needed=needed,
+        fix=f"the unfinished shard was removed. Free space there and rerun the same command "
+            f"({kept}), or build into another --out")
 
 
 def _sha256(path: str) -> str:

@@ -20,6 +20,7 @@ checkpoints are read by DeepSpeed's engine, whose loader is made ``weights_only=
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
 import random
 import re
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from preprocessing.atomic import share, write_text
+from preprocessing.atomic import no_space_message, out_of_space, share, write_text
 from preprocessing.format import SonostreamError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -101,20 +102,44 @@ def save_checkpoint(accelerator, run, step: int, keep: int, info: dict | None = 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with _no_space(run, step, tmp):
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if info is not None:
-            (tmp / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-        share(tmp)   # safetensors writes 0600 files; a run folder is read by the whole group
-        if final.exists():   # the same step saved again (e.g. --stop-after at a checkpoint step)
-            shutil.rmtree(final)
-        tmp.rename(final)
-        write_text(d / "latest", final.name + "\n")
+        with _no_space(run, step, tmp):
+            if info is not None:
+                (tmp / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+            share(tmp)   # safetensors writes 0600 files; a run folder is read by the whole group
+            if final.exists():   # the same step saved again (e.g. --stop-after at a checkpoint step)
+                shutil.rmtree(final)
+            tmp.rename(final)
+            write_text(d / "latest", final.name + "\n")
         for s, p in list_checkpoints(run)[:-keep] if keep > 0 else []:
             shutil.rmtree(p, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+@contextlib.contextmanager
+def _no_space(run, step: int, tmp: Path):
+    """A disk that fills up while checkpoint ``step`` is saved: the partial ``.step-N.tmp`` is
+    removed and the error says what is needed and that the previous checkpoint is intact."""
+    try:
+        yield
+    except Exception as e:
+        if not out_of_space(e, tmp.parent):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest_checkpoint(run)
+        needed = sum(f.stat().st_size for f in prev.rglob("*") if f.is_file()) if prev else None
+        keep = (f"{prev} is intact and still latest: free space there (while saving, a run "
+                f"holds train.keep_checkpoints + 1 checkpoints: a lower value needs less) and "
+                f"rerun with --resume latest, or continue in another --out with --resume {run}"
+                if prev else "no checkpoint of the run was "
+                "saved before: free space there or choose another --out, and start again")
+        raise SonostreamError(no_space_message(
+            checkpoints_dir(run), f"checkpoint step-{step}", needed=needed,
+            fix=f"the partial checkpoint was removed; {keep}")) from None
 
 
 def check_resume(ckpt: Path, cfg) -> None:

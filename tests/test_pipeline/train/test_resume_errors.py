@@ -1,13 +1,16 @@
 """--resume that cannot work says why and what to do: a truncated checkpoint file (resume from
 an earlier one, listed), and a config that changed a setting the checkpoint's model or data
-depend on (each key, both values, the --set that sets it back); other settings may change."""
+depend on (each key, both values, the --set that sets it back); other settings may change.
+A disk that fills up while a checkpoint is saved leaves the previous one intact and says so."""
+import errno
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.pretrain import main
-from pipeline.train.checkpoint import check_resume
+from pipeline.train.checkpoint import check_resume, save_checkpoint
 from pipeline.train.config import saved_dict
 from pipeline.train.finetuning import load_finetune_config
 from pipeline.train.logs import read_metrics
@@ -106,3 +109,37 @@ def test_a_damaged_run_yaml_names_itself(tmp_path):
     with pytest.raises(SonostreamError, match=r"run\.yaml is damaged \(not YAML.*the run has no other "
                                          r"checkpoint: start again without --resume"):
         check_resume(ckpt, load_pretrain_config(PRETRAIN_CONFIG, FAST))
+
+
+class FakeAccelerator:
+    """What save_checkpoint uses of an Accelerator; ``save_state`` fills the disk on call n."""
+    is_main_process = True
+
+    def __init__(self, fail_on: int):
+        self.calls, self.fail_on = 0, fail_on
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        self.calls += 1
+        (Path(folder) / "model.safetensors").write_bytes(bytes(3000))
+        if self.calls == self.fail_on:
+            (Path(folder) / "optimizer.bin").write_bytes(bytes(100))   # cut short
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "optimizer.bin"))
+        (Path(folder) / "optimizer.bin").write_bytes(bytes(6000))
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path):
+    acc, run = FakeAccelerator(fail_on=2), tmp_path / "run"
+    save_checkpoint(acc, run, 2, keep=3, info={"step": 2})
+    with pytest.raises(SonostreamError) as e:
+        save_checkpoint(acc, run, 4, keep=3, info={"step": 4})
+    msg = str(e.value)
+    assert msg.startswith(f"no space left on the device (or the disk quota is used up) writing "
+                          f"checkpoint step-4 in {run / 'checkpoints'} ("), msg
+    assert "; about 9 kB needed); the partial checkpoint was removed; " in msg   # step-2's size
+    assert f"{run / 'checkpoints' / 'step-2'} is intact and still latest: free space there" in msg
+    assert f"rerun with --resume latest, or continue in another --out with --resume {run}" in msg
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-2"]
+    assert (run / "checkpoints" / "latest").read_text() == "step-2\n"
