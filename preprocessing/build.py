@@ -19,6 +19,7 @@ writes the index.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import itertools
 import json
@@ -27,6 +28,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -245,13 +247,35 @@ def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tupl
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
         it = iter(tasks)
-        queue = collections.deque((vi, pool.submit(encode_segment, rows, enc))
+        queue = collections.deque((vi, rows, pool.submit(encode_segment, rows, enc))
                                   for vi, rows in itertools.islice(it, window))
         while queue:
-            vi, fut = queue.popleft()
-            for nvi, rows in itertools.islice(it, 1):  # keep the window full
-                queue.append((nvi, pool.submit(encode_segment, rows, enc)))
-            yield vi, fut.result()
+            vi, rows, fut = queue[0]
+            try:
+                for nvi, nrows in itertools.islice(it, 1):  # keep the window full
+                    queue.append((nvi, nrows, pool.submit(encode_segment, nrows, enc)))
+                result = fut.result()
+            except BrokenProcessPool:   # a worker was killed (SIGKILL, the OOM killer, a crash)
+                raise BuildError(_worker_died(list(queue), enc, workers)) from None
+            queue.popleft()
+            yield vi, result
+
+
+def _worker_died(queue: list, enc: EncodeOptions, workers: int) -> str:
+    """The message for a dead encode worker: the segments it may have been encoding (workers
+    take tasks in order, so the first ``workers`` unfinished ones were running), and the fix."""
+    futures = [fut for _, _, fut in queue]
+    concurrent.futures.wait(futures, timeout=10)   # the broken pool fails the rest at once
+    unfinished = [seg for _, seg, fut in queue if not fut.done() or fut.exception() is not None]
+    running = "; ".join(f"{len(seg)} frames from line {seg[0].csv_line} {seg[0].frame_path} to "
+                        f"line {seg[-1].csv_line} {seg[-1].frame_path}"
+                        for seg in unfinished[:workers])
+    return (f"a build worker process died while encoding, most likely killed by the kernel's "
+            f"out-of-memory killer (`dmesg | grep -i -e oom -e killed` shows it); the CSV rows "
+            f"being encoded were among: {running} (one of them, or all together, took too much "
+            f"memory). The finished shards are kept: rerun the same command with fewer --workers "
+            f"(now {workers}) or a lower --max-pixels (now {enc.max_pixels}) to continue after "
+            f"them")
 
 
 def _write_video(writer: ShardWriter, video: Video, results: list, opts: BuildOptions,

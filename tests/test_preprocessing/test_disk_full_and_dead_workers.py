@@ -1,6 +1,7 @@
 """A disk that fills up (ENOSPC) during a build or an import is a message naming the folder,
 the space free and needed, and the fix; the partial writes are gone, and a build's rerun
-continues after its finished shards."""
+continues after its finished shards. So does a build whose encode worker is killed (the OOM
+killer's SIGKILL): the rows it was encoding and the fix are named."""
 import errno
 import os
 import re
@@ -122,3 +123,26 @@ def test_only_a_lack_of_space_counts(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "free_bytes", lambda folder: 1000)
     assert atomic.out_of_space(torch_says, tmp_path)               # none left: that was it
     assert not atomic.out_of_space(OSError(errno.EACCES, "denied"))
+
+
+def test_a_killed_encode_worker_names_the_rows_and_the_rerun_continues(tmp_path, monkeypatch):
+    import dying_worker
+    import preprocessing.build as build_mod
+    src = write_frames(tmp_path / "src", patients=4, videos=2, frames=6)
+    out = tmp_path / "ds"
+    monkeypatch.setattr(build_mod, "SEGMENT_FRAMES", 2)   # small tasks: several in flight
+    monkeypatch.setattr(build_mod, "encode_segment", dying_worker.encode_or_die)
+    with pytest.raises(BuildError) as e:
+        build(str(src), str(out), OPTS, workers=2, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("a build worker process died while encoding, most likely killed by "
+                          "the kernel's out-of-memory killer"), msg
+    assert re.search(rf"the CSV rows being encoded were among: .*2 frames from line \d+ "
+                     rf"{dying_worker.PLANTED} to line \d+ img/p001/v1/3.png", msg), msg
+    assert ("The finished shards are kept: rerun the same command with fewer --workers (now 2) "
+            "or a lower --max-pixels (now 50000000) to continue after them") in msg
+    assert leftovers(out) == [] and not (out / fmt.INDEX_FILE).exists()
+    kept = len(list((out / fmt.SHARDS_DIR).glob("*.tar")))
+    monkeypatch.setattr(build_mod, "encode_segment", dying_worker.encode_segment)
+    r = build(str(src), str(out), OPTS, workers=1, progress=False)
+    assert r.reused_shards == kept and r.frames == 48 and verify(str(out), progress=False) == []
