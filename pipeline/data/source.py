@@ -267,20 +267,26 @@ class ShardSource:
 
     def read(self, shard: str, offset: int, size: int) -> bytes:
         if os.getpid() != self._pid:  # forked into a worker: descriptors are not ours to share
-            for entry in self._fds.values():   # the parent's copies: close ours (its stay open)
-                with contextlib.suppress(OSError):
-                    os.close(entry.fd)
             self._fds, self._pid, self._lock = {}, os.getpid(), threading.Lock()
-        with self._lock:
+        if self.cache_limit is None or not self.remote:   # descriptors stay open: no counting
             entry = self._fds.get(shard)
             if entry is None:
-                entry = self._fds[shard] = _Open(self._open(shard))
-            entry.users += 1      # not closed while a thread reads it (see _close_idle)
-        try:
+                with self._lock:
+                    entry = self._fds.get(shard)
+                    if entry is None:
+                        entry = self._fds[shard] = _Open(self._open(shard))
             data = os.pread(entry.fd, size, offset)
-        finally:
+        else:
             with self._lock:
-                entry.users -= 1
+                entry = self._fds.get(shard)
+                if entry is None:
+                    entry = self._fds[shard] = _Open(self._open(shard))
+                entry.users += 1      # not closed while a thread reads it (see _close_idle)
+            try:
+                data = os.pread(entry.fd, size, offset)
+            finally:
+                with self._lock:
+                    entry.users -= 1
         if len(data) != size:
             raise EOFError(f"{size} bytes at {offset} run past the end of {shard}")
         return data

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+from pydicom.uid import UltrasoundMultiFrameImageStorage, generate_uid
 
 from importer_helpers import read_rejects
 from pipeline.eval.cine.source import read_file
