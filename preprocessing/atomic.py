@@ -6,8 +6,10 @@ look at; never a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -67,3 +69,48 @@ def remove_leftovers(folder: str | os.PathLike) -> int:
         p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+# -- a full disk ------------------------------------------------------------------------------
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+LOW_SPACE = 64 * 2**20   # a write that failed with less free than this failed for lack of space
+
+
+def out_of_space(e: BaseException, folder=None) -> bool:
+    """Whether a failed write (into ``folder``) failed for lack of space: ENOSPC or EDQUOT, also
+    in the text of what libraries re-raise (safetensors), or, where an error says nothing
+    useful (``torch.save``: "unexpected pos"), a file system left with under 64 MiB free."""
+    if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+        return True
+    if any(t in str(e) for t in NO_SPACE_TEXTS):
+        return True
+    free = free_bytes(folder) if folder is not None else None
+    return free is not None and free < LOW_SPACE
+
+
+def free_bytes(folder) -> int | None:
+    """Free bytes on the file system of ``folder`` (or of its nearest existing parent)."""
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def mb(n: float) -> str:
+    if n >= 10 * 2**20:
+        return f"{n / 2**20:,.0f} MB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} kB"
+
+
+def no_space_message(folder, what: str, fix: str, needed: float | None = None) -> str:
+    """``no space left writing WHAT in FOLDER (F free, about N needed); FIX``."""
+    free = free_bytes(folder)
+    known = [f"{mb(free)} free on its file system" if free is not None else None,
+             f"about {mb(needed)} needed" if needed else None]
+    detail = "; ".join(k for k in known if k)
+    return (f"no space left on the device (or the disk quota is used up) writing {what} in "
+            f"{folder}" + (f" ({detail})" if detail else "") + f"; {fix}")

@@ -19,6 +19,7 @@ writes the index.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import itertools
 import json
@@ -27,6 +28,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -38,6 +40,7 @@ import pyarrow.parquet as pq
 from . import atomic
 from . import format as fmt
 from .cpus import exit_with_parent
+from .dataset import read_manifest
 from .encode import Encoded, EncodeOptions, Rejected, encode_segment
 from .frames_csv import FrameRow, Plan, Video, plan_build, reject
 from .lock import folder_lock
@@ -109,7 +112,12 @@ def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), work
     fingerprint = {"format_version": fmt.FORMAT_VERSION, "csv_sha256": _sha256(csv_path),
                    "options": asdict(opts)}
     with folder_lock(out, "build"):  # one writer per folder, from here to the index
-        result = _build(out, plan, fingerprint, opts, workers, overwrite, progress)
+        try:
+            result = _build(out, plan, fingerprint, opts, workers, overwrite, progress)
+        except Exception as e:
+            if not atomic.out_of_space(e, out):
+                raise
+            raise BuildError(_no_space(out, plan)) from None
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -145,6 +153,23 @@ def _build(out: Path, plan: Plan, fingerprint: dict, opts: BuildOptions, workers
     return result
 
 
+def _no_space(out: Path, plan: Plan) -> str:
+    """The message for a disk that filled up mid-build, after removing the unfinished shard
+    (``load_finished`` deletes whatever a shard without its marker left)."""
+    try:
+        records = load_finished(out)[0]
+    except Exception:  # noqa: BLE001 - the message matters more than the estimate
+        records = []
+    frames, size = sum(r["frames"] for r in records), sum(r["bytes"] for r in records)
+    needed = size / frames * (plan.num_rows - frames) if frames else None
+    kept = (f"the {len(records)} finished shards ({atomic.mb(size)}) are kept and the build "
+            "continues after them" if records else "it starts from the first shard again")
+    return atomic.no_space_message(
+        out, "the dataset's shards", needed=needed,
+        fix=f"the unfinished shard was removed. Free space there and rerun the same command "
+            f"({kept}), or build into another --out")
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -167,11 +192,16 @@ def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResu
         if not (out / fmt.MANIFEST_FILE).exists():
             raise BuildError(f"{out} has an index but no {fmt.MANIFEST_FILE}; pass --overwrite "
                              "to rebuild it")
-        manifest = json.loads((out / fmt.MANIFEST_FILE).read_text())
-        if manifest.get("format_version") != fmt.FORMAT_VERSION:
-            raise BuildError(f"{out} holds a dataset of format {manifest.get('format_version')} "
+        try:
+            raw = json.loads((out / fmt.MANIFEST_FILE).read_bytes())
+        except ValueError:
+            raw = None
+        if isinstance(raw, dict) and raw.get("format_version") != fmt.FORMAT_VERSION:
+            raise BuildError(f"{out} holds a dataset of format {raw.get('format_version')} "
                              f"(this sonostream writes {fmt.FORMAT_VERSION}); pass --overwrite to "
                              "rebuild it, or choose another --out")
+        manifest = read_manifest(out, fix="pass --overwrite to rebuild the dataset, or choose "
+                                 "another --out")
         if manifest.get("fingerprint") == fingerprint:
             return _result_from_manifest(out, manifest)
         raise BuildError(f"{out} already holds a dataset built from other inputs or options; "
@@ -218,13 +248,35 @@ def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tupl
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
         it = iter(tasks)
-        queue = collections.deque((vi, pool.submit(encode_segment, rows, enc))
+        queue = collections.deque((vi, rows, pool.submit(encode_segment, rows, enc))
                                   for vi, rows in itertools.islice(it, window))
         while queue:
-            vi, fut = queue.popleft()
-            for nvi, rows in itertools.islice(it, 1):  # keep the window full
-                queue.append((nvi, pool.submit(encode_segment, rows, enc)))
-            yield vi, fut.result()
+            vi, rows, fut = queue[0]
+            try:
+                for nvi, nrows in itertools.islice(it, 1):  # keep the window full
+                    queue.append((nvi, nrows, pool.submit(encode_segment, nrows, enc)))
+                result = fut.result()
+            except BrokenProcessPool:   # a worker was killed (SIGKILL, the OOM killer, a crash)
+                raise BuildError(_worker_died(list(queue), enc, workers)) from None
+            queue.popleft()
+            yield vi, result
+
+
+def _worker_died(queue: list, enc: EncodeOptions, workers: int) -> str:
+    """The message for a dead encode worker: the segments it may have been encoding (workers
+    take tasks in order, so the first ``workers`` unfinished ones were running), and the fix."""
+    futures = [fut for _, _, fut in queue]
+    concurrent.futures.wait(futures, timeout=10)   # the broken pool fails the rest at once
+    unfinished = [seg for _, seg, fut in queue if not fut.done() or fut.exception() is not None]
+    running = "; ".join(f"{len(seg)} frames from line {seg[0].csv_line} {seg[0].frame_path} to "
+                        f"line {seg[-1].csv_line} {seg[-1].frame_path}"
+                        for seg in unfinished[:workers])
+    return (f"a build worker process died while encoding, most likely killed by the kernel's "
+            f"out-of-memory killer (`dmesg | grep -i -e oom -e killed` shows it); the CSV rows "
+            f"being encoded were among: {running} (one of them, or all together, took too much "
+            f"memory). The finished shards are kept: rerun the same command with fewer --workers "
+            f"(now {workers}) or a lower --max-pixels (now {enc.max_pixels}) to continue after "
+            f"them")
 
 
 def _write_video(writer: ShardWriter, video: Video, results: list, opts: BuildOptions,

@@ -76,10 +76,56 @@ def check_dataset_dir(root: str | Path) -> Path:
     return root
 
 
+# What every reader of a manifest relies on (build writes more: fingerprint, wids, ...).
+MANIFEST_KEYS = ("format_version", "codec", "image_ext", "image_size", "shards", "counts")
+SHARD_KEYS = ("name", "split", "bytes", "sha256")
+COUNT_KEYS = ("rows", "frames", "rejects", "splits")
+REBUILD = ("rebuild the dataset (`sonostream build --csv CSV --out DIR --overwrite`; "
+           "`sonostream verify DIR` then checks it against its manifest)")
+
+
+def parse_manifest(data: str | bytes, where, fix: str = REBUILD) -> dict:
+    """The manifest in ``data`` (the bytes of ``where``, a manifest.json path or URL), or a
+    DatasetError naming it and ``fix`` when it is not JSON (cut short, overwritten), not an
+    object, of another format version, or lacks keys readers rely on."""
+    try:
+        m = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:   # JSONDecodeError is a ValueError
+        raise DatasetError(f"{where} is not valid JSON ({e}): the manifest is damaged or was cut "
+                           f"short; {fix}") from None
+    if not isinstance(m, dict):
+        raise DatasetError(f"{where} holds a JSON {type(m).__name__}, not the object a dataset "
+                           f"manifest is (format_version, shards, counts, ...); {fix}")
+    if "format_version" in m:
+        fmt.check_format_version(m["format_version"], str(where))
+    missing = [k for k in MANIFEST_KEYS if k not in m]
+    shards, counts = m.get("shards", []), m.get("counts", {})
+    if not missing and not isinstance(shards, list):
+        missing = ["shards (a list)"]
+    if not missing and not isinstance(counts, dict):
+        missing = ["counts (an object)"]
+    if not missing:
+        missing = [f"counts.{k}" for k in COUNT_KEYS if k not in counts]
+    if not missing:
+        bad = next((i for i, r in enumerate(shards)
+                    if not isinstance(r, dict) or any(k not in r for k in SHARD_KEYS)), None)
+        if bad is not None:
+            missing = [f"shards[{bad}].{k}" for k in SHARD_KEYS
+                       if not isinstance(shards[bad], dict) or k not in shards[bad]]
+    if missing:
+        raise DatasetError(f"{where} lacks {', '.join(missing)}: it is not a complete manifest of "
+                           f"`sonostream build`; {fix}")
+    return m
+
+
+def read_manifest(root: str | Path, fix: str = REBUILD) -> dict:
+    """``root``/manifest.json, checked (:func:`parse_manifest`)."""
+    path = Path(root) / fmt.MANIFEST_FILE
+    return parse_manifest(path.read_bytes(), path, fix)
+
+
 def open_dataset(root: str | Path) -> Dataset:
-    """The dataset at ``root``; a SonostreamError naming the fix if it is unfinished or of
-    another format version."""
+    """The dataset at ``root``; a SonostreamError naming the fix if it is unfinished, of
+    another format version, or its manifest is damaged."""
     root = check_dataset_dir(root)
-    manifest = json.loads((root / fmt.MANIFEST_FILE).read_text())
-    fmt.check_format_version(manifest.get("format_version"), str(root))
-    return Dataset(root, pq.read_table(root / fmt.INDEX_FILE), manifest)
+    return Dataset(root, pq.read_table(root / fmt.INDEX_FILE), read_manifest(root))

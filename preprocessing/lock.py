@@ -40,8 +40,9 @@ def folder_lock(folder: str | os.PathLike, job: str) -> Iterator[None]:
     path = folder / LOCK_FILE
     fd = _acquire(path, folder)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {job}\n".encode())
+        with contextlib.suppress(OSError):   # the holder's note only (a full disk: the job says it)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {job}\n".encode())
         yield
     finally:
         with contextlib.suppress(OSError):

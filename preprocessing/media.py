@@ -290,22 +290,52 @@ def _with_pixels(ds, path: str):
     return ds
 
 
-def check_decoder(ds, path: str) -> None:
-    """MediaError naming the transfer syntax and what to install when no decoder is there."""
-    from pydicom.pixels import get_decoder
+TRANSCODE = ("or transcode it to an uncompressed transfer syntax (GDCM: `gdcmconv --raw IN.dcm "
+             "OUT.dcm`; DCMTK: `dcmdjpeg` / `dcmdjp2k`) and pass that")
+HANDLERS = ("pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle, or "
+            "python-gdcm")
+# An MPEG-2 / H.264 / HEVC loop is one video stream in the pixel data: saved as it is, it plays.
+EXTRACT = ("python -c \"import sys, pydicom; from pydicom.encaps import generate_fragments as g; "
+           "open(sys.argv[2], 'wb').write(b''.join(list(g(pydicom.dcmread(sys.argv[1]).PixelData))"
+           "[1:]))\" IN.dcm OUT{ext}")
+
+
+def transfer_syntax(ds):
     from pydicom.uid import ImplicitVRLittleEndian
-    ts = ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)
+    return ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)
+
+
+def _ts_text(ts) -> str:
+    return f"{ts.name} ({ts})" if ts.name != str(ts) else str(ts)
+
+
+def check_decoder(ds, path: str) -> None:
+    """MediaError naming the transfer syntax and what to install or run when pydicom has no
+    decoder for it (an unknown or private UID, MPEG video, JPIP) or its plugin is missing."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import MPEGTransferSyntaxes
+    ts = transfer_syntax(ds)
+    if not ts.is_transfer_syntax:
+        raise MediaError(f"{path}: transfer syntax {ts} is not one pydicom knows (a private or "
+                         f"misspelt UID), so its pixel data cannot be decoded; export the file "
+                         f"from the scanner or PACS with a standard transfer syntax, {TRANSCODE} "
+                         "if GDCM reads it")
     if not ts.is_compressed:
         return
+    if ts in MPEGTransferSyntaxes:
+        ext = ".mpg" if ts.startswith(("1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101")) else ".mp4"
+        raise MediaError(f"{path}: transfer syntax {_ts_text(ts)} is a video stream that pydicom "
+                         f"does not decode; save the stream as a video file and pass that "
+                         f"instead: {EXTRACT.format(ext=ext)}")
     try:
         decoder = get_decoder(ts)
     except NotImplementedError:
-        raise MediaError(f"{path}: transfer syntax {ts.name} ({ts}) has no pixel decoder in "
-                            "pydicom; convert the file (e.g. dcmdjpeg/gdcmconv) first") from None
+        raise MediaError(f"{path}: transfer syntax {_ts_text(ts)} has no pixel decoder in "
+                         f"pydicom; {TRANSCODE.removeprefix('or ')}") from None
     if not decoder.is_available:
         needs = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
-        raise MediaError(f"{path}: no decoder installed for transfer syntax {ts.name} ({ts}); "
-                            f"install one of: {needs}")
+        raise MediaError(f"{path}: no decoder installed for transfer syntax {_ts_text(ts)}; "
+                         f"install one of: {needs}, {TRANSCODE}")
 
 
 class Frames:
@@ -331,7 +361,11 @@ class Frames:
         try:
             yield from iter_pixels(self.ds, as_rgb=True)
         except (NotImplementedError, RuntimeError, ValueError, AttributeError, KeyError) as e:
-            raise MediaError(f"{self.path}: cannot decode the pixel data ({e})") from None
+            lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+            raise MediaError(
+                f"{self.path}: cannot decode the pixel data as {_ts_text(transfer_syntax(self.ds))}"
+                f" ({' '.join(lines)[:300] or type(e).__name__}); if other viewers open the file, "
+                f"another pixel-data handler may ({HANDLERS}), {TRANSCODE}") from None
 
     def __iter__(self):
         if self.cached:

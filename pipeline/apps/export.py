@@ -55,6 +55,7 @@ def read_checkpoint(path: Path) -> tuple[str, dict]:
     import torch
 
     from pipeline.models.encoder import FORMAT as ENCODER
+    from pipeline.models.files import ENCODER_KEYS, SEGMENTER_KEYS, describe, require
     from pipeline.models.segmenter import FORMAT as SEGMENTER
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -63,26 +64,31 @@ def read_checkpoint(path: Path) -> tuple[str, dict]:
     kinds = {ENCODER: "encoder", SEGMENTER: "segmenter"}
     fmt = blob.get("format") if isinstance(blob, dict) else None
     if fmt not in kinds:
-        what = f"format {fmt!r}" if isinstance(blob, dict) else type(blob).__name__
-        raise SonostreamError(f"--checkpoint {path} is not a sonostream checkpoint ({what}); pass "
-                              "the encoder.pt a pretraining run wrote or the segmenter.pt of a "
-                              "finetune run")
-    return kinds[fmt], blob
+        what = (describe(blob) if not isinstance(blob, Exception)
+                else f"not loadable as a torch file: {type(blob).__name__}")
+        raise SonostreamError(f"--checkpoint {path} is not a sonostream checkpoint (it is {what}); "
+                              "pass the encoder.pt a pretraining run wrote or the segmenter.pt of "
+                              "a finetune run")
+    kind = kinds[fmt]
+    require(blob, ENCODER_KEYS if kind == "encoder" else SEGMENTER_KEYS, f"--checkpoint {path}",
+            kind)
+    return kind, blob
 
 
-def build_plain(kind: str, blob: dict):
+def build_plain(kind: str, blob: dict, path="--checkpoint"):
     """(the plain network holding the weights, eval mode, config dict, output names)."""
     from torch import nn
 
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     if kind == "encoder":
         from pipeline.models.encoder import ResNetEncoder, encoder_meta
+        from pipeline.models.files import load_weights
         net = ResNetEncoder(blob["arch"], blob["in_chans"])
-        net.load_state_dict(blob["state_dict"], strict=True)
+        load_weights(net, blob["state_dict"], path, f"{blob['arch']} encoder")
         return net.eval(), {**encoder_meta(blob["arch"], blob["in_chans"]), **meta}, ["features"]
 
     from pipeline.models.segmenter import segmenter_from_blob
-    model, meta = segmenter_from_blob(blob)
+    model, meta = segmenter_from_blob(blob, path)
 
     class Plain(nn.Module):   # the smp.Unet forward, on normalised input
         def __init__(self, seg):
@@ -114,7 +120,7 @@ def export_checkpoint(checkpoint, fmt: str, out, tolerance: float = ONNX_TOLERAN
     if fmt == "onnx":
         _need_onnx(path, out)
     kind, blob = read_checkpoint(path)
-    net, meta, names = build_plain(kind, blob)
+    net, meta, names = build_plain(kind, blob, f"--checkpoint {path}")
     config = {"exported_by": "sonostream export", "kind": kind, "source": str(path.resolve()),
               "source_format": meta.pop("format"), "weights": out.name, "weights_format": fmt,
               **meta}

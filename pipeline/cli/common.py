@@ -3,7 +3,9 @@
 Exit statuses: 0 done; 2 bad input or configuration (a ``SonostreamError``: the message says what
 to fix); 1 the work itself failed (an error class with ``exit_status = 1``, such as a training run
 whose loss stays non-finite, or a demo stage that raised); 130 interrupted. Any other exception is
-a bug and keeps its traceback (exit 1), so it is never mistaken for bad input.
+a bug and keeps its traceback (exit 1), so it is never mistaken for bad input, except a full
+disk (ENOSPC / EDQUOT) under a write no command caught itself: ``error: no space left ...``,
+exit 2.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from preprocessing.atomic import NO_SPACE_ERRNOS
 from preprocessing.format import SonostreamError
 
 NOISY_LOGGERS = ("accelerate", "DeepSpeed", "matplotlib", "torch.distributed")
@@ -61,11 +64,27 @@ def guarded(fn, *args) -> int:
         return 2
     except Exception as e:   # noqa: BLE001 - only errors that declare an exit status are ours
         status = getattr(type(e), "exit_status", None)
+        if status is None and isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            print(f"error: {disk_full(e)}", file=sys.stderr)   # a write the command did not
+            return 2                                          # guard itself: say it plainly
         if status is None:
             raise
         print(f"error: {e}", file=sys.stderr)
         return int(status)
     return 0 if status is None else int(status)
+
+
+def disk_full(e: OSError) -> str:
+    """The message for a full disk (or quota) under a write no command caught itself."""
+    from pathlib import Path
+
+    from preprocessing.atomic import no_space_message
+    if not e.filename:
+        return (f"no space left on the device (or the disk quota is used up): {e.strerror}; free "
+                "space where the command writes, or choose another --out")
+    path = Path(e.filename)
+    return no_space_message(path.parent, path.name, fix="free space there, or choose another "
+                            "--out")
 
 
 def write_json_result(result: dict, path: str | None) -> None:

@@ -17,6 +17,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from preprocessing.format import SonostreamError
 
+from .files import ENCODER_KEYS, describe, load_weights, require
 from .inputs import preprocessing
 
 # name -> (block, blocks per stage). "tiny" (a ResNet-10: one block per stage) is the debug size.
@@ -100,11 +101,13 @@ def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not ours"
         blob = type(e).__name__
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise SonostreamError(f"{path} is not a sonostream encoder (expected format {FORMAT!r}); "
-                              "pass the encoder.pt a pretraining run wrote")
+        what = describe(blob) if not isinstance(blob, str) else f"not loadable as a torch file: {blob}"
+        raise SonostreamError(f"{path} is not a sonostream encoder (expected format {FORMAT!r}; "
+                              f"it is {what}); pass the encoder.pt a pretraining run wrote")
+    require(blob, ENCODER_KEYS, path, "encoder")
     if arch is not None and blob["arch"] != arch:
         raise SonostreamError(f"{path} holds a {blob['arch']} encoder, not {arch}; set model.arch "
                               f"to {blob['arch']!r} or pass another encoder")
     enc = ResNetEncoder(blob["arch"], blob["in_chans"])
-    enc.load_state_dict(blob["state_dict"], strict=True)
+    load_weights(enc, blob["state_dict"], path, f"{blob['arch']} encoder")
     return enc.eval()

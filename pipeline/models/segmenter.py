@@ -21,6 +21,7 @@ from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
 
 from .encoder import ARCHS, FORMAT as ENCODER_FORMAT
+from .files import ENCODER_KEYS, SEGMENTER_KEYS, describe, load_weights, require
 from .inputs import normalize, preprocessing
 
 FORMAT = "sonostream-segmenter/1"
@@ -91,15 +92,18 @@ def load_pretrained_encoder(model, path, arch: str, in_chans: int = 1) -> dict:
                               "tensors and plain data, which is never loaded (unpickling it could "
                               "run code); pass the encoder.pt a pretraining run wrote") from None
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
-        raise SonostreamError(f"--init {path} is not a sonostream encoder (format "
-                              f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "
-                              "pass the encoder.pt a pretraining run wrote")
+        hint = " (that is a fine-tuned segmenter, not a pretrained encoder)" if (
+            isinstance(blob, dict) and blob.get("format") == FORMAT) else ""
+        raise SonostreamError(f"--init {path} is not a sonostream encoder (it is "
+                              f"{describe(blob)}){hint}; pass the encoder.pt a pretraining run "
+                              "wrote")
+    require(blob, ENCODER_KEYS, f"--init {path}", "encoder")
     if blob["arch"] != arch or blob["in_chans"] != in_chans:
         raise SonostreamError(f"--init {path} holds a {blob['arch']} encoder with "
                               f"{blob['in_chans']} input channel(s), but model.arch is {arch} "
                               f"with {in_chans}: set "
                               f"model.arch: {blob['arch']} or pass an encoder of that architecture")
-    model.encoder.load_state_dict(dict(blob["state_dict"]), strict=True)
+    load_weights(model.encoder, dict(blob["state_dict"]), f"--init {path}", f"{arch} encoder")
     return {k: v for k, v in blob.items() if k != "state_dict"}
 
 
@@ -146,19 +150,20 @@ def load_segmenter(path) -> tuple[torch.nn.Module, dict]:
         raise SonostreamError(f"{path} is not a sonostream segmenter ({type(e).__name__}); pass "
                               f"the segmenter.pt a finetune run wrote") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        what = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        what = blob.get("format") if isinstance(blob, dict) else None
         hint = " (that is a pretrained encoder: fine-tune it first)" if what == ENCODER_FORMAT else ""
-        raise SonostreamError(f"{path} is not a sonostream segmenter (format {what!r}){hint}; pass "
-                              f"the segmenter.pt a finetune run wrote")
-    return segmenter_from_blob(blob)
+        raise SonostreamError(f"{path} is not a sonostream segmenter (it is {describe(blob)})"
+                              f"{hint}; pass the segmenter.pt a finetune run wrote")
+    return segmenter_from_blob(blob, path)
 
 
-def segmenter_from_blob(blob: dict) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, metadata) from a loaded ``segmenter.pt`` dict."""
+def segmenter_from_blob(blob: dict, path="segmenter.pt") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, metadata) from a loaded ``segmenter.pt`` dict (read from ``path``)."""
+    require(blob, SEGMENTER_KEYS, path, "segmenter")
     cfg = SegmenterConfig(arch=blob["arch"], in_chans=blob["in_chans"],
                           decoder_channels=tuple(blob["decoder_channels"]))
     model = build_segmenter(cfg, planes=len(blob["planes"]))
-    model.load_state_dict(blob["state_dict"], strict=True)
+    load_weights(model, blob["state_dict"], path, f"{cfg.arch} UNet")
     model.eval()
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     # files written before the recipe was recorded: the same constants made their inputs

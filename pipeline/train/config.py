@@ -134,6 +134,21 @@ def saved_dict(cfg) -> dict:
     return d
 
 
+def pick(cfg, keys) -> dict:
+    """The values of dotted ``keys`` of a run config (a section name takes every key in it):
+    ``pick(cfg, ["model", "loader.clip_len"])`` -> ``{"model.arch": ..., "loader.clip_len": 4}``."""
+    out = {}
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        if dataclasses.is_dataclass(node):
+            out.update({f"{key}.{k}": v for k, v in to_dict(node).items()})
+        else:
+            out[key] = list(node) if isinstance(node, tuple) else node
+    return out
+
+
 def flat(d: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists become strings (TensorBoard hparams take scalars)."""
     out = {}

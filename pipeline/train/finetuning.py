@@ -28,10 +28,10 @@ from pipeline.objectives.segmentation import (MODES, MultitaskConfig, SemiConfig
                                               dice_bce, plane_loss, rampup)
 from preprocessing.format import SonostreamError
 
-from .config import load_config, to_dict
+from .config import load_config, pick
 from .job import Context, Parts, run_job
 from .loop import TrainConfig, noise_seed
-from .optim import OptimConfig
+from .optim import OPTIM_KEPT, OptimConfig
 
 
 CURVES = (("loss", "total"), ("loss_seg", "Dice + BCE"), ("loss_plane", "plane CE"),
@@ -63,9 +63,17 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    # What a checkpoint must share with this config to be resumed (``checkpoint.check_resume``):
+    # the task and model (the network built), the frames trained on and their size, the seed,
+    # what the optimizer state keeps (OPTIM_KEPT). The rest may change on resume: loss weights
+    # (semi, multitask), augment, the schedule's warm-up and length, batch size, logging.
+    RESUME_KEYS = ("task", "model", "data.split", "data.label_fraction", "data.image_size",
+                   "train.seed", *OPTIM_KEPT)
+    RESUME_FIX = ("start a new run with them in another --out, without --resume (--init "
+                  "ENCODER.pt still starts its encoder from a pretraining run)")
+
     def resume_identity(self) -> dict:
-        """What a checkpoint must share with this config to be resumed: the task and model."""
-        return {"task": to_dict(self.task), "model": to_dict(self.model)}
+        return pick(self, self.RESUME_KEYS)
 
 
 def load_finetune_config(path, overrides=(), *, mode=None, init=None, label_fraction=None,

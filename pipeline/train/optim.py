@@ -28,6 +28,10 @@ class OptimConfig:
             raise SonostreamError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
+# What a checkpoint's optimizer and LR-scheduler state keep (loading them restores these, so a
+# changed value would be ignored on resume: ``check_resume`` refuses it instead). warmup_steps,
+# min_lr_ratio and the length come from the config at every start.
+OPTIM_KEPT = ("optim.lr_encoder", "optim.lr_heads", "optim.weight_decay", "optim.betas")
 NO_DECAY = "_no_decay"   # suffix of the group names without weight decay
 
 

@@ -19,11 +19,11 @@ from pipeline.models.pretext import apply_mask
 from pipeline.objectives import TasksConfig, pretrain_losses
 from preprocessing.format import SonostreamError
 
-from .config import load_config, to_dict
+from .config import load_config, pick
 from .job import Context, Parts, run_job
 from .logs import plot_reconstruction
 from .loop import TrainConfig, noise_seed
-from .optim import OptimConfig
+from .optim import OPTIM_KEPT, OptimConfig
 
 __all__ = ["PretrainConfig", "Pretraining", "build_model", "load_pretrain_config",
            "pretrain_forward", "train"]
@@ -42,10 +42,19 @@ class PretrainConfig:
     SET_BY_JOB = {"loader.batch_size": "is not a pretraining key: set train.batch_size, the "
                   "clips per step over all ranks (each rank takes batch_size / world size)"}
 
+    # What a checkpoint must share with this config to be resumed (``checkpoint.check_resume``):
+    # what shapes the model (clip_len and io_reverse set the IO classes), what the data mean
+    # (frame size, the MIR mask, PM's positives), the clip order (seed, stride, ...) and what the
+    # optimizer state keeps (OPTIM_KEPT). The rest may change on resume: task weights, the
+    # schedule's warm-up and length (train.steps), batch size, logging, checkpointing, workers.
+    RESUME_KEYS = ("model", "heads", "loader.clip_len", "loader.io_reverse", "loader.image_size",
+                   "loader.mask_ratio", "loader.mask_grid", "loader.pm_positive", "loader.stride",
+                   "loader.short_videos", "loader.splits", "loader.shuffle_window", "train.seed",
+                   *OPTIM_KEPT)
+    RESUME_FIX = "start a new run with them in another --out, without --resume"
+
     def resume_identity(self) -> dict:
-        """What a checkpoint must share with this config to be resumed: the model built."""
-        return {"model": to_dict(self.model), "heads": to_dict(self.heads),
-                "tasks": list(self.tasks.active)}
+        return {**pick(self, self.RESUME_KEYS), "tasks.active": list(self.tasks.active)}
 
 
 def load_pretrain_config(path, overrides=(), max_steps: int | None = None) -> PretrainConfig:

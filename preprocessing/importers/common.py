@@ -136,6 +136,8 @@ class ImportWriter:
         except SonostreamError as e:   # ImportProblem, MediaError, ImageError: says why
             self._discard(name, str(e))
         except Exception as e:  # a broken file must not stop the import
+            if atomic.out_of_space(e):   # ...but a full disk stops it: every next file would fail
+                raise self._no_space() from None
             self._discard(name, f"unexpected error ({type(e).__name__}: {e})")
         else:
             self.rows += self._pending
@@ -188,8 +190,28 @@ class ImportWriter:
         atomic.write_bytes(path, encode(image, "png"))
         self._written.append(path)
 
+    def _no_space(self) -> SonostreamError:
+        """A full disk: remove all this import wrote (an import does not resume: a rerun starts
+        over), and say so."""
+        for name in ("frames", "masks"):
+            shutil.rmtree(self.out / name, ignore_errors=True)
+        for name in (FRAMES_CSV, REJECTS_CSV):
+            (self.out / name).unlink(missing_ok=True)
+        atomic.remove_leftovers(self.out)
+        return SonostreamError(atomic.no_space_message(
+            self.out, "the imported frames", fix="what this import wrote was removed. Free space "
+            "there or choose another --out, then rerun the import"))
+
     def finish(self) -> ImportResult:
         """Write import_rejects.csv, then frames.csv (last: a folder with it is complete)."""
+        try:
+            return self._finish()
+        except OSError as e:
+            if atomic.out_of_space(e):
+                raise self._no_space() from None
+            raise
+
+    def _finish(self) -> ImportResult:
         atomic.write_text(self.out / REJECTS_CSV, fmt.csv_text(REJECT_COLUMNS, self.rejects))
         first = [*fmt.REQUIRED_COLUMNS, fmt.MASK_COLUMN, *fmt.LABEL_COLUMNS]
         seen = list(dict.fromkeys(k for row in self.rows for k in row))

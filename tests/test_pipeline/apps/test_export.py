@@ -123,10 +123,12 @@ def test_bad_input_names_the_file_and_the_fix(encoder_pt, tmp_path, monkeypatch,
     refused(encoder_pt, fmt="tflite", match=r"'tflite' is not one of .*--format safetensors")
     refused(encoder_pt, out=tmp_path / "x.json", match=r"x.json must be a file name such as")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    refused(tmp_path / "other.pt", match=r"other.pt is not a sonostream checkpoint \(format None\)"
+    refused(tmp_path / "other.pt", match=r"other.pt is not a sonostream checkpoint \(it is a bare state dict "
+            r"of 1 tensors \(weights, ...\): weights without the metadata"
             r".*pass the encoder.pt")
     (tmp_path / "notes.pt").write_text("not a checkpoint")
-    refused(tmp_path / "notes.pt", match=r"notes.pt is not a sonostream checkpoint \(Unpickl")
+    refused(tmp_path / "notes.pt", match=r"notes.pt is not a sonostream checkpoint \(it is not loadable "
+            r"as a torch file: Unpickl")
     (tmp_path / "empty").mkdir()
     refused(tmp_path / "empty", match=r"empty is a folder with no segmenter.pt or encoder.pt")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)   # as if not installed

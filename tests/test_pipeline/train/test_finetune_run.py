@@ -58,7 +58,7 @@ def test_semi_resume_is_exact_and_keeps_the_teacher(seg_shards, tmp_path):
     sa = load_segmenter(whole / "segmenter.pt")[0].state_dict()
     sb = load_segmenter(part / "segmenter.pt")[0].state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    with pytest.raises(ValueError, match="task config"):
+    with pytest.raises(ValueError, match=r"task.mode semi in the checkpoint \(now supervised\)"):
         train(cfg(mode="supervised", steps=8), str(seg_shards), part, resume="latest", quiet=True)
 
 
