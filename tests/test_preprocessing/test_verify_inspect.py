@@ -159,7 +159,7 @@ def test_a_dataset_of_another_format_version_asks_for_a_rebuild(dataset, capsys)
     (dataset / fmt.MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
     assert main(["verify", str(dataset), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert (f"{dataset} is sonostream dataset format 1, this sonostream reads formats 2 and "
+    assert (f"{dataset / fmt.MANIFEST_FILE} is sonostream dataset format 1, this sonostream reads formats 2 and "
             f"{fmt.FORMAT_VERSION}; rebuild it with this sonostream (`sonostream build --csv CSV "
             "--out DIR --overwrite`)") in err
     (dataset / fmt.MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 99}))
