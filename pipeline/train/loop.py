@@ -292,7 +292,9 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                                 and outputs is not None and (step + 1) % tc.figure_every == 0):
                             figure_fn(outputs, batch, step + 1)
                         if acc.sync_gradients:
-                            if not bad and not trained:   # no clips in any micro-step: no update
+                            # No clips in any micro-step: no update (DeepSpeed, as for a
+                            # non-finite loss, has taken a zero-grad step inside backward()).
+                            if not bad and not trained:
                                 optimizer.zero_grad(set_to_none=True)
                                 state.empty_skipped += 1
                             elif bad:   # DeepSpeed has stepped inside backward(): a zero-grad update
