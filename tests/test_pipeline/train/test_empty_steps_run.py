@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from factories import PRETRAIN_CONFIG, PRETRAIN_FAST as FAST, ROOT, corrupt_memb
 
 pytestmark = pytest.mark.slow
 
+WEIGHTS_SCRIPT = Path(__file__).with_name("weights_script.py")
 STEPS = 8
 EMPTY = 4    # global step 4 = step 3 of epoch 0 (6 steps of 8 clips per epoch): all its clips bad
 
@@ -30,20 +32,22 @@ def pretrain(shards, out, *extra):
     return proc
 
 
-def with_empty_step(shards, out, step: int, rank: int = 0, world_size: int = 1):
-    """A copy of ``shards`` where one member of every clip that ``rank`` reads at ``step`` of
-    epoch 0 is zeroed (the loader the debug config + FAST builds, seed 0)."""
+def with_empty_steps(shards, out, steps, world_size: int = 1):
+    """A copy of ``shards`` where one member of every clip that rank r reads at loader step s
+    of epoch 0 is zeroed, for each (r, s) of ``steps`` (the loader the debug config + FAST
+    builds, seed 0)."""
     shutil.copytree(shards, out)
     cfg = LoaderConfig(batch_size=8 // world_size, clip_len=4, shuffle_window=256,
                        image_size=32, loader="cpu")
-    plan = ClipLoader(out, cfg, seed=0, rank=rank, world_size=world_size).plan()
-    corrupt_members(out, plan.clip_rows(step)[:, 0])
+    for rank, step in steps:
+        plan = ClipLoader(out, cfg, seed=0, rank=rank, world_size=world_size).plan()
+        corrupt_members(out, plan.clip_rows(step)[:, 0])
     return out
 
 
 @pytest.fixture(scope="module")
 def bad_shards(shards, tmp_path_factory):
-    return with_empty_step(shards, tmp_path_factory.mktemp("empty") / "shards", EMPTY - 1)
+    return with_empty_steps(shards, tmp_path_factory.mktemp("empty") / "shards", [(0, EMPTY - 1)])
 
 
 def losses(run):
@@ -76,18 +80,26 @@ def test_an_all_bad_step_counts_and_the_run_ends_at_train_steps(bad_shards, tmp_
     assert read_metrics(resumed / "metrics.jsonl")[-1]["empty_skipped"] == 1
 
 
-def test_two_processes_skip_a_step_one_rank_has_no_clips_for(shards, tmp_path):
-    """Rank 1's batch of step 2 is empty, rank 0's is not: both ranks skip that micro-step (a
-    rank that sat out the forward alone would leave DDP's collectives unmatched)."""
-    from test_pretrain_distributed import DDP, run, trainer_args
-    bad = with_empty_step(shards, tmp_path / "shards", 1, rank=1, world_size=2)
+def test_two_processes_skip_together_and_stay_in_step(shards, tmp_path):
+    """2 ranks, 2 micro-steps per step. Step 1: rank 1's second (sync) micro-batch is empty;
+    step 2: rank 1's first and rank 0's second are. A rank that sat out a forward alone would
+    leave DDP's collectives unmatched (a hang), so both skip each such micro-step; step 1 still
+    trains on its first micro-step (its gradients averaged over the ranks by hand, as DDP would
+    have in the skipped backward), step 2 trains on nothing and takes no update."""
+    from test_pretrain_distributed import DDP, run
+    bad = with_empty_steps(shards, tmp_path / "shards", [(1, 1), (1, 2), (0, 3)], world_size=2)
     out = tmp_path / "run"
-    proc = run([*DDP, *trainer_args(bad, out, steps=3)])
+    proc = run([*DDP, str(WEIGHTS_SCRIPT), "--config", str(PRETRAIN_CONFIG), "--data", str(bad),
+                "--out", str(out), "--max-steps", "3", "--quiet",
+                *[a for s in [*FAST, "train.grad_accum=2"] for a in ("--set", s)]])
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert "loss" not in rows[1] and math.isfinite(rows[0]["loss"]) and math.isfinite(rows[2]["loss"])
     assert [r["empty_skipped"] for r in rows] == [0, 1, 1]
-    assert ("step 2: no clips left (every clip had a corrupt member) on rank(s) 1; skipped on "
-            "every rank") in proc.stderr
+    for step, rank in ((1, 1), (2, 1), (2, 0)):
+        assert (f"step {step}: no clips left (every clip had a corrupt member) on rank(s) {rank}; "
+                "skipped on every rank") in proc.stderr
+    weights = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("weights rank "))
+    assert len(weights) == 2 and weights[0].split(": ")[1] == weights[1].split(": ")[1], weights
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-3"
