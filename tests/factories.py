@@ -131,3 +131,18 @@ def rewrite_csv(src: Path, dst: Path, drop=(), blank=()) -> Path:
         for r in rows:
             w.writerow({**r, **{b: "" for b in blank}})
     return dst
+
+
+def corrupt_members(dataset: Path, rows) -> list[tuple[str, str]]:
+    """Zero the image bytes of index ``rows`` in the dataset's shards (sizes unchanged), as a
+    bad disk would; returns their (shard, key)."""
+    import pyarrow.parquet as pq
+    index = pq.read_table(Path(dataset) / "index.parquet").to_pandas()
+    hit = []
+    for r in index.iloc[[int(r) for r in rows]].itertuples():
+        path = Path(dataset) / "shards" / r.shard
+        data = bytearray(path.read_bytes())
+        data[r.image_offset:r.image_offset + r.image_size] = b"\x00" * r.image_size
+        path.write_bytes(bytes(data))
+        hit.append((r.shard, r.key))
+    return hit

@@ -4,8 +4,10 @@ on the GPU, read through DALI's PyTorch iterator.
 The host side is the same as the CPU path's: the plan says which clips a step holds, and
 ``FrameDecoder.fetch`` gets their encoded bytes with one ``pread`` per clip. Encoded frames are
 checked for completeness on the host (a truncated JPEG would abort the DALI pipeline); a clip
-with a bad member is left out of its batch and reported, as on the CPU path. MIR masks are drawn
-by the ClipLoader on the training device after the iterator, as for the CPU path.
+with a bad member is left out of its batch and reported, as on the CPU path. A step whose clips
+are all bad still yields its batch, with B = 0: DALI cannot take an empty batch, so it is fed
+one tiny placeholder frame whose output is dropped, and step numbering stays aligned. MIR masks
+are drawn by the ClipLoader on the training device after the iterator, as for the CPU path.
 
 ``device=None`` (no GPU) builds the same graph with CPU operators, which is how it is tested.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
+import cv2
 import numpy as np
 import torch
 
@@ -32,13 +35,21 @@ def dali_available() -> bool:
     return True
 
 
+def _placeholder() -> np.ndarray:
+    """One valid 8x8 gray JPEG: what DALI decodes for a step with no clip left (dropped)."""
+    _, enc = cv2.imencode(".jpg", np.zeros((8, 8), np.uint8))
+    return enc.reshape(-1)
+
+
 class _EncodedSteps:
-    """External source: one DALI batch (the B*K encoded frames of a step) per call."""
+    """External source: one DALI batch (the B*K encoded frames of a step) per call; a step
+    with no clip left gets one placeholder frame (``kept`` all False: its output is dropped)."""
 
     def __init__(self, plan: EpochPlan, decoder: FrameDecoder):
         self.plan, self.decoder = plan, decoder
         self.fed: deque = deque()   # (step, kept, faults) in the order DALI receives them
         self.step = 0
+        self.placeholder = _placeholder()
 
     def __iter__(self):
         return self
@@ -61,11 +72,8 @@ class _EncodedSteps:
                     log.warning("skipped a corrupt member: shard %s, key %s (%s)", *fault)
                     continue
                 out.extend(np.frombuffer(d, np.uint8) for d in datas)
-            if not out:  # every clip of the step was bad: nothing to give DALI
-                log.warning("step %d: every clip had a corrupt member; step skipped", step)
-                continue
             self.fed.append((step, kept, faults))
-            return out
+            return out or [self.placeholder]   # DALI takes no empty batch: see dali_batches
         raise StopIteration
 
 
@@ -105,7 +113,10 @@ def dali_batches(plan: EpochPlan, decoder: FrameDecoder, device=None, threads: i
             frames = out[0]["frames"]                   # [B'*K, H, W, 1] uint8
             step, kept, faults = src.fed.popleft()
             n = int(kept.sum())
-            frames = frames.view(n, k, *frames.shape[1:3], 1).permute(0, 1, 4, 2, 3)
+            if n == 0:   # the placeholder's frame: the step's batch is empty
+                frames = frames.new_empty((0, k, 1, *plan.image_size))
+            else:
+                frames = frames.view(n, k, *frames.shape[1:3], 1).permute(0, 1, 4, 2, 3)
             yield plan.batch(step, frames, kept, faults)
     finally:
         del it, pipe

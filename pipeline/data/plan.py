@@ -1,6 +1,7 @@
 """EpochPlan: one rank's batches of one epoch, as data (no I/O), and their labelling."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 from .batch import ClipBatch, label_batch
 from .clips import ClipConfig, EpochClips, VideoTable, epoch_clips
 from .placement import global_order, rank_positions
+
+log = logging.getLogger("sonostream.loader")
 
 
 @dataclass
@@ -42,7 +45,11 @@ class EpochPlan:
         return self.clips.frames[self.order[self.positions[step]]]
 
     def batch(self, step: int, frames: torch.Tensor, kept: np.ndarray, faults=()) -> ClipBatch:
-        """Label ``frames`` ([B', K, 1, H, W], the clips of ``step`` that decoded)."""
+        """Label ``frames`` ([B', K, 1, H, W], the clips of ``step`` that decoded). With no clip
+        left (B' = 0) the batch is still made, empty: the step count never changes."""
+        if not kept.any():
+            log.warning("epoch %d, step %d: every clip had a corrupt member; the batch is empty",
+                        self.epoch, step)
         pos = self.positions[step][kept]
         clip = self.order[pos]
         video = self.clips.video[clip]

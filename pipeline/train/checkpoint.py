@@ -42,6 +42,7 @@ class TrainState:
     step: int = 0                       # optimizer steps done
     loader: dict = field(default_factory=dict)
     nonfinite_skipped: int = 0          # steps skipped for a non-finite loss, in total
+    empty_skipped: int = 0              # steps skipped for want of clips (all batches empty)
     window: dict = field(default_factory=dict)   # metrics summed since the last log (all ranks)
     window_count: int = 0
 

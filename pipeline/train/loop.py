@@ -1,6 +1,6 @@
 """The training machinery every job shares: the accelerator, the step loop with gradient
-accumulation, clipping, the non-finite guard and stop signals, windowed metrics, checkpoints with
-exact resume, and trackers.
+accumulation, clipping, the non-finite guard, empty batches and stop signals, windowed metrics,
+checkpoints with exact resume, and trackers.
 
 :func:`fit` is the only training loop and knows no task: ``job.run_job`` hands it a loader, a
 model, an optimizer and LR scheduler, and a ``step_fn`` that turns one micro-batch into
@@ -202,12 +202,22 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     ``state_dict()`` / ``load_state_dict()`` make the resume exact. ``step_fn(model, batch,
     step, micro_step) -> (loss, logs, outputs)``: ``logs`` are 0-dim tensors averaged into
     metrics.jsonl. ``figure_fn(outputs, batch, step)`` (main rank, every ``tc.figure_every``
-    steps) draws whatever the job shows of its outputs. ``run_info`` (the config) is saved beside
-    each checkpoint. ``on_step(model)`` runs after every optimizer step that was taken (e.g. a
-    mean teacher's EMA update). The learning rate of every named optimizer group is logged as
-    ``lr_<name>``. Every logged step is also one INFO line of ``sonostream.train`` (step/total,
-    losses, lr, images/s, ETA); ``quiet`` only hides the progress bar, which is drawn only when
-    stderr is a terminal (``preprocessing.progress.bars_wanted``).
+    steps, unless that micro-step was skipped) draws whatever the job shows of its outputs.
+    ``run_info`` (the config) is saved beside each checkpoint. ``on_step(model)`` runs after
+    every optimizer step that was taken (e.g. a mean teacher's EMA update). The learning rate
+    of every named optimizer group is logged as ``lr_<name>``. Every logged step is also one
+    INFO line of ``sonostream.train`` (step/total, losses, lr, images/s, ETA); ``quiet`` only
+    hides the progress bar, which is drawn only when stderr is a terminal
+    (``preprocessing.progress.bars_wanted``).
+
+    A batch with ``num_images == 0`` (every clip of the step had a corrupt member) never reaches
+    ``step_fn``. With several processes, a micro-step in which any rank's batch is empty is
+    skipped on every rank: a rank cannot leave out a forward that the others run (DDP broadcasts
+    buffers and arms its gradient hooks in it, ZeRO-3 gathers parameters), so all ranks agree
+    first (one more tiny collective per micro-step) and all back-propagate zeros. A skipped
+    micro-step adds nothing to the gradients or the metric window; a step none of whose
+    micro-steps trained takes no update (like a non-finite one) and counts in ``empty_skipped``.
+    Either way the step counts: the run still ends at ``tc.steps``.
     """
     model, optimizer = acc.prepare(model, optimizer)
     state = TrainState()
@@ -224,7 +234,7 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     stop_at = min(tc.steps, stop_after) if stop_after else tc.steps
     step, last_ckpt = state.step, (state.step if ckpt else -1)
     window = MetricWindow(acc, state.window, state.window_count)
-    grad_norm, bad, nonfinite_run, stop_reason = None, False, 0, None
+    grad_norm, bad, trained, nonfinite_run, stop_reason = None, False, False, 0, None
     samples_seen, t_log = 0, time.perf_counter()
     start_step, t_start = step, t_log
     # A bar only on a terminal (a log file would keep every redraw); the metrics lines always.
@@ -248,25 +258,46 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
             try:
                 for batch in batches:
                     with acc.accumulate(model):
-                        loss, logs, outputs = step_fn(model, batch, step, acc.step)
+                        # An empty batch (no clip left) never reaches the model; with several
+                        # processes all ranks skip that micro-step together (see the docstring).
+                        empty = empty_ranks(acc, batch)
+                        outputs = None
+                        if not empty:
+                            loss, logs, outputs = step_fn(model, batch, step, acc.step)
                         # One tiny collective per micro-step: all ranks agree to skip a non-finite
                         # loss (else DDP would hang) and to stop on a signal.
                         flags = acc.gather(torch.stack([
-                            torch.isfinite(loss.detach()).float(),
+                            torch.ones((), device=acc.device) if empty
+                            else torch.isfinite(loss.detach()).float(),
                             torch.tensor(float(stopper.received is not None), device=acc.device)]).view(1, 2))
                         finite, signalled = bool(flags[:, 0].min() > 0), bool(flags[:, 1].max() > 0)
-                        if finite:
+                        if empty:
+                            if main:
+                                log.warning("step %d: no clips left (every clip had a corrupt "
+                                            "member)%s", step + 1, "; skipped" if acc.num_processes
+                                            == 1 else f" on rank(s) {', '.join(map(str, empty))}; "
+                                            "skipped on every rank")
+                            acc.backward(zero_grads(model))
+                            if acc.sync_gradients and trained:
+                                reduce_accumulated(acc, model)
+                        elif finite:
                             acc.backward(loss)
                             window.add({"loss": loss, **logs})
+                            trained = True
                         else:
                             # Zero gradients through every parameter keep DDP/DeepSpeed hooks aligned.
                             bad = True
-                            acc.backward(sum((p * 0).sum() for p in model.parameters()))
+                            acc.backward(zero_grads(model))
                         if (acc.sync_gradients and main and figure_fn and tc.figure_every
-                                and (step + 1) % tc.figure_every == 0):
+                                and outputs is not None and (step + 1) % tc.figure_every == 0):
                             figure_fn(outputs, batch, step + 1)
                         if acc.sync_gradients:
-                            if bad:   # DeepSpeed has stepped inside backward(): a zero-grad update
+                            # No clips in any micro-step: no update (DeepSpeed, as for a
+                            # non-finite loss, has taken a zero-grad step inside backward()).
+                            if not bad and not trained:
+                                optimizer.zero_grad(set_to_none=True)
+                                state.empty_skipped += 1
+                            elif bad:   # DeepSpeed has stepped inside backward(): a zero-grad update
                                 optimizer.zero_grad(set_to_none=True)
                                 nonfinite_run += 1
                                 state.nonfinite_skipped += 1
@@ -288,8 +319,8 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                                 nonfinite_run = 0
                                 if on_step is not None:
                                     on_step(model)
-                            bad = False
-                    samples_seen += batch.num_images
+                            bad = trained = False
+                    samples_seen += 0 if empty else batch.num_images
                     if not acc.sync_gradients:
                         continue
                     step += 1
@@ -303,7 +334,8 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                                    **group_lrs(optimizer),
                                    "grad_norm": None if grad_norm is None else float(grad_norm),
                                    "images_per_s": samples_seen * acc.num_processes / dt if dt > 0 else None,
-                                   "nonfinite_skipped": state.nonfinite_skipped}
+                                   "nonfinite_skipped": state.nonfinite_skipped,
+                                   "empty_skipped": state.empty_skipped}
                             metrics.write(row)   # a window of only skipped steps has no losses
                             acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
                             done = step - start_step
@@ -335,6 +367,35 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
             "signal": stopper.received if stop_reason == "signal" else None}
 
 
+def empty_ranks(acc, batch) -> list[int]:
+    """The ranks whose micro-batch holds no samples; the same list on every rank (with several
+    processes one tiny collective, before any rank runs its forward)."""
+    empty = batch.num_images == 0
+    if acc.num_processes == 1:
+        return [0] if empty else []
+    flags = acc.gather(torch.tensor([float(empty)], device=acc.device))
+    return [r for r, f in enumerate(flags.tolist()) if f > 0]
+
+
+def zero_grads(model) -> torch.Tensor:
+    """A loss whose backward gives every parameter a zero gradient (the hooks DDP and DeepSpeed
+    count on fire on every rank alike)."""
+    return sum((p * 0).sum() for p in model.parameters())
+
+
+def reduce_accumulated(acc, model) -> None:
+    """DDP averages the gradients accumulated under ``no_sync`` in the backward of the step's
+    last micro-step. When that micro-step was skipped (an empty batch, no forward), average them
+    here instead, as DDP would (DeepSpeed reduces inside its own backward)."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return
+    import torch.distributed as dist
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= acc.num_processes
+
+
 def full_state_dict(acc, model) -> dict:
     """The whole model's weights. DeepSpeed ZeRO-3 gathers shards, so every rank must call it."""
     return acc.get_state_dict(model) if acc.state.deepspeed_plugin else acc.unwrap_model(model).state_dict()
@@ -354,7 +415,7 @@ def group_lrs(optimizer) -> dict:
 def _console_line(row: dict, total: int, eta_s: float | None) -> str:
     """One metrics line: ``step 10/200 | loss 0.4512 | loss_mir 0.210 | ... | lr_encoder
     1.00e-03 | 812 img/s | ETA 0:03:05`` (a window of only skipped steps has no losses)."""
-    loss = f"loss {row['loss']:.4f}" if "loss" in row else "loss n/a (non-finite, skipped)"
+    loss = f"loss {row['loss']:.4f}" if "loss" in row else "loss n/a (steps skipped)"
     parts = [f"step {row['step']}/{total}", loss]
     for k, v in row.items():
         if k.startswith(("loss_", "acc_")) and isinstance(v, float):
@@ -363,7 +424,9 @@ def _console_line(row: dict, total: int, eta_s: float | None) -> str:
     ips = row.get("images_per_s")
     parts += [f"{ips:.0f} img/s" if ips else "? img/s", f"ETA {eta_text(eta_s)}"]
     if row.get("nonfinite_skipped"):
-        parts.append(f"{row['nonfinite_skipped']} step(s) skipped")
+        parts.append(f"{row['nonfinite_skipped']} non-finite step(s) skipped")
+    if row.get("empty_skipped"):
+        parts.append(f"{row['empty_skipped']} empty step(s) skipped")
     return " | ".join(parts)
 
 

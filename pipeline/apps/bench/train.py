@@ -55,9 +55,9 @@ def bench_train(data, config=None, overrides=(), steps: int = 20, warmup: int = 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def batches():
+    def batches():   # an empty batch (every clip had a corrupt member) has nothing to time
         while True:
-            yield from loader
+            yield from (b for b in loader if b.batch_size)
 
     stream = batches()
     first = next(stream)

@@ -1,0 +1,19 @@
+"""Run under `accelerate launch`: ``pipeline.pretrain`` with ARGS, and every rank prints a
+checksum of its weights after training (``weights rank R: X``): DDP replicas must agree."""
+import sys
+
+import pipeline.train.job as job
+from pipeline.pretrain import main
+
+_fit = job.fit
+
+
+def fit(acc, *args, **kwargs):
+    end = _fit(acc, *args, **kwargs)
+    total = sum(float(p.detach().double().sum()) for p in end["model"].parameters())
+    print(f"weights rank {acc.process_index}: {total!r}", flush=True)
+    return end
+
+
+job.fit = fit
+sys.exit(main(sys.argv[1:]))
