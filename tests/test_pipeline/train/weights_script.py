@@ -11,7 +11,9 @@ _fit = job.fit
 def fit(acc, *args, **kwargs):
     end = _fit(acc, *args, **kwargs)
     total = sum(float(p.detach().double().sum()) for p in end["model"].parameters())
-    print(f"weights rank {acc.process_index}: {total!r}", flush=True)
+    # one write of the whole line: two ranks' print()s (text, then newline) can interleave
+    sys.stdout.write(f"weights rank {acc.process_index}: {total!r}\n")
+    sys.stdout.flush()
     return end
 
 
