@@ -37,6 +37,9 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys):
     # Numbers in the report are the stages' own: the evaluate table shows metrics.json's Dice.
     dice = json.loads((out / "evaluate" / "multitask" / "metrics.json").read_text())["dice"]
     assert f"| multitask | {dice:.3f} |" in report
+    # Each fine-tuned model's quality floor was calibrated on val, and the report shows it.
+    cal = json.loads((out / "evaluate" / "multitask" / "metrics.json").read_text())["quality_calibration"]
+    assert cal["split"] == "val" and f"| multitask | {cal['min_quality']:.3f} |" in report
 
     # What a run trained with comes from its saved config, not from text typed into the report.
     pretrain = yaml.safe_load((out / "pretrain" / "config.yaml").read_text())
