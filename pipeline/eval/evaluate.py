@@ -2,8 +2,8 @@
 
 E/metrics.json    dice, iou, hd95_mm, hc_mae_mm, plane_accuracy (+ counts and spreads, and
                   uncertain_frames), the quality floor applied (min_quality, its source and
-                  the segmenter's quality_calibration), and what was scored: split, data (absolute path or URL), its manifest_sha256,
-                  checkpoint (absolute path)
+                  the segmenter's quality_calibration), and what was scored: split, data
+                  (absolute path or URL), its manifest_sha256, checkpoint (absolute path)
 E/per_image.csv   one row per frame of the split
 E/hc18.csv        the HC18 submission (filename,center_x_mm,...,angle_rad), one row per frame
 E/overlays/       best.png and worst.png (by Dice), frame + truth (green) + prediction (red)
