@@ -125,10 +125,10 @@ def _floors(ev: dict) -> list[str]:
         cal = (ev.get(mode) or {}).get("quality_calibration") or {}
         if not cal:
             continue
-        kept = (f"{_f(cal.get('heads_kept_pct'), 1)} % of {cal['head_regions']}"
-                if cal.get("head_regions") is not None else "n/a")
-        rejected = (f"{_f(cal.get('false_rejected_pct'), 1)} % of {cal['false_regions']}"
-                    if cal.get("false_regions") is not None else "n/a")
+        kept = (f"{_f(cal['heads_kept_pct'], 1)} % of {cal['head_regions']}"
+                if cal.get("heads_kept_pct") is not None else "n/a")
+        rejected = (f"{_f(cal['false_rejected_pct'], 1)} % of {cal['false_regions']}"
+                    if cal.get("false_rejected_pct") is not None else "n/a")
         source = cal.get("source", "n/a") + (f" ({cal['reason']})" if cal.get("reason") else "")
         lines.append(f"| {mode} | {_f(cal.get('min_quality'))} | {source} | {kept} | {rejected} |")
     return lines
@@ -175,6 +175,9 @@ def _video(out: Path, name: str, title: str, r: dict, note: str) -> list[str]:
         lines += ["| best frame | HC over time |", "|---|---|",
                   f"| {_img(out, base + '/best_overlay.png', 'best frame')} | "
                   f"{_img(out, base + '/hc_over_time.png', 'HC over time')} |", ""]
+    elif unsure:   # why nothing was measured: each frame's quality against the floor
+        lines += ["Quality per frame (orange) against the model's floor (dotted):", "",
+                  _img(out, base + "/hc_over_time.png", "quality over time"), ""]
     lines += [_img(out, base + "/frames.png", "frames through the loop"), "",
               f"Every frame with its outline: [{base}/overlay.mp4]({base}/overlay.mp4); per frame: "
               f"[{base}/per_frame.csv]({base}/per_frame.csv).", ""]

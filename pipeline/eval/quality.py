@@ -157,7 +157,7 @@ def calibrate(model, meta: dict, data, split: str = "val", device=None, batch_si
            "no_head_frames": int((~head).sum()),
            **choose_floor(q[found], head[found], split=split)}
     if not len(rows):
-        out["reason"] = f"{data} has no frames with a mask in split {split!r}"
+        out["reason"] = f"no frames with a mask in split {split!r}"
     return out
 
 

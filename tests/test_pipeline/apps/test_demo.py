@@ -25,7 +25,8 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys):
     report = (out / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     # Contact sheet, preview, curves, reconstructions, overlays, label efficiency, and per loop
-    # the best frame, HC over time and the frame strip: every one exists.
+    # the best frame (when one reached the quality floor: the smoke models' 4 steps may leave
+    # every frame uncertain), HC and quality over time and the frame strip: every one exists.
     assert len(links) >= 10 and all((out / link).is_file() for link in links), links
     assert "was not made" not in report.split("### A real scanner file")[0]
     for section in ("## 1. Data", "## 2. Self-supervised pretraining", "## 3. Fetal head",
