@@ -31,8 +31,9 @@ SMP_NAMES = {"tiny": "sonostream-tiny", "resnet18": "resnet18", "resnet34": "res
              "resnet50": "resnet50"}
 # smp's encoders entry for "tiny" (smp has no ResNet-10): stored in segmenter.pt as smp_register
 # The quality floor of a segmenter.pt that was not calibrated (written before the calibration, or
-# whose val split could not calibrate one): below the floors calibrated on the demo's val split
-# (0.24-0.35, README "Cine loops"), far above the false regions found on scans without a head.
+# whose val split could not calibrate one): about the lowest of the floors calibrated on the demo's
+# val split (0.197, 0.281, 0.351: README "The quality floor"), far above the false region the demo
+# models find on the real 2-frame DICOM (0.014).
 DEFAULT_MIN_QUALITY = 0.2
 TINY_SMP = {"out_channels": [3, 64, 64, 128, 256, 512], "block": ARCHS["tiny"][0].__name__,
             "layers": list(ARCHS["tiny"][1])}
