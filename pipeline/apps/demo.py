@@ -150,7 +150,8 @@ class Demo:
         return {"step": summary["step"], "last": summary.get("last")}
 
     def finetune(self) -> dict:
-        from pipeline.models.segmenter import load_segmenter
+        from pipeline.eval.quality import calibrate_segmenter
+        from pipeline.models.segmenter import load_segmenter, read_segmenter_blob
         from pipeline.train.checkpoint import latest_checkpoint
         from pipeline.train.finetuning import load_finetune_config, train
         done = {}
@@ -163,6 +164,9 @@ class Demo:
                                            max_steps=self.s.finetune_steps)
                 train(cfg, str(self.shards), run,
                       resume="latest" if latest_checkpoint(run) else None, quiet=self.quiet)
+            blob = read_segmenter_blob(seg)
+            if blob.get("complete") and "quality_calibration" not in blob:   # its floor, on val
+                calibrate_segmenter(seg, str(self.shards))
             done[mode] = str(seg)
         return done
 
@@ -282,10 +286,12 @@ def _brief(name: str, r) -> str:
     if name.startswith("video_"):
         if "skipped" in r:
             return f"  (skipped: {r['skipped']})"
+        unsure = f", {r['uncertain_frames']} uncertain" if r.get("uncertain_frames") else ""
         if r.get("best_frame") is None:
-            return f"  ({r['frames']} frames, no head found)"
+            return f"  ({r['frames']} frames{unsure}, no head found)"
         hc = f", HC {r['best_hc_mm']:.1f} mm" if r.get("best_hc_mm") is not None else ""
-        return f"  ({r['frames']} frames, head in {r['head_frames']}, best frame {r['best_frame']}{hc})"
+        return (f"  ({r['frames']} frames, head in {r['head_frames']}{unsure}, best frame "
+                f"{r['best_frame']}{hc})")
     if name == "report":
         return f"  -> {r['report']}"
     return ""

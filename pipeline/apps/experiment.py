@@ -33,6 +33,7 @@ def run_name(init: str, mode: str, fraction: float) -> str:
 def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, fraction: float,
             split: str, max_steps, quiet: bool) -> dict:
     from pipeline.eval.evaluate import evaluate
+    from pipeline.eval.quality import calibrate_finished_run
     from pipeline.models.segmenter import load_segmenter
     from pipeline.train.checkpoint import latest_checkpoint
     from pipeline.train.finetuning import load_finetune_config, train
@@ -43,7 +44,9 @@ def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, f
         cfg = load_finetune_config(config, overrides, mode=mode,
                                    init=str(encoder) if init == "pretrained" else "none",
                                    label_fraction=fraction, max_steps=max_steps)
-        train(cfg, str(data), out, resume="latest" if latest_checkpoint(out) else None, quiet=quiet)
+        summary = train(cfg, str(data), out, resume="latest" if latest_checkpoint(out) else None,
+                        quiet=quiet)
+        calibrate_finished_run(summary, data)
     if not (ev.is_file() and ev.stat().st_mtime >= seg.stat().st_mtime):
         evaluate(seg, data, split, out / "eval", overlays=4, quiet=quiet)
     metrics = json.loads(ev.read_text())

@@ -97,18 +97,40 @@ def _finetune(out: Path, results: dict) -> list[str]:
              f"{_f(fraction * 100 if fraction else None, 0)} % of the training patients labelled, "
              f"{cfg.get('train', {}).get('steps', 'n/a')} steps each; scored on the test split "
              "(`sonostream evaluate`).", "",
-             "| mode | Dice | IoU | HD95 (mm) | HC MAE (mm) | HC missed | plane accuracy |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| mode | Dice | IoU | HD95 (mm) | HC MAE (mm) | HC missed | uncertain | "
+             "plane accuracy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for mode in MODES:
         m = ev.get(mode)
         if m:
             lines.append(f"| {mode} | {_f(m.get('dice'))} | {_f(m.get('iou'))} | "
                          f"{_f(m.get('hd95_mm'), 2)} | {_f(m.get('hc_mae_mm'), 2)} | "
-                         f"{m.get('hc_missed')} | {_f(m.get('plane_accuracy'))} |")
+                         f"{m.get('hc_missed')} | {m.get('uncertain_frames', 'n/a')} | "
+                         f"{_f(m.get('plane_accuracy'))} |")
+    lines += ["", "*Uncertain*: frames whose measured region has a quality below the model's floor "
+              "(no ellipse, no HC; they count in HC missed when the frame has a reference HC). "
+              "Each floor was calibrated on the val split when the run finished:", ""]
+    lines += _floors(ev)
     lines += ["", "Training curves (multitask):", "",
               _img(out, "finetune/multitask/curves.png", "fine-tuning curves"), "",
               "Worst test frames by Dice (truth green, prediction red, fitted ellipse yellow):", "",
               _img(out, "evaluate/multitask/overlays/worst.png", "worst overlays"), ""]
+    return lines
+
+
+def _floors(ev: dict) -> list[str]:
+    lines = ["| mode | quality floor | chosen by | val head regions kept | val false regions rejected |",
+             "|---|---:|---|---:|---:|"]
+    for mode in MODES:
+        cal = (ev.get(mode) or {}).get("quality_calibration") or {}
+        if not cal:
+            continue
+        kept = (f"{_f(cal['heads_kept_pct'], 1)} % of {cal['head_regions']}"
+                if cal.get("heads_kept_pct") is not None else "n/a")
+        rejected = (f"{_f(cal['false_rejected_pct'], 1)} % of {cal['false_regions']}"
+                    if cal.get("false_rejected_pct") is not None else "n/a")
+        source = cal.get("source", "n/a") + (f" ({cal['reason']})" if cal.get("reason") else "")
+        lines.append(f"| {mode} | {_f(cal.get('min_quality'))} | {source} | {kept} | {rejected} |")
     return lines
 
 
@@ -131,8 +153,11 @@ def _video(out: Path, name: str, title: str, r: dict, note: str) -> list[str]:
     hc = (f"HC there {_f(r.get('best_hc_mm'), 1)} mm" if r.get("best_hc_mm") is not None
           else "no HC (no pixel size)")
     best = f"best frame {r['best_frame']}, {hc}" if found else "so no best frame and no HC"
+    unsure = r.get("uncertain_frames") or 0
+    uncertain = (f", {unsure} uncertain (a region of quality below the model's floor "
+                 f"{_f(r.get('min_quality'), 2)}: no HC)" if unsure else "")
     lines += [f"`{Path(r['source']).name}`: {r['frames']} frames, a head in {r['head_frames']} of "
-              f"them; {best}. Segmented at {_f(r.get('frames_per_s'), 0)} frames/s.", ""]
+              f"them{uncertain}; {best}. Segmented at {_f(r.get('frames_per_s'), 0)} frames/s.", ""]
     unit = r.get("hc_unit", "mm")
     if r.get(f"jitter_raw_{unit}") is not None:
         lines += [f"Frame-to-frame jitter of HC (mean absolute second difference): "
@@ -150,6 +175,9 @@ def _video(out: Path, name: str, title: str, r: dict, note: str) -> list[str]:
         lines += ["| best frame | HC over time |", "|---|---|",
                   f"| {_img(out, base + '/best_overlay.png', 'best frame')} | "
                   f"{_img(out, base + '/hc_over_time.png', 'HC over time')} |", ""]
+    elif unsure:   # why nothing was measured: each frame's quality against the floor
+        lines += ["Quality per frame (orange) against the model's floor (dotted):", "",
+                  _img(out, base + "/hc_over_time.png", "quality over time"), ""]
     lines += [_img(out, base + "/frames.png", "frames through the loop"), "",
               f"Every frame with its outline: [{base}/overlay.mp4]({base}/overlay.mp4); per frame: "
               f"[{base}/per_frame.csv]({base}/per_frame.csv).", ""]

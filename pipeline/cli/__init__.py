@@ -5,7 +5,8 @@ Each command parses its flags and calls one function of the layer that does the 
     data       synth, build, verify, inspect, import     preprocessing.cli (torch-free)
     loader     stream clip batches, report frames/s      cli.loader -> pipeline.data
     training   pretrain, finetune                        cli.train -> pipeline.train
-    results    evaluate, segment-video                   cli.segment -> pipeline.eval
+    results    evaluate, segment-video,                  cli.segment -> pipeline.eval
+               calibrate-quality
     apps       experiment, demo, bench                   cli.apps -> pipeline.apps
 
 Parsing imports nothing heavy, so ``sonostream --help`` stays fast and torch-free; a command

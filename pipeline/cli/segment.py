@@ -1,5 +1,5 @@
-"""``sonostream evaluate`` and ``sonostream segment-video``: a segmenter's results on a dataset
-split, and on cine loops."""
+"""``sonostream evaluate``, ``segment-video`` and ``calibrate-quality``: a segmenter's results on
+a dataset split and on cine loops, and the quality floor of its measurements."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,19 @@ E/hc18.csv (filename,center_x_mm,center_y_mm,semi_axes_a_mm,semi_axes_b_mm,angle
 the source frame's mm, before any letterboxing) and E/overlays/{best,worst}.png.
 Dice/IoU/HD95 average the frames whose true mask shows a head; frames without one are scored in
 dice_all and empty_false_positive_rate. HC needs a pixel size: without one it is null, never 0.
+A region whose quality is below the segmenter's floor (min_quality, calibrated on val at the end
+of finetune) is uncertain: no ellipse, no HC; metrics.json counts them (uncertain_frames).
+"""
+
+CALIBRATE_EPILOG = """\
+example:
+  sonostream calibrate-quality --checkpoint runs/ft/segmenter.pt --data runs/demo/shards
+
+On the split's frames that have a mask: the highest floor that keeps >= 99 % of the regions
+measured on heads, lowered to the lowest quality that rejects as many regions measured on frames
+without a head. finetune does this itself on val when a run completes; this command redoes it
+(for a segmenter.pt written before, or on another split) and stores min_quality and
+quality_calibration in the checkpoint (or in --out, leaving --checkpoint as it is).
 """
 
 SEGMENT_VIDEO_EPILOG = """\
@@ -26,8 +39,14 @@ pixels of the source file, radians, mm), O/per_frame_raw.csv (before smoothing),
 (best frame, HC there, jitter), O/best_frame.png, O/best_overlay.png, O/overlay.mp4 and
 O/hc_over_time.png. A folder --input gives O/<file name>/ per loop and O/summary.csv.
 Frames without a head have no HC; without a pixel size (DICOM header, dataset, or
---pixel-size-mm) HC is empty and the plot shows the perimeter in pixels.
+--pixel-size-mm) HC is empty and the plot shows the perimeter in pixels. A frame whose region has
+a quality below the segmenter's floor (calibrated on val; --min-quality overrides it) is
+uncertain: no ellipse, no HC, never the best frame (per_frame.csv: uncertain 1).
 """
+
+
+MIN_QUALITY_HELP = ("quality floor in [0, 1]: a region below it is uncertain, with no HC "
+                    "(default: the floor calibrated into the segmenter.pt, else 0.2)")
 
 
 def add_parsers(sub) -> None:
@@ -42,6 +61,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     e.add_argument("--overlays", type=int, default=8, help="best and worst frames drawn (default 8; 0: none)")
     e.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    e.add_argument("--min-quality", type=float, metavar="Q", help=MIN_QUALITY_HELP)
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
     v = sub.add_parser("segment-video", help="segment a cine loop: per-frame HC, smoothing, best frame, overlay mp4",
@@ -63,18 +83,33 @@ def add_parsers(sub) -> None:
     v.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     v.add_argument("--no-video", dest="video", action="store_false", help="skip overlay.mp4")
     v.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    v.add_argument("--min-quality", type=float, metavar="Q", help=MIN_QUALITY_HELP)
     v.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("calibrate-quality", help="calibrate a segmenter's quality floor on a split",
+                       description="Measure every frame with a mask of a split (default val) and "
+                       "choose the quality below which a measurement is uncertain (no HC).",
+                       epilog=CALIBRATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--checkpoint", required=True, help="segmenter.pt written by `sonostream finetune`")
+    c.add_argument("--data", required=True, help="dataset folder or URL written by `sonostream build`")
+    c.add_argument("--split", default="val", help="split to calibrate on (default val)")
+    c.add_argument("--out", help="write the calibrated segmenter.pt here (default: update "
+                   "--checkpoint in place)")
+    c.add_argument("--batch-size", type=int, default=32, help="frames per forward pass (default 32)")
+    c.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
 def cmd_evaluate(args) -> int:
     from pipeline.eval.evaluate import evaluate
     m = evaluate(args.checkpoint, args.data, args.split, args.out, batch_size=args.batch_size,
-                 overlays=args.overlays, device=args.device, quiet=args.quiet)
+                 overlays=args.overlays, device=args.device, quiet=args.quiet,
+                 min_quality=args.min_quality)
     show = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     print(f"{args.split}: {m['frames']} frames ({m['head_frames']} with a head) | Dice "
           f"{show(m['dice'])} | IoU {show(m['iou'])} | HD95 {show(m['hd95_mm'], 2)} mm | HC MAE "
           f"{show(m['hc_mae_mm'], 2)} mm ({m['hc_missed']} missed) | plane accuracy "
-          f"{show(m['plane_accuracy'])}\nwrote {args.out}/metrics.json, per_image.csv, hc18.csv, overlays/")
+          f"{show(m['plane_accuracy'])} | {m['uncertain_frames']} uncertain (quality below "
+          f"{m['min_quality']:.2f}: no HC)\nwrote {args.out}/metrics.json, per_image.csv, hc18.csv, overlays/")
     return 0
 
 
@@ -83,8 +118,21 @@ def cmd_segment_video(args) -> int:
     done, failed = segment_loops(args.checkpoint, args.out, input=args.input, data=args.data,
                                  video_key=args.video_key, pixel_size_mm=args.pixel_size_mm,
                                  crop_sector=args.crop_sector, batch_size=args.batch_size,
-                                 device=args.device, video=args.video, quiet=args.quiet)
+                                 device=args.device, video=args.video, quiet=args.quiet,
+                                 min_quality=args.min_quality)
     return 1 if failed and not done else 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "segment-video": cmd_segment_video}
+def cmd_calibrate_quality(args) -> int:
+    from pipeline.eval.quality import calibrate_segmenter, describe_calibration
+    from preprocessing.format import SonostreamError
+    if args.batch_size < 1:
+        raise SonostreamError(f"--batch-size must be >= 1, got {args.batch_size}")
+    cal = calibrate_segmenter(args.checkpoint, args.data, args.split, args.out, args.device,
+                              args.batch_size)
+    print(f"{describe_calibration(cal)}\nwrote {args.out or args.checkpoint}")
+    return 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "segment-video": cmd_segment_video,
+            "calibrate-quality": cmd_calibrate_quality}

@@ -40,7 +40,9 @@ Modes: supervised (Dice + BCE on labelled frames), semi (+ alpha x mean-teacher 
 the split's other frames, alpha ramped up), multitask (+ beta x plane cross-entropy). The label
 fraction is chosen per patient (nested: the 5% patients are among the 10% ones). The run folder
 gets config.yaml, provenance.json, metrics.jsonl, sonostream/ (TensorBoard), curves.png,
-checkpoints/step-N/ (+ latest) and segmenter.pt, which `sonostream evaluate` takes.
+checkpoints/step-N/ (+ latest) and segmenter.pt, which `sonostream evaluate` takes. When the
+run completes, its quality floor (below it a measurement is uncertain: no HC) is calibrated on
+the val split and stored in segmenter.pt (see `sonostream calibrate-quality --help`).
 Exit status: 0 done, 2 bad input (before any training), 1 the run failed.
 """
 
@@ -130,6 +132,10 @@ def run(args) -> int:
         cfg = load_finetune_config(args.config, args.set, mode=args.mode, init=args.init,
                                    label_fraction=args.label_fraction, max_steps=args.max_steps)
         summary = train(cfg, args.data, args.out, **common)
+        from pipeline.eval.quality import calibrate_finished_run, describe_calibration
+        cal = calibrate_finished_run(summary, args.data, args.cache_dir, args.shard_url)
+        if cal is not None:
+            print(describe_calibration(cal), flush=True)
     return 130 if summary.get("signal") == "SIGINT" else 0   # Ctrl-C: checkpointed, then 130
 
 

@@ -1,8 +1,9 @@
 """``sonostream evaluate``: segment a split, score it, and write what a reader needs.
 
-E/metrics.json    dice, iou, hd95_mm, hc_mae_mm, plane_accuracy (+ counts and spreads), and
-                  what was scored: split, data (absolute path or URL), its manifest_sha256,
-                  checkpoint (absolute path)
+E/metrics.json    dice, iou, hd95_mm, hc_mae_mm, plane_accuracy (+ counts and spreads, and
+                  uncertain_frames), the quality floor applied (min_quality, its source and
+                  the segmenter's quality_calibration), and what was scored: split, data
+                  (absolute path or URL), its manifest_sha256, checkpoint (absolute path)
 E/per_image.csv   one row per frame of the split
 E/hc18.csv        the HC18 submission (filename,center_x_mm,...,angle_rad), one row per frame
 E/overlays/       best.png and worst.png (by Dice), frame + truth (green) + prediction (red)
@@ -15,8 +16,11 @@ Definitions (so the numbers cannot flatter): ``dice``/``iou``/``hd95_mm`` are me
 whose true mask shows a head; frames without a head are scored apart (``dice_all`` includes them,
 ``empty_false_positive_rate`` is how often a head was predicted there). HC comes from an ellipse
 fitted (sub-pixel) to the predicted probability map at the stored resolution, times the frame's
-pixel size; without a pixel size it is missing (null), never 0. A frame with a true HC but no
-predicted head counts in ``hc_missed``, not in the mean.
+pixel size; without a pixel size it is missing (null), never 0. Each frame's measurement has a
+quality (``quality.measure``); below the segmenter's floor (``min_quality``) the frame is
+*uncertain*: the region still counts in Dice, but it gets no ellipse, no HC and an empty HC18
+row; ``uncertain_frames`` counts them. A frame with a true HC but no predicted head, or an
+uncertain one, counts in ``hc_missed``, not in the mean.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import FrameDecoder, IndexView, ShardSource
-from pipeline.infer import MIN_HEAD_PIXELS, largest_component, pick_device, predict
+from pipeline.infer import MIN_HEAD_PIXELS, pick_device, predict
 from pipeline.models.segmenter import load_segmenter
 from pipeline.train.provenance import absolute, dataset_ref
 from preprocessing import atomic
@@ -34,13 +38,15 @@ from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
 from preprocessing.progress import progress_bar
 
-from .hc import HC18_COLUMNS, fit_ellipse, hc18_row
+from .hc import HC18_COLUMNS, hc18_row
 from .metrics import dice, hd95, iou, summarize
 from .overlay import overlay, save_overlays
+from .quality import floor_of, head_probabilities, measure
 
 PER_IMAGE_COLUMNS = ("key", "filename", "patient_id", "plane", "has_mask", "head_true", "head_pred",
                      "dice", "iou", "hd95_mm", "pixel_size_mm", "hc_true_mm", "hc_pred_mm",
-                     "hc_abs_err_mm", "plane_pred", "cx", "cy", "a", "b", "angle_rad")
+                     "hc_abs_err_mm", "plane_pred", "cx", "cy", "a", "b", "angle_rad", "quality",
+                     "uncertain")
 
 
 def _none(v):
@@ -62,9 +68,12 @@ def _filenames(view: IndexView, rows: np.ndarray) -> list[str]:
 
 
 def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int = 16,
-             overlays: int = 8, device=None, quiet: bool = False) -> dict:
-    """Score ``checkpoint`` on ``split`` of ``data``; writes E/ when ``out`` is given."""
+             overlays: int = 8, device=None, quiet: bool = False,
+             min_quality: float | None = None) -> dict:
+    """Score ``checkpoint`` on ``split`` of ``data``; writes E/ when ``out`` is given.
+    ``min_quality`` overrides the segmenter's quality floor."""
     model, meta = load_segmenter(checkpoint)
+    floor, floor_source = floor_of(meta, min_quality)
     device = pick_device(device)
     model.to(device)
     source = ShardSource(data)
@@ -83,8 +92,9 @@ def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int
         chunk = rows[start:start + batch_size]
         frames = decoder.map(decoder.image, chunk.tolist())   # frames may differ in size
         probs, plane_logits = predict(model, frames, size, device)
+        head_p = head_probabilities(plane_logits, planes, len(chunk))
         for j, (r, frame, prob) in enumerate(zip(chunk.tolist(), frames, probs)):
-            rec, ell, gt, pred = _score(view, r, decoder, prob)
+            rec, ell, gt, pred = _score(view, r, decoder, prob, head_p[j], floor)
             rec["filename"] = names[start + j]
             if plane_logits is not None:
                 rec["plane_pred"] = planes[int(plane_logits[j].argmax())]
@@ -95,7 +105,8 @@ def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int
         bar.update(len(chunk))
     bar.close()
     metrics = aggregate(records, planes)
-    metrics.update(split=split, checkpoint=absolute(checkpoint), **dataset_ref(str(data)),
+    metrics.update(min_quality=floor, min_quality_source=floor_source,
+                   quality_calibration=meta.get("quality_calibration"), split=split, checkpoint=absolute(checkpoint), **dataset_ref(str(data)),
                    mode=meta.get("mode"),
                    init=meta.get("init"), label_fraction=meta.get("label_fraction"),
                    train_step=meta.get("step"))
@@ -104,10 +115,13 @@ def evaluate(checkpoint, data, split: str = "test", out=None, *, batch_size: int
     return metrics
 
 
-def _score(view: IndexView, r: int, decoder: FrameDecoder, prob: np.ndarray):
-    pred, prob = largest_component(prob)
+def _score(view: IndexView, r: int, decoder: FrameDecoder, prob: np.ndarray,
+           head_prob: float | None = None, min_quality: float = 0.0):
+    pred, ell, quality = measure(prob, head_prob)
     head_pred = int(pred.sum()) >= MIN_HEAD_PIXELS
-    ell = fit_ellipse(prob) if head_pred else None
+    uncertain = ell is not None and quality < min_quality
+    if uncertain:
+        ell = None   # a region below the floor: no ellipse, no HC
     ps = _none(float(view.pixel_size[r]))
     hc_true = _none(float(view.hc_mm[r]))
     hc_pred = ell.hc_mm(ps) if ell is not None else None
@@ -119,7 +133,8 @@ def _score(view: IndexView, r: int, decoder: FrameDecoder, prob: np.ndarray):
            "plane_pred": None, "dice": None, "iou": None, "hd95_mm": None,
            **({k: getattr(ell, k) for k in ("cx", "cy", "a", "b")} if ell else
               {k: None for k in ("cx", "cy", "a", "b")}),
-           "angle_rad": ell.angle if ell else None}
+           "angle_rad": ell.angle if ell else None,
+           "quality": quality if head_pred else None, "uncertain": uncertain}
     gt = None
     if view.has_mask[r]:
         gt = decoder.mask(r).astype(bool)
@@ -150,6 +165,8 @@ def aggregate(records: list[dict], planes: list) -> dict:
         "empty_false_positive_rate": (sum(r["head_pred"] for r in empties) / len(empties)
                                       if empties else None),
         "hd95_undefined": s_hd["n_missing"], "hc_frames": s_hc["n"], "hc_missed": s_hc["n_missing"],
+        "uncertain_frames": sum(bool(r.get("uncertain")) for r in records),
+        "uncertain_head_frames": sum(bool(r.get("uncertain")) for r in heads),
         "hc_abs_err_median_mm": s_hc["median"], "dice_std": s_dice["std"],
     }
 

@@ -119,7 +119,8 @@ def hc18_row(filename: str, ellipse: Ellipse | None, pixel_size_mm: float | None
     ellipse goes back to source pixels through the contract's one mapping
     (``Letterbox.ellipse_to_source``: centre, axes and angle exactly), and is scaled by the
     source pixel size (``Letterbox.source_pixel_size``). Centres are measured from the centre of
-    the source's top-left pixel. No ellipse or no valid pixel size -> every numeric field is None.
+    the source's top-left pixel. No ellipse (no head, or an uncertain one: below the quality
+    floor, see ``quality``) or no valid pixel size -> every numeric field is None.
     """
     row = dict.fromkeys(HC18_COLUMNS)
     row["filename"] = filename

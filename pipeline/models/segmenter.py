@@ -8,7 +8,10 @@ smp's ResNet encoders *are* torchvision ResNets, like ours, so ``encoder.pt`` lo
 ``segmenter.pt`` (what ``finetune`` writes and ``evaluate`` / ``segment-video`` read) is a plain
 dict that loads with ``weights_only=True``: format, arch, in_chans, image_size, planes,
 decoder_channels, block, layers, smp (the plain ``smp.Unet`` arguments), preprocessing (the
-input recipe of ``inputs.py``), outputs, mode, init, step, complete, state_dict.
+input recipe of ``inputs.py``), outputs, mode, init, step, complete, min_quality and
+quality_calibration (the quality floor of its measurements and how it was chosen; see
+``pipeline.eval.quality``: written after fine-tuning, and filled in with DEFAULT_MIN_QUALITY for
+files that predate it), state_dict.
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ FORMAT = "sonostream-segmenter/1"
 SMP_NAMES = {"tiny": "sonostream-tiny", "resnet18": "resnet18", "resnet34": "resnet34",
              "resnet50": "resnet50"}
 # smp's encoders entry for "tiny" (smp has no ResNet-10): stored in segmenter.pt as smp_register
+# The quality floor of a segmenter.pt that was not calibrated (written before the calibration, or
+# whose val split could not calibrate one): about the lowest of the floors calibrated on the demo's
+# val split (0.197, 0.281, 0.351: README "The quality floor"), far above the false region the demo
+# models find on the real 2-frame DICOM (0.014).
+DEFAULT_MIN_QUALITY = 0.2
 TINY_SMP = {"out_channels": [3, 64, 64, 128, 256, 512], "block": ARCHS["tiny"][0].__name__,
             "layers": list(ARCHS["tiny"][1])}
 
@@ -140,6 +148,28 @@ def export_segmenter(state_dict: dict, cfg: SegmenterConfig, path, *, image_size
 
 def load_segmenter(path) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on CPU, metadata) from a ``segmenter.pt``."""
+    return segmenter_from_blob(read_segmenter_blob(path), path)
+
+
+def segmenter_from_blob(blob: dict, path="segmenter.pt") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, metadata) from a loaded ``segmenter.pt`` dict (read from ``path``)."""
+    require(blob, SEGMENTER_KEYS, path, "segmenter")
+    cfg = SegmenterConfig(arch=blob["arch"], in_chans=blob["in_chans"],
+                          decoder_channels=tuple(blob["decoder_channels"]))
+    model = build_segmenter(cfg, planes=len(blob["planes"]))
+    load_weights(model, blob["state_dict"], path, f"{cfg.arch} UNet")
+    model.eval()
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    # files written before the recipe was recorded: the same constants made their inputs;
+    # before the quality floor was calibrated: the default floor
+    uncalibrated = {"min_quality": DEFAULT_MIN_QUALITY, "quality_calibration": {
+        "source": "default", "min_quality": DEFAULT_MIN_QUALITY,
+        "reason": "segmenter.pt was written without a calibrated quality floor"}}
+    return model, {**segmenter_meta(cfg, blob["image_size"], blob["planes"]), **uncalibrated, **meta}
+
+
+def read_segmenter_blob(path) -> dict:
+    """The loaded ``segmenter.pt`` dict (weights_only), or a SonostreamError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SonostreamError(f"checkpoint {path} does not exist (finetune writes "
@@ -154,20 +184,19 @@ def load_segmenter(path) -> tuple[torch.nn.Module, dict]:
         hint = " (that is a pretrained encoder: fine-tune it first)" if what == ENCODER_FORMAT else ""
         raise SonostreamError(f"{path} is not a sonostream segmenter (it is {describe(blob)})"
                               f"{hint}; pass the segmenter.pt a finetune run wrote")
-    return segmenter_from_blob(blob, path)
+    return blob
 
 
-def segmenter_from_blob(blob: dict, path="segmenter.pt") -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, metadata) from a loaded ``segmenter.pt`` dict (read from ``path``)."""
-    require(blob, SEGMENTER_KEYS, path, "segmenter")
-    cfg = SegmenterConfig(arch=blob["arch"], in_chans=blob["in_chans"],
-                          decoder_channels=tuple(blob["decoder_channels"]))
-    model = build_segmenter(cfg, planes=len(blob["planes"]))
-    load_weights(model, blob["state_dict"], path, f"{cfg.arch} UNet")
-    model.eval()
-    meta = {k: v for k, v in blob.items() if k != "state_dict"}
-    # files written before the recipe was recorded: the same constants made their inputs
-    return model, {**segmenter_meta(cfg, blob["image_size"], blob["planes"]), **meta}
+def update_segmenter(path, out=None, **meta) -> Path:
+    """Adds (or replaces) metadata ``meta`` in the segmenter.pt at ``path``, written atomically to
+    ``out`` (default: ``path`` itself); the weights are unchanged."""
+    from preprocessing.atomic import atomic_open
+    blob = read_segmenter_blob(path)
+    blob.update(meta)
+    out = Path(out) if out is not None else Path(path)
+    with atomic_open(out, "wb") as f:
+        torch.save(blob, f)
+    return out
 
 
 PLANES = fmt.PLANES

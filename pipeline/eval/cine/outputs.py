@@ -15,7 +15,8 @@ from preprocessing.media import write_mp4
 
 from ..overlay import GREEN, overlay, save_overlays, save_png
 
-COLUMNS = ("frame_index", "head_present", "cx", "cy", "a", "b", "angle_rad", "hc_mm", "quality")
+COLUMNS = ("frame_index", "head_present", "cx", "cy", "a", "b", "angle_rad", "hc_mm", "quality",
+           "uncertain")
 MIN_VIDEO_SIDE = 256   # smaller loops are enlarged (nearest neighbour) in the mp4 to be visible
 STRIP_FRAMES = 8       # frames.png: this many evenly spaced frames with their outlines
 
@@ -30,6 +31,8 @@ def _caption(cine, result, i: int, hc: np.ndarray, unit: str) -> str:
     if result.smooth.present[i]:
         text += f"  HC {hc[i]:.1f} {unit}" if math.isfinite(hc[i]) else ""
         text += f"  q {result.smooth.quality[i]:.2f}"
+    elif result.smooth.uncertain[i]:
+        text += f"  uncertain (q {result.smooth.quality[i]:.2f})"
     else:
         text += "  no head"
     return text + ("  BEST" if i == result.best else "")
@@ -70,8 +73,14 @@ def plot_hc(cine, result, raw_hc, smooth_hc, unit: str, path: Path) -> Path:
     ax.set_ylabel("head circumference (mm)" if unit == "mm" else "head perimeter (px; no pixel size)")
     q = ax.twinx()
     q.fill_between(x, result.smooth.quality, color="tab:orange", alpha=0.15, step="mid")
+    if result.min_quality > 0:
+        q.axhline(result.min_quality, color="tab:orange", ls=":", lw=1)
+        unsure = result.raw.uncertain
+        if unsure.any():
+            q.plot(x[unsure], result.raw.quality[unsure], "x", color="tab:orange", ms=4)
     q.set_ylim(0, 1.05)
-    q.set_ylabel("quality", color="tab:orange")
+    q.set_ylabel("quality (dotted: floor; x: uncertain)" if result.min_quality > 0 else "quality",
+                 color="tab:orange")
     ax.set_zorder(q.get_zorder() + 1)
     ax.patch.set_visible(False)
     ax.legend(loc="lower center", fontsize=7, ncol=3)

@@ -2,7 +2,9 @@
 choice of the frame that shows the head best. Pure numpy/scipy (no torch, no I/O).
 
 A :class:`Track` holds one ellipse per frame (NaN where the frame shows no head) and a quality
-in [0, 1]. Smoothing never invents a head: a frame the segmentation found empty stays empty
+in [0, 1]. A frame whose region scored below the segmenter's quality floor is *uncertain*: it has
+no ellipse (so no HC, and it is never the best frame) but keeps its quality, to be reported.
+Smoothing never invents a head: a frame the segmentation found empty, or uncertain, stays so
 (no HC, not an interpolated one). What it does:
 
 * presence: in loops of 5+ frames, a head seen in one frame only, between frames without one,
@@ -51,19 +53,29 @@ class Track:
     a: np.ndarray
     b: np.ndarray
     angle: np.ndarray
-    quality: np.ndarray   # [0, 1]; 0 where no head
+    quality: np.ndarray   # [0, 1]; 0 where no region, the region's quality where uncertain
+    uncertain: np.ndarray | None = None   # bool: a region below the quality floor (no ellipse)
+
+    def __post_init__(self):
+        if self.uncertain is None:
+            self.uncertain = np.zeros(len(self.a), bool)
 
     @classmethod
-    def from_ellipses(cls, ellipses: list, quality) -> "Track":
-        """``ellipses``: one ``hc.Ellipse`` or None per frame."""
+    def from_ellipses(cls, ellipses: list, quality, min_quality: float = 0.0) -> "Track":
+        """``ellipses``: one ``hc.Ellipse`` or None per frame; a frame whose ``quality`` is
+        below ``min_quality`` is uncertain (its ellipse is dropped)."""
         n = len(ellipses)
         cols = {k: np.full(n, np.nan) for k in FIELDS}
         for i, e in enumerate(ellipses):
             if e is not None:
                 for k in FIELDS:
                     cols[k][i] = getattr(e, k)
-        q = np.asarray(quality, dtype=np.float64)
-        return cls(**cols, quality=np.where(np.isfinite(cols["a"]), np.nan_to_num(q), 0.0))
+        q = np.nan_to_num(np.asarray(quality, dtype=np.float64))
+        found = np.isfinite(cols["a"])
+        uncertain = found & (q < min_quality)
+        for k in FIELDS:
+            cols[k][uncertain] = np.nan
+        return cls(**cols, quality=np.where(found, q, 0.0), uncertain=uncertain)
 
     def __len__(self) -> int:
         return len(self.a)
@@ -100,7 +112,8 @@ class Track:
         return self.perimeter_px(), "px"
 
     def rows(self, pixel_size_mm: float | None, frame_index=None) -> list[dict]:
-        """per_frame.csv rows: frame_index, head_present, cx, cy, a, b, angle_rad, hc_mm, quality."""
+        """per_frame.csv rows: frame_index, head_present, cx, cy, a, b, angle_rad, hc_mm, quality,
+        uncertain."""
         hc = self.hc_mm(pixel_size_mm)
         idx = range(len(self)) if frame_index is None else frame_index
         out = []
@@ -110,7 +123,8 @@ class Track:
             out.append({"frame_index": int(fi), "head_present": int(p), "cx": val(self.cx[i]),
                         "cy": val(self.cy[i]), "a": val(self.a[i]), "b": val(self.b[i]),
                         "angle_rad": val(self.angle[i]), "hc_mm": val(hc[i]),
-                        "quality": float(self.quality[i]) if p else 0.0})
+                        "quality": float(self.quality[i]) if p or self.uncertain[i] else 0.0,
+                        "uncertain": int(self.uncertain[i])})
         return out
 
 
@@ -156,8 +170,8 @@ def smooth_track(track: Track, window: int = MEDIAN_WINDOW, sigma: float = SIGMA
             out["a"][sl], out["b"][sl] = np.where(swap, b, a), np.where(swap, a, b)
             out["angle"][sl] = np.where(swap, (out["angle"][sl] + math.pi / 2) % math.pi,
                                         out["angle"][sl])
-    quality = np.where(present, track.quality, 0.0)
-    return Track(**out, quality=quality)
+    quality = np.where(present | track.uncertain, track.quality, 0.0)
+    return Track(**out, quality=quality, uncertain=track.uncertain.copy())
 
 
 def jitter(values: np.ndarray) -> float | None:

@@ -12,7 +12,7 @@ from plain_models import plain_torchvision, plain_unet, recorded_input
 from pipeline.apps import export as ex
 from pipeline.cli import main
 from pipeline.models.encoder import ResNetEncoder, export_encoder, load_encoder
-from pipeline.models.segmenter import load_segmenter
+from pipeline.models.segmenter import DEFAULT_MIN_QUALITY, load_segmenter
 from preprocessing.format import SonostreamError
 
 
@@ -37,6 +37,9 @@ def test_safetensors_segmenter_from_a_run_folder_round_trips(trained_segmenter, 
     assert f"and {tmp_path / 'seg.json'}" in capsys.readouterr().out
     config = json.loads((tmp_path / "seg.json").read_text())
     assert config["kind"] == "segmenter" and config["weights"] == "seg.safetensors"
+    # an uncalibrated segmenter.pt: its export says which quality floor applies (the default)
+    assert config["min_quality"] == DEFAULT_MIN_QUALITY
+    assert config["quality_calibration"]["source"] == "default"
     with safe_open(out, "pt") as f:
         assert json.loads(f.metadata()["sonostream"]) == config
     net = plain_unet(config, load_file(out))           # config + weights only
