@@ -107,6 +107,17 @@ def add_parsers(sub) -> None:
     bt.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     bt.add_argument("--precisions", default="no,bf16", help="synthetic precisions (default no,bf16)")
     bt.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bg = bsub.add_parser("gpu", help="the prepared check for a borrowed GPU machine: one JSON of figures",
+                         description="Environment, the gpu-marked tests, DALI vs CPU loader and "
+                         "torchvision GPU decode frames/s, pretraining images/s fp32 vs bf16 with "
+                         "peak memory, and 3-step pretraining runs under torchrun (NCCL) and "
+                         "DeepSpeed ZeRO-2. Each step is guarded and timed; the JSON is rewritten "
+                         "after each. --dry-run: the same on CPU, GPU-only steps skipped.")
+    bg.add_argument("--json", metavar="FILE", required=True, help="write the results here (after every step)")
+    bg.add_argument("--log", metavar="FILE", help="also append progress and the subprocesses' output here")
+    bg.add_argument("--dry-run", action="store_true", help="on CPU: skip GPU-only steps, the rest tiny")
+    bg.add_argument("--seconds", type=float, default=10.0, help="timed seconds per loader/decode run (default 10)")
+    bg.add_argument("--workdir", help="keep the dataset and runs here (default: a temporary folder)")
     bv = bsub.add_parser("video", help="segment-video on unseen synthetic sweeps: speed, smoothing, best frame",
                          description="Segment synthetic head sweeps of patients 1000, 1001, ... (unseen by "
                          "any cohort of fewer patients) with a segmenter.pt and report: model frames/s "
@@ -162,6 +173,14 @@ def cmd_bench(args) -> int:
         from pipeline.apps.bench.video import bench_video
         result = bench_video(args.checkpoint, sweeps=args.sweeps, frames=args.frames,
                              size=args.size, batch=args.batch, device=args.device)
+    elif args.bench == "gpu":
+        from pipeline.apps.bench.gpu import bench_gpu
+        result = bench_gpu(args.json, args.log, dry_run=args.dry_run, seconds=args.seconds,
+                           workdir=args.workdir)
+        failed = result["failed"]
+        print(f"wrote {args.json}: {len(result['steps'])} steps, "
+              f"{'failed: ' + ', '.join(failed) if failed else 'none failed'}")
+        return 0
     elif args.bench == "step":
         from pipeline.apps.bench.step import bench_step
         result = bench_step(arch=args.arch, image_size=args.image_size, batch=args.batch,
