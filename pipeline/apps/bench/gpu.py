@@ -144,11 +144,12 @@ class Check:
         return env
 
     def pytest_gpu(self) -> dict:
-        r = self.subprocess("pytest_gpu", [sys.executable, "-m", "pytest", "-m", "gpu", "-q",
+        r = self.subprocess("pytest_gpu", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs",
                                            "-p", "no:cacheprovider", "tests"], timeout=240)
         lines = [ln for ln in r["stdout_tail"].splitlines() if ln.strip()]
         r["summary"] = lines[-1] if lines else ""
-        r["note"] = "returncode 5 = no test is marked gpu (none collected)"
+        if r.get("returncode") == 5:
+            r["note"] = "returncode 5 = no test is marked gpu (none collected)"
         return r
 
     def dataset(self) -> dict:
