@@ -166,7 +166,7 @@ class ClipLoader:
             batch.mir_patches = self.mir_patches(batch)
             self.state.position = start + expected * G
             yield batch
-        listed = [f"{s}:{k} ({r})" for e, s, k, r in self.faults if e == plan.epoch]
+        listed = [f"{s}:{k} ({r})" for s, k, r in epoch_faults]
         n = len(listed)
         msg = f"epoch {plan.epoch}: {expected} steps on rank {self.rank}"
         if n:

@@ -129,14 +129,15 @@ def measure_rows(model, meta: dict, source, view, rows, device, batch_size: int 
     quality, found, head = [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = [int(r) for r in rows[start:start + batch_size]]
-        frames = decoder.map(decoder.image, chunk)
-        probs, plane_logits = predict(model, frames, size, device)
-        for r, prob, hp in zip(chunk, probs, head_probabilities(plane_logits, meta.get("planes"),
-                                                                 len(chunk))):
+        # frame and mask of each row decoded together, in the decode threads
+        pairs = decoder.map(lambda r: (decoder.image(r), decoder.mask(r)), chunk)
+        probs, plane_logits = predict(model, [f for f, _ in pairs], size, device)
+        for (_, mask), prob, hp in zip(pairs, probs, head_probabilities(
+                plane_logits, meta.get("planes"), len(chunk))):
             _, e, q = measure(prob, hp)
             quality.append(q)
             found.append(e is not None)
-            head.append(bool(decoder.mask(r).any()))
+            head.append(bool(mask.any()))
     return np.array(quality, np.float64), np.array(found, bool), np.array(head, bool)
 
 
