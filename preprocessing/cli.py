@@ -90,6 +90,36 @@ def _common(p: argparse.ArgumentParser, crop_default: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _pseudonym_flags(p: argparse.ArgumentParser, default_on: bool) -> None:
+    if default_on:
+        p.add_argument("--keep-identifiers", action="store_true",
+                       help="keep PatientID, SOPInstanceUID, StudyInstanceUID and the source file "
+                       "paths as they are, instead of keyed pseudonyms (p-/s-/v-...)")
+    else:
+        p.add_argument("--pseudonymise", action="store_true",
+                       help="replace patient and video ids (file and folder names) by keyed "
+                       "pseudonyms (p-/v-...) and leave out source file paths")
+    p.add_argument("--key-file", metavar="PATH",
+                   help="pseudonym key (64 hex digits, mode 0600; created if absent); the same "
+                   "key gives the same ids. Default: $SONOSTREAM_KEY_FILE, else "
+                   "~/.config/sonostream/pseudonym.key")
+
+
+def _pseudonyms(args):
+    """The Pseudonymiser the import flags ask for, or None (identifiers kept)."""
+    from .format import SonostreamError
+    from .importers.pseudonym import Pseudonymiser
+    wanted = getattr(args, "pseudonymise", False) or not getattr(args, "keep_identifiers", True)
+    if not wanted:
+        if args.key_file:
+            flag = "--keep-identifiers" if args.source == "dicom" else "no --pseudonymise"
+            raise SonostreamError(f"--key-file is unused with {flag}; drop it, or "
+                                  + ("drop --keep-identifiers" if args.source == "dicom"
+                                     else "add --pseudonymise"))
+        return None
+    return Pseudonymiser.from_key_file(args.key_file)
+
+
 def _add_import_parsers(subparsers) -> None:
     imp = subparsers.add_parser(
         "import", help="turn HC18 folders, DICOM files or videos into a frames CSV",
@@ -102,6 +132,7 @@ def _add_import_parsers(subparsers) -> None:
                        "annotation outlines, fitted ellipses, pixel size and reference HC.")
     h.add_argument("--root", required=True, help="folder holding training_set/ and/or test_set/")
     _common(h, crop_default=False)
+    _pseudonym_flags(h, default_on=False)
 
     d = sub.add_parser("dicom", help="single- and multi-frame ultrasound DICOM files",
                        description="Import ultrasound DICOM files (single images and cine loops; "
@@ -109,6 +140,7 @@ def _add_import_parsers(subparsers) -> None:
     d.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="files or folders (searched recursively for *.dcm and DICM-marked files)")
     _common(d, crop_default=True)
+    _pseudonym_flags(d, default_on=True)
 
     v = sub.add_parser("video", help="video files (mp4, avi, mov, ...)",
                        description="Import exported cine loops; one file is one video.")
@@ -122,6 +154,7 @@ def _add_import_parsers(subparsers) -> None:
                    help="import the frames a cut-off file holds (fewer than its container lists), "
                    "flagged truncated=true, instead of rejecting it")
     _common(v, crop_default=True)
+    _pseudonym_flags(v, default_on=False)
 
 
 def run(args) -> int:
@@ -208,20 +241,22 @@ def cmd_inspect(args) -> int:
 
 def cmd_import(args) -> int:
     progress = not args.quiet
+    pseudonyms = _pseudonyms(args)
     if args.source == "hc18":
         from .importers.hc18 import import_hc18
         result = import_hc18(args.root, args.out, crop_sector=args.crop_sector,
-                             overwrite=args.overwrite, progress=progress)
+                             overwrite=args.overwrite, progress=progress, pseudonyms=pseudonyms)
     elif args.source == "dicom":
         from .importers.dicom import import_dicom
         result = import_dicom(args.input, args.out, crop_sector=args.crop_sector,
-                              overwrite=args.overwrite, progress=progress)
+                              overwrite=args.overwrite, progress=progress, pseudonyms=pseudonyms,
+                              keep_identifiers=pseudonyms is None)
     else:
         from .importers.video import import_video
         result = import_video(args.input, args.out, stride=args.stride,
                               crop_sector=args.crop_sector, patient_from=args.patient_from,
                               overwrite=args.overwrite, progress=progress,
-                              keep_truncated=args.keep_truncated)
+                              keep_truncated=args.keep_truncated, pseudonyms=pseudonyms)
     for r in result.truncated[:MAX_LISTED]:
         print(f"truncated, kept: {r['reason']}", file=sys.stderr)
     if len(result.truncated) > MAX_LISTED:
@@ -231,6 +266,10 @@ def cmd_import(args) -> int:
     if len(result.rejects) > MAX_LISTED:
         print(f"... and {len(result.rejects) - MAX_LISTED} more", file=sys.stderr)
     print(result.summary())
+    if pseudonyms is not None:
+        print(f"ids pseudonymised with key {pseudonyms.fingerprint}"
+              + ("" if args.crop_sector else "; text burned into the frames is not removed "
+                 "(--no-crop-sector)"))
     if result.rejects:
         print(f"rejects: {result.out_dir}/import_rejects.csv")
     if result.frames == 0:

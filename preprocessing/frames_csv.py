@@ -168,6 +168,25 @@ def _csv_splits(csv_path: str, records: list[dict], videos: dict) -> dict[str, s
     return {p: next(iter(s)) for p, s in given.items()}
 
 
+def check_pseudonym_keys(csv_path: str, records: list[dict]) -> None:
+    """CsvError when the rows were pseudonymised with more than one key (their ids do not link:
+    one patient would have two ids, and could land in two splits)."""
+    lines: dict[str, list[int]] = {}  # key fingerprint -> its lines
+    for i, cells in enumerate(records):
+        key = cells[fmt.PSEUDONYM_COLUMN].strip()
+        if key:
+            lines.setdefault(key, []).append(i + 2)
+    if len(lines) > 1:
+        shown = "; ".join(f"{key} on {len(at)} row(s), first line {at[0]}"
+                          + (f", last line {at[-1]}" if len(at) > 1 else "")
+                          for key, at in sorted(lines.items(), key=lambda x: x[1][0]))
+        raise CsvError(f"{csv_path}: column {fmt.PSEUDONYM_COLUMN!r} names {len(lines)} different "
+                       f"pseudonym keys ({shown}): these rows' ids were made with different key "
+                       "files, so one patient can appear under two ids. Re-import the sources "
+                       "with one key (`sonostream import ... --key-file KEY`) and build their "
+                       "CSVs together, or build them as separate datasets")
+
+
 def plan_build(csv_path: str, val_fraction: float | None, test_fraction: float | None,
                seed: int) -> Plan:
     """None fractions: see ``fmt.resolve_fractions`` (0 for a split the CSV names)."""
@@ -183,6 +202,8 @@ def plan_build(csv_path: str, val_fraction: float | None, test_fraction: float |
     seen: dict[tuple, tuple[int, str]] = {}  # (patient, video, frame identity) -> (line, id)
     columns = list(df.columns)
     records = [dict(zip(columns, values)) for values in zip(*(df[c].tolist() for c in columns))]
+    if fmt.PSEUDONYM_COLUMN in df.columns:
+        check_pseudonym_keys(csv_path, records)
     for i, cells in enumerate(records):
         line = i + 2
         fp, pid, vid, fid = (cells[c] for c in fmt.REQUIRED_COLUMNS)

@@ -1,11 +1,18 @@
 """Session fixtures: the shared datasets, each made once by ``factories.make_dataset``."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from factories import FINETUNE_CONFIG, make_dataset, rewrite_csv, synth_csv, write_frames
+
+# DICOM imports pseudonymise by default with the key in $SONOSTREAM_KEY_FILE: tests (and the
+# processes they start) use a key of their own, never the user's ~/.config/sonostream key.
+os.environ["SONOSTREAM_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="sonostream-key-"),
+                                                 "pseudonym.key")
 
 
 @pytest.fixture

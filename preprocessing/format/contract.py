@@ -45,6 +45,7 @@ __all__ = [
     "MASK_COLUMN",
     "SPLIT_COLUMN",
     "OPTIONAL_COLUMNS",
+    "PSEUDONYM_COLUMN",
     "PLANES",
     "ELLIPSE_COLUMNS",
     "csv_cell",
@@ -136,6 +137,10 @@ MASK_COLUMN = "mask_path"
 #: hash of the patient id decides (:func:`split_of`).
 SPLIT_COLUMN = "split"
 OPTIONAL_COLUMNS = (MASK_COLUMN, SPLIT_COLUMN, *LABEL_COLUMNS)
+#: The fingerprint of the key that pseudonymised a row's ids (``k-`` + 16 hex digits;
+#: ``preprocessing.importers.pseudonym``). Carried like any extra column (index, shard
+#: metadata); a build refuses a CSV whose rows carry two different ones (their ids do not link).
+PSEUDONYM_COLUMN = "pseudonym_key"
 #: Build rejects a frame or mask whose header says more pixels (generous for ultrasound, whose
 #: frames are under 2 Mpx; it stops decompression bombs before a byte is decoded).
 DEFAULT_MAX_PIXELS = 50_000_000

@@ -19,6 +19,11 @@ get a ``test-`` prefix.
 The official split is kept: test-set rows get ``split=test``; training-set rows leave it empty,
 so the build's hash splits them (``build --test-fraction 0`` keeps them all out of test, and
 split test is then exactly the official test set, as an HC18 submission needs).
+
+With ``pseudonyms`` (``--pseudonymise``) the examination number and image name become keyed
+hashes (``p-``, ``v-``; ``preprocessing.importers.pseudonym``) and ``source_file`` is left out, so
+``sonostream evaluate`` cannot name its ``hc18.csv`` rows as HC18 does (the file names are public
+challenge names: a submission is made from an import without it).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from tqdm import tqdm
 from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
 from preprocessing.imaging import ImageError, decode_gray, read_bytes
+from preprocessing.importers import pseudonym
 from preprocessing.importers.common import (ImportProblem, ImportResult, ImportWriter,
                                             crop_columns)
 from preprocessing.sector import Sector, SectorProbe
@@ -48,13 +54,16 @@ ANNOTATION_SUFFIX = "_Annotation.png"
 
 
 def import_hc18(root: str, out_dir: str, crop_sector: bool = False, overwrite: bool = False,
-                progress: bool = True) -> ImportResult:
+                progress: bool = True, pseudonyms=None) -> ImportResult:
+    """``pseudonyms``: a ``pseudonym.Pseudonymiser`` hashing the ids; None keeps them."""
     root_path = Path(root)
     found = [s for s in SETS if (root_path / s).is_dir()]
     if not found:
         raise SonostreamError(f"{root} holds neither training_set/ nor test_set/; pass the folder "
                               f"of the HC18 download with --root")
+    pseudonym.check_folder(out_dir, pseudonyms, overwrite)
     with ImportWriter(out_dir, "hc18", overwrite) as writer:
+        pseudonym.record_folder(out_dir, pseudonyms)
         for set_name in found:
             folder = root_path / set_name
             csv_name, annotated = SETS[set_name]
@@ -66,7 +75,8 @@ def import_hc18(root: str, out_dir: str, crop_sector: bool = False, overwrite: b
                               "there is no such image")
             for name in tqdm(images, desc=f"hc18 {set_name}", unit="image", disable=not progress):
                 with writer.item(str(folder / name)):
-                    _import_image(writer, folder, name, table, csv_name, annotated, crop_sector)
+                    _import_image(writer, folder, name, table, csv_name, annotated, crop_sector,
+                                  pseudonyms)
         return writer.finish()
 
 
@@ -111,7 +121,8 @@ def _number(text: str, what: str, name: str, csv_name: str) -> float:
 
 
 def _import_image(writer: ImportWriter, folder: Path, name: str, table: dict, csv_name: str,
-                  annotated: bool, crop_sector: bool) -> None:
+                  annotated: bool, crop_sector: bool,
+                  pseudonyms: pseudonym.Pseudonymiser | None = None) -> None:
     match = NAME.match(name)
     if not match:
         raise ImportProblem(f"{folder / name}: not an HC18 image name (expected NNN_HC.png or "
@@ -153,6 +164,10 @@ def _import_image(writer: ImportWriter, folder: Path, name: str, table: dict, cs
     exam = match.group(1)
     patient = exam if annotated else f"test-{exam}"
     video = name[:-4]
+    if pseudonyms is not None:
+        patient, video = pseudonyms.patient(patient), pseudonyms.video(video)
+        del columns["source_file"]
+        columns.update(pseudonyms.columns())
     writer.start_video(patient, video, str(folder / name))
     writer.add_frame(patient, video, 0, sector.apply(image), mask, **columns)
 

@@ -6,7 +6,10 @@ frame is kept (``frame_id`` is its index in the file, so ids stay comparable acr
 
 patient_id is the file name without extension (``--patient-from file``) or the name of the
 folder holding the file (``--patient-from folder``: one folder per patient, several loops each);
-video_name is the file name without extension.
+video_name is the file name without extension. File and folder names often carry names: with
+``pseudonyms`` (``--pseudonymise``) both become keyed hashes (``p-``, ``v-``,
+``preprocessing.importers.pseudonym``), ``source_file`` is left out and every row carries the
+key's fingerprint.
 
 A file cut off part-way (fewer frames decoded than its container lists: a copy or export that
 stopped early) is rejected with the counts; ``keep_truncated`` imports the frames it holds
@@ -20,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from preprocessing.format import SonostreamError
+from preprocessing.importers import pseudonym
 from preprocessing.importers.common import ImportProblem, ImportResult, ImportWriter, crop_columns
 from preprocessing.media import (VIDEO_EXTENSIONS, VideoReport, VideoTruncated, find_files,
                                  frame_rate, is_video, read_video)
@@ -29,7 +33,9 @@ PATIENT_FROM = ("file", "folder")
 
 def import_video(inputs: list[str], out_dir: str, stride: int = 1, crop_sector: bool = True,
                  patient_from: str = "file", overwrite: bool = False,
-                 progress: bool = True, keep_truncated: bool = False) -> ImportResult:
+                 progress: bool = True, keep_truncated: bool = False,
+                 pseudonyms=None) -> ImportResult:
+    """``pseudonyms``: a ``pseudonym.Pseudonymiser`` hashing the ids; None keeps them."""
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise SonostreamError(f"stride must be an integer >= 1 (1 keeps every frame), got "
                               f"{stride!r}")
@@ -39,21 +45,25 @@ def import_video(inputs: list[str], out_dir: str, stride: int = 1, crop_sector: 
     if not files and not missing:
         raise SonostreamError(f"no video files in {', '.join(inputs)} (looked for "
                               f"{', '.join(VIDEO_EXTENSIONS)})")
+    pseudonym.check_folder(out_dir, pseudonyms, overwrite)
     with ImportWriter(out_dir, "video", overwrite) as writer:
+        pseudonym.record_folder(out_dir, pseudonyms)
         for path in missing:
             writer.reject(path, f"{path}: no such file or directory")
         for path in tqdm(files, desc="video", unit="file", disable=not progress):
             with writer.item(path):
-                _import_file(writer, path, stride, crop_sector, patient_from, keep_truncated)
+                _import_file(writer, path, stride, crop_sector, patient_from, keep_truncated,
+                             pseudonyms)
         return writer.finish()
 
 
 def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool,
-                 patient_from: str, keep_truncated: bool) -> None:
+                 patient_from: str, keep_truncated: bool,
+                 pseudonyms: pseudonym.Pseudonymiser | None = None) -> None:
     report = VideoReport() if keep_truncated else None
     try:
         sector, frames = read_video(path, stride, crop_sector, report)
-        _write_frames(writer, path, stride, sector, frames, patient_from)
+        _write_frames(writer, path, stride, sector, frames, patient_from, pseudonyms)
     except SonostreamError as e:
         cut = e if isinstance(e, VideoTruncated) else report.truncated if report else None
         if cut is None or not (cut is e or cut.decoded == 0):
@@ -66,11 +76,15 @@ def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool
 
 
 def _write_frames(writer: ImportWriter, path: str, stride: int, sector, frames,
-                  patient_from: str) -> None:
+                  patient_from: str, pseudonyms: pseudonym.Pseudonymiser | None) -> None:
     stem = Path(path).stem
     patient = stem if patient_from == "file" else Path(os.path.abspath(path)).parent.name
+    ids = {"source_file": path}
+    if pseudonyms is not None:
+        patient, stem = pseudonyms.patient(patient), pseudonyms.video(stem)
+        ids = pseudonyms.columns()
     rate = frame_rate(path)
-    columns = {"source_file": path,
+    columns = {**ids,
                "frame_time_ms": round(1000.0 * stride / rate, 3) if rate else None,
                **(crop_columns(sector) if sector else {})}
     writer.start_video(patient, stem, path)

@@ -37,7 +37,8 @@ def write_dicom(path, arr, photometric="MONOCHROME2", bits_stored=None, **attrs)
 
 def test_philips_palette_single_and_rle_two_frame(tmp_path):
     single, rle2 = dicom_file("OBXXXX1A.dcm"), dicom_file("OBXXXX1A_rle_2frame.dcm")
-    r = import_dicom([single], tmp_path / "a", crop_sector=False, progress=False)
+    r = import_dicom([single], tmp_path / "a", crop_sector=False, progress=False,
+                     keep_identifiers=True)
     assert (r.frames, r.videos, r.rejects) == (1, 1, [])
     row = read_rows(tmp_path / "a").iloc[0]
     assert row.patient_id == "11-05-25-142825" and row.frame_id == "0"
@@ -67,7 +68,7 @@ def test_copies_of_one_image_are_rejected_by_sop_instance_uid(tmp_path):
 def test_ge_rgb_aloka_16bit_palette_and_sonosite_cine(tmp_path):
     files = [dicom_file(n) for n in ("US1_UNCR.dcm", "gdcm-US-ALOKA-16.dcm",
                                      "examples_ybr_color.dcm")]
-    r = import_dicom(files, tmp_path / "o", progress=False)
+    r = import_dicom(files, tmp_path / "o", progress=False, keep_identifiers=True)
     assert r.rejects == [] and (r.videos, r.frames) == (3, 1 + 1 + 30)
     rows = read_rows(tmp_path / "o")
     by_file = {f: rows[rows.source_file == f] for f in files}
@@ -92,7 +93,8 @@ def test_16bit_monochrome_loop_without_window_uses_the_file_range(tmp_path):
     arr[1, 10:30, 10:40] = 3000
     arr[2, :, :] = 2000
     write_dicom(tmp_path / "m.dcm", arr, bits_stored=12, PatientID="P1")
-    r = import_dicom([str(tmp_path / "m.dcm")], tmp_path / "o", crop_sector=False, progress=False)
+    r = import_dicom([str(tmp_path / "m.dcm")], tmp_path / "o", crop_sector=False, progress=False,
+                     keep_identifiers=True)
     rows = read_rows(tmp_path / "o")
     assert r.frames == 3 and rows.patient_id.tolist() == ["P1"] * 3
     means = [_img(tmp_path / "o", p).astype(float) for p in rows.frame_path]
@@ -104,7 +106,8 @@ def test_monochrome1_is_inverted_and_missing_patient_id_hashes_the_path(tmp_path
     arr = np.full((20, 30), 200, np.uint8)
     write_dicom(tmp_path / "inv", arr, photometric="MONOCHROME1")  # no extension, DICM marker
     assert looks_like_dicom(str(tmp_path / "inv"))
-    r = import_dicom([str(tmp_path)], tmp_path / "o", crop_sector=False, progress=False)
+    r = import_dicom([str(tmp_path)], tmp_path / "o", crop_sector=False, progress=False,
+                     keep_identifiers=True)
     rows = read_rows(tmp_path / "o")
     assert r.frames == 1 and rows.patient_id[0].startswith("anon-")
     assert _img(tmp_path / "o", rows.frame_path[0]).max() == 55
@@ -127,7 +130,8 @@ def test_bad_files_are_rejected_by_name_and_the_rest_goes_on(tmp_path):
     ds["PixelData"].VR = "OB"
     ds.save_as(src / "ht.dcm", enforce_file_format=True)
     good = dicom_file("OBXXXX1A_rle.dcm")
-    r = import_dicom([str(src), good, str(tmp_path / "gone.dcm")], tmp_path / "o", progress=False)
+    r = import_dicom([str(src), good, str(tmp_path / "gone.dcm")], tmp_path / "o", progress=False,
+                     keep_identifiers=True)
     assert r.frames == 1 and read_rows(tmp_path / "o").source_file.tolist() == [good]
     reasons = {Path(x["item"]).name: x["reason"] for x in read_rejects(tmp_path / "o")}
     assert set(reasons) == {"notes.dcm", "empty.dcm", "report.dcm", "ht.dcm", "gone.dcm"}

@@ -39,7 +39,7 @@ def test_hc18_to_shards_keeps_masks_and_labels(tmp_path):
 def test_dicom_to_shards(tmp_path):
     files = [dicom_file(n) for n in ("OBXXXX1A_rle_2frame.dcm", "US1_UNCR.dcm",
                                      "examples_ybr_color.dcm")]
-    r = import_dicom(files, tmp_path / "imp", progress=False)
+    r = import_dicom(files, tmp_path / "imp", progress=False, keep_identifiers=True)
     assert r.rejects == []
     rows = _build_and_verify(r.csv_path, tmp_path / "ds")
     assert len(rows) == 2 + 1 + 30 and len({x["video_key"] for x in rows}) == 3
