@@ -79,7 +79,13 @@ class Pseudonymiser:
         a new random key is written there and a note saying so goes to stderr."""
         path = Path(path).expanduser() if path else default_key_file()
         if create and not path.exists():
-            if _create_key_file(path) and not quiet:
+            try:
+                created = _create_key_file(path)
+            except OSError as e:
+                raise KeyFileError(f"cannot create the pseudonym key file {path} ({e}); pass "
+                                   f"--key-file (or set {KEY_ENV}) to a file in a folder you "
+                                   "can write, or to the key used for earlier imports") from None
+            if created and not quiet:
                 print(f"note: created a new pseudonym key in {path} (fingerprint "
                       f"{fingerprint(_read_key(path))}). Keep it and back it up: the same key "
                       "gives the same pseudonymised ids, so later imports of the same patients "
@@ -129,7 +135,11 @@ def _read_key(path: Path) -> bytes:
         raise KeyFileError(f"pseudonym key file {path} may be read or written by other users "
                            f"(mode {stat.S_IMODE(st.st_mode):04o}); make it private with "
                            f"`chmod 600 {path}` (and consider whether it has leaked)")
-    text = path.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError as e:
+        raise KeyFileError(f"cannot read the pseudonym key file {path} ({e}); pass a readable "
+                           "--key-file") from None
     try:
         key = bytes.fromhex(text)
     except ValueError:

@@ -131,7 +131,7 @@ def test_same_key_same_ids_other_key_other_ids_and_mixing_them_is_refused(source
     assert Path(a.csv_path).read_bytes() == Path(b.csv_path).read_bytes()  # same key, same ids
     c = _import(root, tmp_path / "c", k2)
     ra, rc = read_rows(tmp_path / "a"), read_rows(tmp_path / "c")
-    for col in ("patient_id", "video_name", "study_id", "frame_path"):  # incl. the no-PatientID file
+    for col in ("patient_id", "video_name", "study_id", "frame_path"):  # the no-PatientID file too
         assert set(ra[col]) - {""} and set(ra[col]).isdisjoint(set(rc[col]) - {""}), col
     # Importing into a folder made with another key: refused, the earlier import untouched.
     before = Path(a.csv_path).read_bytes()
