@@ -10,10 +10,11 @@ sector search.
 
 Identifiers are pseudonymised by default (``preprocessing.importers.pseudonym``): patient, study
 and video ids become keyed hashes (``p-``, ``s-``, ``v-``), a file without PatientID gets a keyed
-hash of its path, ``source_file`` is left out, and every row carries the key's fingerprint. No
-other tag is copied but Manufacturer (names, birth dates, accession numbers, institutions,
-physicians, stations and dates never reach the CSV). ``keep_identifiers=True`` keeps PatientID,
-SOPInstanceUID, StudyInstanceUID and ``source_file`` as they are.
+hash of its path, ``source_file`` is left out, and every row carries the key's fingerprint.
+Besides the ids, only Manufacturer and the pixel size and frame time read from tags reach the
+CSV (names, birth dates, accession numbers, institutions, physicians, stations and dates never).
+``keep_identifiers=True`` keeps PatientID, SOPInstanceUID, StudyInstanceUID and ``source_file``
+as they are.
 """
 from __future__ import annotations
 

@@ -86,18 +86,14 @@ def _build(csv_path, out):
     return pq.read_table(Path(out) / fmt.INDEX_FILE).to_pylist()
 
 
-def test_default_dicom_import_and_build_hold_no_identifier(source, tmp_path, capsys):
+def test_default_dicom_import_and_build_hold_no_identifier(source, tmp_path, capsys, monkeypatch):
     root, uids = source
     key = tmp_path / "keys" / "pseudonym.key"
-    os.environ["SONOSTREAM_KEY_FILE"], old = str(key), os.environ["SONOSTREAM_KEY_FILE"]
-    try:   # the CLI's default, with the key file from the environment (created here)
-        assert main(["import", "dicom", "--input", str(root), "--out", str(tmp_path / "imp"),
-                     "--quiet"]) == 0
-        assert main(["build", "--csv", str(tmp_path / "imp" / "frames.csv"), "--out",
-                     str(tmp_path / "ds"), "--workers", "1", "--image-size", "64",
-                     "--quiet"]) == 0
-    finally:
-        os.environ["SONOSTREAM_KEY_FILE"] = old
+    monkeypatch.setenv("SONOSTREAM_KEY_FILE", str(key))  # the CLI's default key, created here
+    assert main(["import", "dicom", "--input", str(root), "--out", str(tmp_path / "imp"),
+                 "--quiet"]) == 0
+    assert main(["build", "--csv", str(tmp_path / "imp" / "frames.csv"), "--out",
+                 str(tmp_path / "ds"), "--workers", "1", "--image-size", "64", "--quiet"]) == 0
     assert "created a new pseudonym key in" in capsys.readouterr().err
     rows = pq.read_table(tmp_path / "ds" / fmt.INDEX_FILE).to_pylist()
     assert len(rows) == 12 and all(r["patient_id"].startswith("p-") for r in rows)
@@ -129,7 +125,7 @@ def test_same_key_same_ids_other_key_other_ids_and_mixing_them_is_refused(source
     k2 = Pseudonymiser.from_key_file(tmp_path / "k2", quiet=True)
     a, b = _import(root, tmp_path / "a", k1), _import(root, tmp_path / "b", k1)
     assert Path(a.csv_path).read_bytes() == Path(b.csv_path).read_bytes()  # same key, same ids
-    c = _import(root, tmp_path / "c", k2)
+    _import(root, tmp_path / "c", k2)
     ra, rc = read_rows(tmp_path / "a"), read_rows(tmp_path / "c")
     for col in ("patient_id", "video_name", "study_id", "frame_path"):  # the no-PatientID file too
         assert set(ra[col]) - {""} and set(ra[col]).isdisjoint(set(rc[col]) - {""}), col
