@@ -15,6 +15,9 @@ Read top to bottom, one build is:
           unfinished.
 Every input row ends in the index or in rejects.csv; the build checks that sum before it
 writes the index.
+
+A build split into parts (``preprocessing.partition``: --plan, --part, --merge) uses the same
+steps: step 1 at --plan, steps 2-3 per part (``write_shards``), step 4 at --merge (``_finish``).
 """
 from __future__ import annotations
 
