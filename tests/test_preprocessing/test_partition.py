@@ -240,3 +240,20 @@ def test_merge_of_a_finished_part_dir_reads_the_plan_not_the_folder(one_machine,
     assert stray.name not in pq.read_table(out / fmt.INDEX_FILE)["shard"].to_pylist()
     assert verify(str(out), progress=False) == [f"{stray.name}: shard on disk but not in the "
                                                 "manifest"]
+
+
+def test_a_part_resuming_leaves_the_files_of_a_part_being_written_alone(one_machine, tmp_path):
+    """Part 0 (re)starting cleans up only its own leftovers: part 1's open temp file and its
+    shard renamed but not yet marked finished are another live process's work."""
+    _, csv_path = one_machine
+    out = tmp_path / "ds"
+    plan_parts(str(csv_path), str(out), OPTS, 2)
+    sdir = out / fmt.SHARDS_DIR
+    sdir.mkdir(parents=True)
+    theirs = [sdir / ".train-p001-000000.tar.tmp-999", sdir / "train-p001-000005.tar",
+              sdir / "train-p001-000005.idx", sdir / ".train-p001-000005.idx.tmp-abc"]
+    mine = [sdir / ".train-p000-000009.tar.tmp-1", sdir / "train-p000-000009.tar"]
+    for p in theirs + mine:
+        p.write_bytes(b"x")
+    build_part(str(out), 0, 2, progress=False)
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in mine)
