@@ -237,7 +237,9 @@ def cmd_build(args) -> int:
                   overwrite=args.overwrite, progress=not args.quiet)
     for warning in r.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if r.up_to_date:
+    if r.up_to_date and args.merge:
+        print(f"{args.out} is already merged; nothing to do")
+    elif r.up_to_date:
         print(f"{args.out} is already built from this CSV with these options; nothing to do "
               "(--overwrite rebuilds)")
     elif args.merge:

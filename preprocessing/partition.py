@@ -231,8 +231,8 @@ def merge(out_dir: str) -> BuildResult:
                 raise BuildError(
                     f"cannot merge {out}: {len(problems)} of its {n} parts are not ready, so "
                     "nothing was written:\n  " + "\n  ".join(problems) + "\nthen rerun `sonostream "
-                    f"build --out {out} --merge` (on Slurm: resubmit launch/slurm/build.sbatch "
-                    "with the same settings; finished parts exit at once)")
+                    f"build --out {out} --merge` (on Slurm: rerun launch/slurm/build_submit.sh "
+                    "with the same settings: it resubmits only the unfinished parts)")
             records, tables, rejects = [], [], []
             for split in fmt.SPLITS:
                 for p, info in enumerate(done):
