@@ -15,6 +15,9 @@ Read top to bottom, one build is:
           unfinished.
 Every input row ends in the index or in rejects.csv; the build checks that sum before it
 writes the index.
+
+A build split into parts (``preprocessing.partition``: --plan, --part, --merge) uses the same
+steps: step 1 at --plan, steps 2-3 per part (``write_shards``), step 4 at --merge (``_finish``).
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from .summary import count_reasons, read_rejects, single_frame_videos, split_cou
 
 SEGMENT_FRAMES = 64  # frames per worker task: small enough to balance, large enough to amortise
 BUILD_STATE = "build.json"
+PLAN_DIR = "plan"   # .work/plan/: the plan of a build split into parts (preprocessing.partition)
 META_SKIP = {"shard", "image_offset", "image_size", "mask_offset", "mask_size", "num_frames",
              *fmt.CHECKSUM_COLUMNS}
 
@@ -128,29 +132,41 @@ def _build(out: Path, plan: Plan, fingerprint: dict, opts: BuildOptions, workers
     if done is not None:
         done.warnings = plan.warnings
         return done
+    reused, leftover = write_shards(out, plan.videos, plan.num_rows, plan.extra_columns, opts,
+                                    workers, progress)
+    result = _finish(out, plan, opts, fingerprint, leftover)
+    result.reused_shards = reused
+    result.warnings = plan.warnings
+    return result
 
-    records, tables, part_rejects = load_finished(out)
+
+def write_shards(out: Path, videos: list[Video], num_rows: int, extra_columns: list[str],
+                 opts: BuildOptions, workers: int, progress: bool, part: int | None = None,
+                 marker_dir: Path | None = None) -> tuple[int, list[dict]]:
+    """Encodes ``videos`` into shards after those an interrupted run finished (steps 2 and 3);
+    returns (shards kept from that run, rejects not stored with any shard). ``part`` and
+    ``marker_dir``: one part of a partitioned build (``preprocessing.partition``)."""
+    records, tables, part_rejects = load_finished(out, part, marker_dir)
     written = {(k, f) for t in tables for k, f in zip(t["video_key"].to_pylist(),
                                                        t["frame_id"].to_pylist())}
     rejected_lines = {r["csv_line"] for r in part_rejects}
-    schema = fmt.index_schema(plan.extra_columns)
+    schema = fmt.index_schema(extra_columns)
     next_numbers = collections.Counter(r["split"] for r in records)
-    todo = [v for v in plan.videos
+    todo = [v for v in videos
             if any((v.key, f.frame_id) not in written and f.csv_line not in rejected_lines
                    for f in v.frames)]
-    accounted = plan.num_rows - sum(len(v.frames) for v in todo)
+    accounted = num_rows - sum(len(v.frames) for v in todo)
     enc = EncodeOptions(opts.image_size, opts.codec, opts.jpeg_quality, opts.max_pixels)
-    bar = progress_bar(plan.num_rows, "build", "frame", enabled=progress, initial=accounted)
-    with ShardWriter(out, int(opts.shard_size_mb * 2**20), schema, next_numbers) as writer:
+    bar = progress_bar(num_rows, "build" if part is None else f"build part {part}", "frame",
+                       enabled=progress, initial=accounted)
+    with ShardWriter(out, int(opts.shard_size_mb * 2**20), schema, next_numbers, part,
+                     marker_dir) as writer:
         for video, results in _encode_videos(todo, enc, workers):
             _write_video(writer, video, results, opts, written, rejected_lines)
             bar.update(len(video.frames))
         leftover = writer.close()
     bar.close()
-    result = _finish(out, plan, opts, fingerprint, leftover)
-    result.reused_shards = len(records)
-    result.warnings = plan.warnings
-    return result
+    return len(records), leftover
 
 
 def _no_space(out: Path, plan: Plan) -> str:
@@ -183,11 +199,7 @@ def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResu
     state = out / fmt.WORK_DIR / BUILD_STATE
     atomic.remove_leftovers(out)  # temp files of a killed run (we hold the lock: none is live)
     if overwrite:
-        for name in (fmt.INDEX_FILE, fmt.MANIFEST_FILE, fmt.REJECTS_FILE,
-                     *map(fmt.wids_name, fmt.SPLITS)):
-            (out / name).unlink(missing_ok=True)
-        for name in (fmt.SHARDS_DIR, fmt.WORK_DIR):
-            shutil.rmtree(out / name, ignore_errors=True)
+        clear_out_dir(out)
     if (out / fmt.INDEX_FILE).exists():
         if not (out / fmt.MANIFEST_FILE).exists():
             raise BuildError(f"{out} has an index but no {fmt.MANIFEST_FILE}; pass --overwrite "
@@ -206,6 +218,9 @@ def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResu
             return _result_from_manifest(out, manifest)
         raise BuildError(f"{out} already holds a dataset built from other inputs or options; "
                          "pass --overwrite to replace it, or choose another --out")
+    if (out / fmt.WORK_DIR / PLAN_DIR).exists():
+        raise BuildError(f"{out} holds a plan of a build split into parts (`--plan`); finish it "
+                         f"with --part and --merge, or pass --overwrite to discard it")
     if state.exists() and json.loads(state.read_text()) != fingerprint:
         raise BuildError(f"{out} holds an unfinished build of other inputs or options; pass "
                          "--overwrite to discard it, or rerun with the same CSV and options")
@@ -214,6 +229,15 @@ def _prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool) -> BuildResu
                          "--overwrite to replace it, or choose another --out")
     atomic.write_json(state, fingerprint)
     return None
+
+
+def clear_out_dir(out: Path) -> None:
+    """What --overwrite removes: the dataset's files and any unfinished build (or plan)."""
+    for name in (fmt.INDEX_FILE, fmt.MANIFEST_FILE, fmt.REJECTS_FILE,
+                 *map(fmt.wids_name, fmt.SPLITS)):
+        (out / name).unlink(missing_ok=True)
+    for name in (fmt.SHARDS_DIR, fmt.WORK_DIR):
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 def _encode_videos(videos: list[Video], enc: EncodeOptions,
@@ -326,8 +350,10 @@ def _index_row(video: Video, frame: FrameRow, e: Encoded, key: str, index: int) 
 
 
 def _finish(out: Path, plan: Plan, opts: BuildOptions, fingerprint: dict,
-            leftover: list[dict]) -> BuildResult:
-    records, tables, part_rejects = load_finished(out)
+            leftover: list[dict], finished: tuple | None = None) -> BuildResult:
+    """Step 4. ``finished``: (records, tables, rejects) of the shards, in order; default: what
+    ``load_finished`` gives (a merge of parts passes its own, in plan order)."""
+    records, tables, part_rejects = finished if finished is not None else load_finished(out)
     schema = fmt.index_schema(plan.extra_columns)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     counts = pc.value_counts(table["video_key"]).to_pylist()

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .cpus import default_workers
 
@@ -33,11 +34,22 @@ def add_parsers(sub) -> None:
     b = sub.add_parser("build", help="pack a frames CSV into shards + index.parquet",
                        description="Pack a frames CSV into WebDataset shards with a Parquet index. "
                        "Rerunning after a crash resumes after the last finished shard; the same "
-                       "CSV, options and seed give byte-identical shards and index.")
-    b.add_argument("--csv", required=True, help="frames CSV (frame_path, patient_id, video_name, "
+                       "CSV, options and seed give byte-identical shards and index. Across "
+                       "machines: --plan --parts N, then --part I --parts N for each I (at "
+                       "once, e.g. a Slurm array: launch/slurm/build.sbatch), then --merge.")
+    b.add_argument("--csv", help="frames CSV (frame_path, patient_id, video_name, "
                    "frame_id, ...; an optional split column (train/val/test) places patients, "
-                   "overriding the fractions)")
+                   "overriding the fractions); needed by a build and by --plan")
     b.add_argument("--out", required=True, help="dataset folder to write")
+    mode = b.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true", help="read and check the CSV, write the plan "
+                      "of a build split into --parts N parts into --out (build options go here)")
+    mode.add_argument("--part", type=int, metavar="I", help="build part I (0..N-1) of the plan in "
+                      "--out; resumable; a finished part exits at once")
+    mode.add_argument("--merge", action="store_true", help="check every part of the plan in --out "
+                      "and write index.parquet, manifest.json, rejects.csv (refused while a part "
+                      "is missing or unfinished)")
+    b.add_argument("--parts", type=int, metavar="N", help="number of parts (with --plan and --part)")
     b.add_argument("--image-size", type=int, default=256,
                    help="stored frames are SIZE x SIZE: longer side resized to SIZE, centred on "
                    "black; 0 keeps the source size (default 256)")
@@ -174,20 +186,97 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _build_option_defaults() -> dict:
+    """The build options (BuildOptions' fields, which are also the flags' defaults)."""
+    from dataclasses import asdict
+    from .build import BuildOptions
+    return asdict(BuildOptions())
+
+
+def _build_mode_error(args) -> str | None:
+    """What is wrong with the combination of build flags (None: nothing)."""
+    split = args.plan or args.part is not None or args.merge
+    mode = "--plan" if args.plan else "--part" if args.part is not None else "--merge"
+    if not split:
+        if args.parts is not None:
+            return "--parts goes with --plan or --part (a build split into parts)"
+        return None if args.csv else "--csv is required (the frames CSV to build)"
+    if args.plan:
+        if args.csv is None:
+            return "--plan needs --csv (the frames CSV to plan)"
+        if args.parts is None or args.parts < 1:
+            return "--plan needs --parts N (N >= 1: how many parts the build is split into)"
+        return None
+    if args.csv is not None:
+        return f"{mode} takes the CSV from the plan in --out; drop --csv (it goes with --plan)"
+    changed = [f"--{k.replace('_', '-')}" for k, v in _build_option_defaults().items()
+               if getattr(args, k) != v]
+    if changed:
+        return (f"{', '.join(changed)}: build options are fixed by the plan (give them with "
+                f"--plan); drop them from {mode}")
+    if args.part is not None and args.parts is None:
+        return "--part needs --parts N (the number of parts of the plan)"
+    if args.merge and (args.parts is not None or args.overwrite):
+        return "--merge takes the parts from the plan in --out; drop --parts and --overwrite"
+    return None
+
+
+def _cmd_build_split(args) -> int:
+    from .partition import build_part, plan_parts
+    if args.part is not None:
+        r = build_part(args.out, args.part, args.parts, workers=max(1, args.workers),
+                       overwrite=args.overwrite, progress=not args.quiet)
+        if r.up_to_date:
+            print(f"part {args.part} of {args.out} is already built; nothing to do")
+        else:
+            resumed = f", {r.reused_shards} kept from an interrupted run" if r.reused_shards else ""
+            print(f"built part {args.part} of {args.out}: {r.shards} shards{resumed} in "
+                  f"{r.seconds:.1f}s; {r.rows} CSV rows: {r.frames} frames, {r.rejects} rejected")
+        return 0
+    from .build import BuildOptions
+    opts = BuildOptions(**{k: getattr(args, k) for k in _build_option_defaults()})
+    p = plan_parts(args.csv, args.out, opts, args.parts, overwrite=args.overwrite)
+    for warning in p.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    state = (" (already built from this plan; nothing to do)" if p.up_to_date else
+             " (the same plan was already there; kept)" if p.unchanged else "")
+    print(f"planned {args.out}{state}: {p.rows} CSV rows, {p.videos} videos in {len(p.part_frames)} "
+          f"parts of {min(p.part_frames)}..{max(p.part_frames)} frames, {p.rejects} rejected now")
+    print(f"next: sonostream build --out {args.out} --part I --parts {len(p.part_frames)} for I in "
+          f"0..{len(p.part_frames) - 1} (at once), then sonostream build --out {args.out} --merge")
+    return 0
+
+
 def cmd_build(args) -> int:
     from . import format as fmt
     from .build import BuildOptions, build
+    problem = _build_mode_error(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.plan or args.part is not None:
+        return _cmd_build_split(args)
     opts = BuildOptions(image_size=args.image_size, codec=args.codec, jpeg_quality=args.jpeg_quality,
                         shard_size_mb=args.shard_size_mb, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, seed=args.seed,
                         min_video_frames=args.min_video_frames, max_pixels=args.max_pixels)
-    r = build(args.csv, args.out, opts, workers=max(1, args.workers), overwrite=args.overwrite,
-              progress=not args.quiet)
+    if args.merge:
+        from .partition import merge
+        r = merge(args.out)
+        opts = BuildOptions(**json.loads((Path(args.out) / fmt.MANIFEST_FILE).read_text())
+                            ["fingerprint"]["options"])
+    else:
+        r = build(args.csv, args.out, opts, workers=max(1, args.workers),
+                  overwrite=args.overwrite, progress=not args.quiet)
     for warning in r.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if r.up_to_date:
+    if r.up_to_date and args.merge:
+        print(f"{args.out} is already merged; nothing to do")
+    elif r.up_to_date:
         print(f"{args.out} is already built from this CSV with these options; nothing to do "
               "(--overwrite rebuilds)")
+    elif args.merge:
+        print(f"merged {args.out}: {r.shards} shards in {r.seconds:.1f}s")
     else:
         rate = r.rows / r.seconds if r.seconds else 0.0
         resumed = f", {r.reused_shards} kept from an interrupted run" if r.reused_shards else ""

@@ -10,6 +10,11 @@ When a shard is finished it becomes visible in four atomic steps: the tar is ren
 ``.work/parts/NAME.parquet``, and ``.work/parts/NAME.json`` (its size, sha256 and the rejects
 found since the previous shard) is written last: that file marks the shard as done, so an
 interrupted build resumes after the last shard with one.
+
+A part of a partitioned build (``preprocessing.partition``) passes ``part`` and its own
+``marker_dir``: its shards are named ``{split}-pPPP-NNNNNN.tar`` and its resume looks at (and
+cleans up) only its own names, so parts writing one ``shards/`` folder at once never touch each
+other's files.
 """
 from __future__ import annotations
 
@@ -89,11 +94,14 @@ class ShardWriter:
     """Context manager: ``start_video()``, ``write()`` its frames, ..., then ``close()``."""
 
     def __init__(self, out_dir: str | os.PathLike, max_bytes: int, schema: pa.Schema,
-                 next_numbers: dict[str, int] | None = None):
+                 next_numbers: dict[str, int] | None = None, part: int | None = None,
+                 marker_dir: str | os.PathLike | None = None):
         self.out_dir = Path(out_dir)
         self.shard_dir = self.out_dir / fmt.SHARDS_DIR
         self.shard_dir.mkdir(parents=True, exist_ok=True)
-        parts_dir(self.out_dir).mkdir(parents=True, exist_ok=True)
+        self.part = part
+        self.marker_dir = Path(marker_dir) if marker_dir is not None else parts_dir(self.out_dir)
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.schema = schema
         self.next_numbers = dict.fromkeys(fmt.SPLITS, 0) | (next_numbers or {})
@@ -174,7 +182,7 @@ class ShardWriter:
     # -- shard life cycle -------------------------------------------------------------------
     def _open(self, split: str) -> None:
         self._split = split
-        self._name = fmt.shard_name(split, self.next_numbers[split])
+        self._name = fmt.shard_name(split, self.next_numbers[split], self.part)
         self._tmp = self.shard_dir / f".{self._name}.tmp-{os.getpid()}"
         self._file = _HashingFile(self._tmp)
 
@@ -193,14 +201,14 @@ class ShardWriter:
         idx = fmt.dali_index_text(self._members).encode()
         atomic.write_bytes(self.shard_dir / fmt.dali_index_name(name), idx)
         table = pa.Table.from_pylist(self._rows, schema=self.schema)
-        with atomic.atomic_open(parts_dir(self.out_dir) / f"{name}.parquet") as f:
+        with atomic.atomic_open(self.marker_dir / f"{name}.parquet") as f:
             pq.write_table(table, f)
         record = {"name": name, "split": self._split, "bytes": self._file.size,
                   "sha256": self._file.sha256.hexdigest(), "frames": len(self._rows),
                   "first_key": self._rows[0]["key"], "last_key": self._rows[-1]["key"],
                   "dali_index": {"name": fmt.dali_index_name(name), "bytes": len(idx),
                                  "sha256": hashlib.sha256(idx).hexdigest()}}
-        atomic.write_json(parts_dir(self.out_dir) / f"{name}.json",
+        atomic.write_json(self.marker_dir / f"{name}.json",
                           {"shard": record, "rejects": self.pending_rejects})
         self.finished.append(record)
         self.next_numbers[self._split] += 1
@@ -215,14 +223,19 @@ class ShardWriter:
             self._members = []
 
 
-def load_finished(out_dir: str | os.PathLike) -> tuple[list[dict], list[pa.Table], list[dict]]:
+def load_finished(out_dir: str | os.PathLike, part: int | None = None,
+                  marker_dir: str | os.PathLike | None = None
+                  ) -> tuple[list[dict], list[pa.Table], list[dict]]:
     """Shard records, index tables and rejects of the shards an earlier run finished.
 
     A shard counts as finished only with its marker JSON, its parquet part, a tar and a DALI
-    index of the recorded sizes; leftovers of an unfinished shard are deleted.
+    index of the recorded sizes; leftovers of an unfinished shard are deleted. With ``part``,
+    only that part's shards (``{split}-pPPP-``) are looked at or deleted.
     """
     out_dir = Path(out_dir)
-    pdir, sdir = parts_dir(out_dir), out_dir / fmt.SHARDS_DIR
+    sdir = out_dir / fmt.SHARDS_DIR
+    pdir = Path(marker_dir) if marker_dir is not None else parts_dir(out_dir)
+    mine = tuple(fmt.shard_prefix(s, part) for s in fmt.SPLITS)
     records, tables, rejects = [], [], []
     done = set()
     for marker in sorted(pdir.glob("*.json")) if pdir.is_dir() else []:
@@ -241,16 +254,18 @@ def load_finished(out_dir: str | os.PathLike) -> tuple[list[dict], list[pa.Table
     for folder, suffix in ((sdir, ""), (pdir, ".parquet")):
         if not folder.is_dir():
             continue
-        atomic.remove_leftovers(folder)
+        for p in folder.glob(".*.tmp-*"):   # temp files of a killed writer of these shards
+            if p.name[1:].startswith(mine):
+                p.unlink(missing_ok=True)
+        if folder == pdir:
+            atomic.remove_leftovers(folder)
         for p in folder.glob(f"*.tar{suffix}"):
-            if p.name.removesuffix(suffix) not in done:
+            if p.name.startswith(mine) and p.name.removesuffix(suffix) not in done:
                 p.unlink()
     done_idx = {fmt.dali_index_name(n) for n in done}
     for p in sdir.glob("*.idx") if sdir.is_dir() else []:
-        if p.name not in done_idx:
+        if p.name.startswith(mine) and p.name not in done_idx:
             p.unlink()
-    for p in sdir.glob(".*.tar.tmp-*") if sdir.is_dir() else []:
-        p.unlink()
     order = {s: i for i, s in enumerate(fmt.SPLITS)}
     idx = sorted(range(len(records)), key=lambda i: (order[records[i]["split"]], records[i]["name"]))
     return [records[i] for i in idx], [tables[i] for i in idx], rejects

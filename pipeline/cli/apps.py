@@ -60,7 +60,7 @@ def add_parsers(sub) -> None:
 
     bench = sub.add_parser("bench", help="benchmarks (results go to BENCHMARKS.md)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
-    bb = bsub.add_parser("build", help="build frames/s at 1 and 2 workers on a synthetic cohort",
+    bb = bsub.add_parser("build", help="build frames/s at 1 and 2 workers (and 2 parts at once vs 1) on a synthetic cohort",
                          description="Build the same synthetic cohort (256x256, JPEG) with 1 and "
                          "2 workers side by side and report frames/s and the scaling.")
     bb.add_argument("--frames", type=int, default=4096, help="frames in the cohort (default 4096)")

@@ -9,6 +9,7 @@ A built dataset directory holds::
 
     shards/{split}-NNNNNN.tar   frames of one video together, in temporal order
     shards/{split}-NNNNNN.idx   its DALI index (``interop``: what DALI's wds2idx writes)
+                                (a build split into parts names them {split}-pPPP-NNNNNN.tar/.idx)
     {split}.wids.json           the split's shard list for ``wids.ShardListDataset`` (``interop``)
     index.parquet               one row per frame (INDEX_SCHEMA); written last
     manifest.json               options, counts, and sha256 + size of every shard and .idx
@@ -77,6 +78,7 @@ __all__ = [
     "WORK_DIR",
     "REJECT_COLUMNS",
     "shard_name",
+    "shard_prefix",
     "CORE_FIELDS",
     "RESERVED_COLUMNS",
     "index_schema",
@@ -352,10 +354,16 @@ WORK_DIR = ".work"  # resumable state of an unfinished build; removed when the b
 REJECT_COLUMNS = ("csv_line", "frame_path", "patient_id", "video_name", "frame_id", "reason")
 
 
-def shard_name(split: str, number: int) -> str:
+def shard_prefix(split: str, part: int | None = None) -> str:
+    """What every shard name of ``split`` (and of build part ``part``) starts with: ``train-``,
+    or ``train-p003-`` for part 3 of a partitioned build, so parts never share a name."""
     if split not in SPLITS:
         raise SonostreamError(f"unknown split {split!r}; expected one of {SPLITS}")
-    return f"{split}-{number:06d}.tar"
+    return f"{split}-" if part is None else f"{split}-p{part:03d}-"
+
+
+def shard_name(split: str, number: int, part: int | None = None) -> str:
+    return f"{shard_prefix(split, part)}{number:06d}.tar"
 
 
 # ---------------------------------------------------------------------------------------------

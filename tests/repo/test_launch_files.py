@@ -155,3 +155,92 @@ def test_sbatch_takes_cpus_from_slurm_and_launches_once_per_node(tmp_path):
     sets = [v for k, v in zip(args, args[1:]) if k == "--set"]
     cfg = load_pretrain_config(ROOT / pairs["--config"], sets)   # the overrides are valid keys
     assert cfg.loader.decode_threads == 6
+
+
+BUILD_SBATCH = LAUNCH / "slurm" / "build.sbatch"
+BUILD_SUBMIT = LAUNCH / "slurm" / "build_submit.sh"
+
+
+def _fake_bin(tmp_path, scripts: dict) -> Path:
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    return fake
+
+
+def test_build_sbatch_parses_and_names_the_three_commands():
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    for path in (BUILD_SBATCH, BUILD_SUBMIT):
+        subprocess.run([bash, "-n", str(path)], check=True)
+    text = BUILD_SBATCH.read_text()
+    directives = [l for l in text.splitlines() if l.startswith("#SBATCH")]
+    assert all(l.startswith("#SBATCH --") and "=" in l for l in directives), directives
+    assert {"--job-name", "--cpus-per-task", "--time", "--output"} <= {
+        l.split()[1].split("=")[0] for l in directives}
+    for needle in ("--plan --parts", "--part \"$PART\" --parts", "--merge", "SLURM_ARRAY_TASK_ID",
+                   "--workers", "SLURM_CPUS_PER_TASK", "--array=0-$((PARTS-1))%",
+                   "--dependency=afterok:"):
+        assert needle in text, needle
+    submit = BUILD_SUBMIT.read_text()
+    for needle in ("STEP=plan", "STEP=part", "STEP=merge", "--array=", "--dependency=afterok:",
+                   "done.json", "--parsable"):
+        assert needle in submit, needle
+
+
+def test_build_sbatch_runs_each_step(tmp_path):
+    """build.sbatch with a fake `sonostream`: the command each STEP runs."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    fake = _fake_bin(tmp_path, {"sonostream": f'echo "$@" >> {tmp_path}/calls'})
+    base = {"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_SUBMIT_DIR": str(ROOT),
+            "OUT": "/shared/ds", "CSV": "/shared/frames.csv", "PARTS": "4",
+            "SLURM_CPUS_PER_TASK": "12", "BUILD_ARGS": "--image-size 128 --seed 3"}
+    for step, extra in (("plan", {}), ("part", {"SLURM_ARRAY_TASK_ID": "3"}), ("merge", {})):
+        done = subprocess.run([bash, str(BUILD_SBATCH)], env={**base, "STEP": step, **extra},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "build --csv /shared/frames.csv --out /shared/ds --plan --parts 4 --image-size 128 --seed 3",
+        "build --out /shared/ds --part 3 --parts 4 --workers 12 --quiet",
+        "build --out /shared/ds --merge"]
+    bad = subprocess.run([bash, str(BUILD_SBATCH)], env={**base, "STEP": "part"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--array" in bad.stderr
+
+
+def test_build_submit_chains_plan_parts_merge_and_resubmits_only_unfinished_parts(tmp_path):
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    log = tmp_path / "sbatch.log"
+    # a fake sbatch: logs its arguments and prints a new job id
+    fake = _fake_bin(tmp_path, {"sbatch": f'echo "$@" >> {log}; echo $(( $(wc -l < {log}) + 100 ))'})
+    out = tmp_path / "ds"
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path), "CSV": "/shared/frames.csv",
+           "OUT": str(out), "PARTS": "4", "MAX_RUNNING": "2"}
+
+    def submit():
+        log.unlink(missing_ok=True)
+        done = subprocess.run([bash, str(BUILD_SUBMIT), "--seed", "1"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return log.read_text().splitlines()
+
+    plan, parts, merge = submit()
+    assert "--export=ALL,STEP=plan" in plan and "--dependency" not in plan
+    assert "--dependency=afterok:101 --array=0-3%2 --export=ALL,STEP=part" in parts
+    assert "--dependency=afterok:102 --export=ALL,STEP=merge" in merge
+    for part in (0, 2):   # parts 0 and 2 finished; 1 and 3 failed
+        (out / ".work" / f"part-{part:03d}").mkdir(parents=True)
+        (out / ".work" / f"part-{part:03d}" / "done.json").write_text("{}")
+    assert "--array=1,3%2" in submit()[1]
+    for part in (1, 3):
+        (out / ".work" / f"part-{part:03d}").mkdir(parents=True)
+        (out / ".work" / f"part-{part:03d}" / "done.json").write_text("{}")
+    plan, merge = submit()   # every part finished: plan (a no-op) and merge only
+    assert "STEP=plan" in plan and "--dependency=afterok:101 --export=ALL,STEP=merge" in merge

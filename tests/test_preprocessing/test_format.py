@@ -81,6 +81,12 @@ def test_shard_names():
     assert fmt.shard_name("val", 3) == "val-000003.tar"
     with pytest.raises(ValueError):
         fmt.shard_name("holdout", 0)
+    # parts of a partitioned build: names never shared between parts, nor with a plain build
+    assert fmt.shard_name("val", 3, part=12) == "val-p012-000003.tar"
+    assert fmt.dali_index_name(fmt.shard_name("val", 3, part=12)) == "val-p012-000003.idx"
+    names = {fmt.shard_name("train", n, part=p) for n in (0, 1) for p in (None, 0, 1, 10, 100, 1000)}
+    assert len(names) == 12 and all(n.startswith("train-") for n in names)
+    assert not fmt.shard_name("train", 0, part=1000).startswith(fmt.shard_prefix("train", 100))
 
 
 def test_index_schema_check_names_departures():

@@ -70,4 +70,9 @@ def test_bench_build_reports_the_promised_fields(tmp_path):
     assert result["scaling_2_vs_1"] == pytest.approx(
         result["frames_per_s"]["2"] / result["frames_per_s"]["1"], rel=1e-2)
     assert {"decode_frame_png", "encode_jpeg", "whole_build_1_worker"} <= set(result["per_frame_us"])
+    parts = result["partitioned"]   # the arm of a build split into 2 parts (2 processes vs 1)
+    assert parts["frames"] == {"1_part_alone": 32, "2_parts_at_once": 64}
+    assert parts["scaling_2_parts_vs_1"] == pytest.approx(
+        parts["frames_per_s"]["2_parts_at_once"] / parts["frames_per_s"]["1_part_alone"], rel=1e-2)
+    assert verify(str(tmp_path / "parts-2_parts_at_once"), progress=False) == []
     json.dumps(result)

@@ -5,6 +5,12 @@ alternating 1-worker and 2-worker runs so that both see the same machine load; t
 each is reported. Frames/s counts CSV rows over the wall time of the whole build (plan, worker
 start-up, encode, shard writing, index), which is what a user waits for. ``per_frame_us``
 breaks one frame's cost into its codec steps (measured once, without masks remembered).
+
+``partitioned`` is the arm of a build split into parts (``build --plan/--part/--merge``): the
+cohort planned into 2 parts, then part 0 built alone by one ``sonostream build --part`` process
+vs both parts built by two such processes at once (1 encode worker each), alternating; frames/s
+counts the parts' CSV rows over the wall time from starting the processes to the last exit
+(interpreter start-up included, as on a cluster). Plan and merge are timed once, apart.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,7 +60,7 @@ def stage_costs(csv_path: str, n: int = 256) -> dict:
 
 
 def bench_build(frames: int = 4096, repeats: int = 3, workdir: str | None = None,
-                worker_counts: tuple[int, ...] = (1, 2)) -> dict:
+                worker_counts: tuple[int, ...] = (1, 2), parts_arm: bool = True) -> dict:
     if frames < 64:
         raise SonostreamError(f"--frames must be at least 64 for a meaningful figure, got {frames}")
     from preprocessing.synth import make_cohort
@@ -91,7 +99,49 @@ def bench_build(frames: int = 4096, repeats: int = 3, workdir: str | None = None
         stages = stage_costs(str(csv_path))
         stages["whole_build_1_worker"] = round(1e6 / fps[str(min(worker_counts))], 1)
         out["per_frame_us"] = stages
+        if parts_arm:
+            out["partitioned"] = bench_parts(csv_path, root, opts, repeats)
         return out
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_parts(csv_path: Path, root: Path, opts: BuildOptions, repeats: int) -> dict:
+    """Part 0 of a 2-part plan built alone vs both parts built at once (two processes)."""
+    from preprocessing.partition import merge, plan_parts
+    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--workers", "1", "--quiet",
+           "--parts", "2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH")]))}
+    times: dict[str, list[float]] = {"1_part_alone": [], "2_parts_at_once": []}
+    rows: dict[str, int] = {}
+    plan_s = merge_s = None
+    for _ in range(repeats):
+        for arm, parts in (("1_part_alone", [0]), ("2_parts_at_once", [0, 1])):
+            out = root / f"parts-{arm}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            plan = plan_parts(str(csv_path), str(out), opts, 2)
+            plan_s = time.perf_counter() - t0
+            rows[arm] = sum(plan.part_frames[p] for p in parts)
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen(cmd + ["--out", str(out), "--part", str(p)], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                     for p in parts]
+            errors = [proc.communicate()[1] for proc in procs]
+            times[arm].append(time.perf_counter() - t0)
+            failed = [e.decode(errors="replace") for proc, e in zip(procs, errors) if proc.returncode]
+            if failed:
+                raise SonostreamError(f"a part of the benchmark build failed: {failed[0][-2000:]}")
+            if len(parts) == 2:
+                t0 = time.perf_counter()
+                merge(str(out))
+                merge_s = time.perf_counter() - t0
+    fps = {arm: round(rows[arm] / statistics.median(t), 1) for arm, t in times.items()}
+    return {"frames_per_s": fps, "frames": rows,
+            "seconds": {arm: [round(x, 3) for x in t] for arm, t in times.items()},
+            "scaling_2_parts_vs_1": round(fps["2_parts_at_once"] / fps["1_part_alone"], 3),
+            "plan_seconds": round(plan_s, 3), "merge_seconds": round(merge_s, 3),
+            "setup": "2-part plan of the same cohort; each part one `sonostream build --part` "
+                     "process with --workers 1; goal: scaling >= 1.8 on 2 idle cores"}
