@@ -6,8 +6,9 @@ fragments, ``pydicom.encaps.generate_frames``) straight to RGB with SIMD in abou
 decoders' IDCT, chroma upsampling and colour conversion round differently: on pydicom-data's
 loops the stored gray differs by at most 2 levels (mean 0.01), and the colour-overlay flags of
 about 0.01 % of pixels. So that a JPEG whose colour transform OpenCV reads differently from the
-header (an RGB JPEG labelled YBR) cannot slip through, the first frame of every file is decoded
-by both and compared: beyond TOLERANCE gray levels, or COLOUR_SHARE of the colour flags, the
+header cannot slip through (an RGB JPEG stored without the colour transform and without a marker
+saying so: OpenCV converts it from YCbCr, pydicom does not), the first frame of every file is
+decoded by both and compared: beyond TOLERANCE gray levels, or COLOUR_SHARE of the colour flags, the
 file is left to pydicom. Only 8-bit YBR and MONOCHROME loops take this path: an RGB-labelled
 JPEG is often stored without the colour transform, and a single image gains nothing.
 """
@@ -25,9 +26,9 @@ COLOUR_SHARE = 0.002   # share of pixels whose colour-overlay flag may differ
 
 
 def eligible(ds, photometric: str, count: int) -> bool:
-    from preprocessing.media import transfer_syntax
+    meta = getattr(ds, "file_meta", None)
     samples = int(ds.get("SamplesPerPixel", 1))
-    return (count > 1 and str(transfer_syntax(ds)) == JPEG_BASELINE
+    return (count > 1 and meta is not None and str(meta.get("TransferSyntaxUID")) == JPEG_BASELINE
             and int(ds.get("BitsAllocated", 8)) == 8 and photometric in PHOTOMETRIC
             and samples == (1 if photometric.startswith("MONO") else 3))
 
@@ -38,7 +39,7 @@ def frames(ds, count: int, photometric: str, display: Callable) -> Iterator[np.n
     cannot decode or when the first frame disagrees with pydicom's (through ``display``, the
     caller's gray + colour conversion): the caller decodes the rest with pydicom."""
     from pydicom.encaps import generate_frames
-    colour = photometric.startswith("YBR")
+    colour = not photometric.startswith("MONO")
     flag = (getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR) if colour
             else cv2.IMREAD_GRAYSCALE)
     swap = colour and not hasattr(cv2, "IMREAD_COLOR_RGB")   # OpenCV < 4.10 decodes to BGR
