@@ -13,7 +13,8 @@ raises :class:`VideoTruncated` with both counts, or is read as far as it goes wi
 :class:`VideoReport`; a cut non-faststart mp4 (no moov box) cannot be opened and says so.
 
 DICOM: pixels through pydicom (with pylibjpeg for JPEG/JPEG-LS, Pillow for JPEG 2000, its own RLE
-decoder): YBR is converted to RGB by the decoder, PALETTE COLOR through its lookup table,
+decoder; baseline-JPEG YBR and MONOCHROME loops through OpenCV, checked against pydicom on their
+first frame: ``preprocessing.dicom_jpeg``): YBR is converted to RGB by the decoder, PALETTE COLOR through its lookup table,
 MONOCHROME1 is inverted, and deeper than 8 bits is windowed (VOI window when present, else the
 file's min..max) to 8 bits. pixel_size_mm from the B-mode ultrasound region (PhysicalDeltaX in
 cm), else PixelSpacing; the region also bounds the sector search.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing import atomic
+from preprocessing import atomic, dicom_jpeg
 from preprocessing.format import SonostreamError
 from preprocessing.sector import Box, SectorProbe, split_colour
 
@@ -350,6 +351,7 @@ class Frames:
         size = int(ds.Rows) * int(ds.Columns) * self.count
         self.cache: list | None = [] if size * 2 <= CACHE_BYTES else None
         self.cached = False
+        self.fast_jpeg = dicom_jpeg.eligible(ds, self.photometric, self.count)
         if self.window is None and bits > 8 and self.photometric.startswith("MONO"):
             lo, hi = np.inf, -np.inf  # one extra pass: the file's own range
             for raw in self._raw():
@@ -357,9 +359,21 @@ class Frames:
             self.window = (lo, max(hi, lo + 1)) if hi >= lo else None
 
     def _raw(self):
+        """The frames as decoded ((H, W) or (H, W, 3) RGB, any dtype); OpenCV decodes what it
+        can of a baseline-JPEG loop (``preprocessing.dicom_jpeg``), pydicom the rest."""
+        n = 0
+        if self.fast_jpeg:
+            for n, arr in enumerate(dicom_jpeg.frames(self.ds, self.count, self.photometric,
+                                                      self._display), 1):
+                yield arr
+        if n < self.count:
+            yield from self._raw_pydicom(n)
+
+    def _raw_pydicom(self, start: int = 0):
         from pydicom.pixels import iter_pixels
         try:
-            yield from iter_pixels(self.ds, as_rgb=True)
+            yield from iter_pixels(self.ds, as_rgb=True,
+                                   indices=range(start, self.count) if start else None)
         except (NotImplementedError, RuntimeError, ValueError, AttributeError, KeyError) as e:
             lines = [x.strip() for x in str(e).splitlines() if x.strip()]
             raise MediaError(

@@ -67,6 +67,20 @@ def add_parsers(sub) -> None:
     bb.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported (default 3)")
     bb.add_argument("--workdir", help="keep the cohort here (default: a temporary folder)")
     bb.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    bi = bsub.add_parser("import", help="import frames/s per source at 1 and 2 workers, and "
+                         "DICOM archive -> shards end to end",
+                         description="Import a real ultrasound loop (pydicom-data's 120-frame "
+                         "JPEG DICOM) as JPEG DICOM, uncompressed DICOM and mp4 copies, at 1 and 2 "
+                         "workers side by side, then import + build the JPEG DICOM to shards; "
+                         "reports frames/s and a per-frame breakdown of the steps.")
+    bi.add_argument("--frames", type=int, default=2400, help="frames per source (default 2400)")
+    bi.add_argument("--loop-frames", type=int, help="cut the loop to this many frames (default: all 120)")
+    bi.add_argument("--repeats", type=int, default=3, help="runs per arm; the median is reported (default 3)")
+    bi.add_argument("--sources", default="dicom_jpeg,dicom_raw,video",
+                    help="sources to time (default dicom_jpeg,dicom_raw,video)")
+    bi.add_argument("--no-end-to-end", action="store_true", help="skip the import + build arm")
+    bi.add_argument("--workdir", help="keep the sources and outputs here (default: a temporary folder)")
+    bi.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bl = bsub.add_parser("loader", help="clip loader vs seed-style loader vs raw decode, frames/s",
                          description="Side by side on the same shards and CPU budget: our clip "
                          "loader, a seed-style loader (one file per image, DataFrame scans per "
@@ -185,6 +199,11 @@ def cmd_bench(args) -> int:
         from pipeline.apps.bench.step import bench_step
         result = bench_step(arch=args.arch, image_size=args.image_size, batch=args.batch,
                             clip_len=args.clip_len, threads=args.threads, steps=args.steps)
+    elif args.bench == "import":
+        from pipeline.apps.bench.importing import bench_import
+        result = bench_import(frames=args.frames, repeats=args.repeats, workdir=args.workdir,
+                              loop_frames=args.loop_frames, end_to_end=not args.no_end_to_end,
+                              sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()))
     else:
         from pipeline.apps.bench.build import bench_build
         result = bench_build(frames=args.frames, repeats=args.repeats, workdir=args.workdir)

@@ -30,7 +30,7 @@ import numpy as np
 from preprocessing import atomic
 from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
-from preprocessing.imaging import encode
+from preprocessing.imaging import encode_import_png
 from preprocessing.lock import folder_lock
 
 FRAMES_CSV = "frames.csv"
@@ -187,7 +187,7 @@ class ImportWriter:
 
     def _write(self, rel: str, image: np.ndarray) -> None:
         path = self.out / rel
-        atomic.write_bytes(path, encode(image, "png"))
+        atomic.write_bytes(path, encode_import_png(image))
         self._written.append(path)
 
     def _no_space(self) -> SonostreamError:
