@@ -11,30 +11,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from preprocessing.format import SonostreamError
-from preprocessing.importers.common import ImportResult, ImportWriter, crop_columns, path_hash
+from preprocessing.importers.common import (ImportResult, ImportWriter, ItemWriter, crop_columns,
+                                            path_hash)
+from preprocessing.importers.journal import describe, fingerprint
+from preprocessing.importers.parallel import check_workers, run_items
 from preprocessing.media import DICOM_EXTENSIONS, DicomLoop, find_files, looks_like_dicom
 
 
 def import_dicom(inputs: list[str], out_dir: str, crop_sector: bool = True,
-                 overwrite: bool = False, progress: bool = True) -> ImportResult:
+                 overwrite: bool = False, progress: bool = True, workers: int = 1,
+                 pseudonyms=None) -> ImportResult:
+    check_workers(workers)
     files, missing = find_files(inputs, looks_like_dicom)
     if not files and not missing:
         raise SonostreamError(f"no DICOM files in {', '.join(inputs)} (looked for "
                               f"{', '.join(DICOM_EXTENSIONS)}"
                               " and extension-less files with a DICM marker)")
-    with ImportWriter(out_dir, "dicom", overwrite) as writer:
+    options = {"crop_sector": crop_sector, "pseudonyms": describe(pseudonyms)}
+    with ImportWriter(out_dir, "dicom", overwrite,
+                      fingerprint("dicom", options, files, missing)) as writer:
         for path in missing:
             writer.reject(path, f"{path}: no such file or directory")
-        for path in tqdm(files, desc="dicom", unit="file", disable=not progress):
-            with writer.item(path):
-                _import_file(writer, path, crop_sector)
+        run_items(writer, [(path, _import_file, (path, crop_sector, pseudonyms)) for path in files],
+                  workers, progress, "dicom")
         return writer.finish()
 
 
-def _import_file(writer: ImportWriter, path: str, crop_sector: bool) -> None:
+def _import_file(writer: ItemWriter, path: str, crop_sector: bool, pseudonyms=None) -> None:
     loop = DicomLoop(path, crop_sector)
     ds = loop.ds
     patient = str(ds.get("PatientID") or "").strip() or f"anon-{path_hash(path)}"
