@@ -282,7 +282,7 @@ class ImportWriter:
         the rest, and say so."""
         self.state.discard_uncommitted(self.inputs)
         atomic.remove_leftovers(self.out)
-        kept = (f"the {self.inputs} inputs committed so far are kept" if self.inputs else
+        kept = (f"the inputs committed so far ({self.inputs}) are kept" if self.inputs else
                 "nothing was kept")
         return SonostreamError(atomic.no_space_message(
             self.out, "the imported frames", fix=f"{kept}. Free space there and rerun the same "

@@ -137,8 +137,8 @@ def _worker_died(writer: ImportWriter, queue: list, workers: int) -> str:
     unfinished = [name for name, fut in queue if not fut.done() or fut.exception() is not None]
     return (f"an import worker process died, most likely killed by the kernel's out-of-memory "
             f"killer (`dmesg | grep -i -e oom -e killed` shows it), while reading one of: "
-            f"{'; '.join(unfinished[:workers])}. The {writer.inputs} inputs committed so far are "
-            f"kept: rerun the same command with fewer --workers (now {workers}) to continue after "
+            f"{'; '.join(unfinished[:workers])}. The inputs committed so far ({writer.inputs}) "
+            f"are kept: rerun the same command with fewer --workers (now {workers}) to continue after "
             f"them")
 
 
