@@ -103,6 +103,8 @@ def fake_file(writer, item, patient, video, frames, fail=None, twice=False, mask
     """A stand-in for an importer's per-file function (module level: workers import it)."""
     if flaky and Path(flaky).exists():
         raise ImportProblem(f"{item}: unreadable today")
+    if flaky and Path(f"{flaky}.kill").exists():
+        os.kill(os.getpid(), signal.SIGKILL)   # the OOM killer takes the worker reading it
     writer.start_video(patient, video, item)
     if twice:
         writer.start_video(patient, video, item)
@@ -223,6 +225,20 @@ def test_the_files_of_an_input_cut_off_mid_commit_are_removed(tmp_path, monkeypa
     fake_import(out, specs=specs)
     assert files(out) == files(fake_import(tmp_path / "whole", specs=specs).out_dir)
     assert "in-f: unreadable today" in (out / "import_rejects.csv").read_text()
+
+
+def test_a_killed_worker_names_the_inputs_and_the_rerun_continues(tmp_path):
+    flaky = tmp_path / "unreadable"
+    specs = [*SPECS[:5], (*SPECS[5][:4], {"flaky": str(flaky)}), SPECS[6]]
+    Path(f"{flaky}.kill").touch()
+    with pytest.raises(SonostreamError, match=r"an import worker process died, most likely killed "
+                       r"by the kernel's out-of-memory killer .* while reading one of: .*in-f.*"
+                       r"The inputs committed so far \(\d\) are kept: rerun the same command with "
+                       r"fewer --workers \(now 2\)"):
+        fake_import(tmp_path / "o", 2, specs=specs)
+    Path(f"{flaky}.kill").unlink()
+    fake_import(tmp_path / "o", 1, specs=specs)
+    assert files(tmp_path / "o") == files(fake_import(tmp_path / "whole", specs=specs).out_dir)
 
 
 def test_a_rerun_with_other_inputs_is_refused_until_overwrite(tmp_path, monkeypatch):
