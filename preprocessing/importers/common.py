@@ -62,12 +62,18 @@ class ImportResult:
     crop_methods: dict = field(default_factory=dict)  # crop_method -> videos
     seconds: float = 0.0
     truncated: list[dict] = field(default_factory=list)  # kept although cut off: item, reason
+    resumed: int = 0          # inputs an interrupted run had committed (not read again)
+    resumed_frames: int = 0   # their frames
 
     def summary(self) -> str:
-        rate = self.frames / self.seconds if self.seconds else 0.0
+        read = self.frames - self.resumed_frames
+        rate = read / self.seconds if self.seconds else 0.0
         text = (f"imported {self.frames} frames of {self.videos} videos ({self.patients} patients) "
                 f"from {self.inputs} inputs in {self.seconds:.1f}s ({rate:.0f} frames/s); "
                 f"{len(self.rejects)} rejected")
+        if self.resumed:
+            text += (f"; {self.resumed} inputs ({self.resumed_frames} frames) kept from an "
+                     "interrupted run")
         if self.truncated:
             text += f"; {len(self.truncated)} truncated, kept (--keep-truncated)"
         if self.crop_methods:
@@ -162,6 +168,7 @@ class ImportWriter:
         self._crops: dict[tuple[str, str], str] = {}  # (patient, video) -> crop_method
         self._patients: set[str] = set()
         self._replay = None
+        self._resumed_frames = 0
         self._t0 = time.perf_counter()
 
     def __enter__(self) -> "ImportWriter":
@@ -226,11 +233,9 @@ class ImportWriter:
             raise SonostreamError(
                 f"{self.out}/{self.state.dir.name}: the journal of the interrupted import lists "
                 f"{record['item']} where this run has {name}; pass --overwrite to start over")
-        return self._account(record)
-
-    def stage(self) -> Path:
-        """The staging folder of the next input."""
-        return self.state.stage(self.inputs)
+        frames = self._account(record)
+        self._resumed_frames += frames
+        return frames
 
     def commit(self, name: str, outcome) -> int:
         """The next input, read into ``outcome`` (``parallel.Outcome``): kept or rejected as a
@@ -313,4 +318,5 @@ class ImportWriter:
         methods = Counter(m for m in self._crops.values() if m)
         return ImportResult(str(self.out), str(csv_path), self.inputs, self.frames,
                             len(self._crops), len(self._patients), self.rejects, dict(methods),
-                            time.perf_counter() - self._t0, self.truncated)
+                            time.perf_counter() - self._t0, self.truncated, self.state.committed,
+                            self._resumed_frames)

@@ -1,4 +1,4 @@
-"""The resume state of an unfinished import, in ``OUT/.import/`` (removed once frames.csv is written).
+"""The resume state of an unfinished import: ``OUT/.import/``, removed once frames.csv is written.
 
 ::
 

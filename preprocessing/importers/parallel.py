@@ -138,8 +138,8 @@ def _worker_died(writer: ImportWriter, queue: list, workers: int) -> str:
     return (f"an import worker process died, most likely killed by the kernel's out-of-memory "
             f"killer (`dmesg | grep -i -e oom -e killed` shows it), while reading one of: "
             f"{'; '.join(unfinished[:workers])}. The inputs committed so far ({writer.inputs}) "
-            f"are kept: rerun the same command with fewer --workers (now {workers}) to continue after "
-            f"them")
+            f"are kept: rerun the same command with fewer --workers (now {workers}) to continue "
+            f"after them")
 
 
 class _FrameBar:

@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +207,8 @@ def test_an_interrupted_import_resumes_to_the_same_bytes(tmp_path, monkeypatch, 
     committed = n if where == "after" else n - 1
     assert read == [s[0] for s in SPECS[committed:]]   # only what was not committed is read
     assert files(out) == whole and result.frames == 9
+    assert result.resumed == committed
+    assert ("kept from an interrupted run" in result.summary()) == (committed > 0)
 
 
 def test_the_files_of_an_input_cut_off_mid_commit_are_removed(tmp_path, monkeypatch):
