@@ -98,7 +98,12 @@ def _common(p: argparse.ArgumentParser, crop_default: bool) -> None:
     p.add_argument("--crop-sector", action=argparse.BooleanOptionalAction, default=crop_default,
                    help="crop each video to its imaging fan/rectangle and blank everything outside "
                    f"it (text, calipers, colour bars); default {'on' if crop_default else 'off'}")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier import in --out")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="processes reading the inputs, one file each at a time; the output is the "
+                   "same bytes for any number (default: the CPUs this job may use, max 8)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier import in --out, finished or not (without it, an "
+                   "interrupted import of the same inputs and options continues where it stopped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -334,18 +339,20 @@ def cmd_import(args) -> int:
     if args.source == "hc18":
         from .importers.hc18 import import_hc18
         result = import_hc18(args.root, args.out, crop_sector=args.crop_sector,
-                             overwrite=args.overwrite, progress=progress, pseudonyms=pseudonyms)
+                             overwrite=args.overwrite, progress=progress, workers=args.workers,
+                             pseudonyms=pseudonyms)
     elif args.source == "dicom":
         from .importers.dicom import import_dicom
         result = import_dicom(args.input, args.out, crop_sector=args.crop_sector,
-                              overwrite=args.overwrite, progress=progress, pseudonyms=pseudonyms,
-                              keep_identifiers=pseudonyms is None)
+                              overwrite=args.overwrite, progress=progress, workers=args.workers,
+                              pseudonyms=pseudonyms, keep_identifiers=pseudonyms is None)
     else:
         from .importers.video import import_video
         result = import_video(args.input, args.out, stride=args.stride,
                               crop_sector=args.crop_sector, patient_from=args.patient_from,
                               overwrite=args.overwrite, progress=progress,
-                              keep_truncated=args.keep_truncated, pseudonyms=pseudonyms)
+                              keep_truncated=args.keep_truncated, workers=args.workers,
+                              pseudonyms=pseudonyms)
     for r in result.truncated[:MAX_LISTED]:
         print(f"truncated, kept: {r['reason']}", file=sys.stderr)
     if len(result.truncated) > MAX_LISTED:

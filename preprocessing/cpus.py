@@ -9,12 +9,23 @@ MAX_DEFAULT_WORKERS = 8
 
 
 def default_workers() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's count), at most 8."""
+    """The CPUs this process may use (:func:`usable_cpus`), at most 8."""
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cpus()))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (not the machine's count), and no more
+    than Slurm's ``SLURM_CPUS_PER_TASK`` where that is set (a job step's affinity can be the whole
+    node when Slurm does not bind tasks). ``os.cpu_count()`` only where there is no affinity
+    mask (not Linux)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:   # not Linux
         n = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_WORKERS, n))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) >= 1:
+        n = min(n, int(slurm))
+    return max(1, n)
 
 
 def exit_with_parent(parent_pid: int) -> None:

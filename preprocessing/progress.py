@@ -49,7 +49,8 @@ class LineProgress:
     def __init__(self, total: int, desc: str, unit: str = "it", initial: int = 0,
                  lines: int = LINES):
         self.total, self.desc, self.unit, self.n = int(total), desc, unit, int(initial)
-        self.start, self.every = initial, max(1, math.ceil(self.total / max(lines, 1)))
+        self.lines = max(lines, 1)
+        self.start, self.every = initial, max(1, math.ceil(self.total / self.lines))
         self.next = (self.n // self.every + 1) * self.every
         self.log = logging.getLogger(f"sonostream.{desc}")
         self.t0, self.logged_at, self.postfix = time.perf_counter(), None, ""
@@ -59,6 +60,13 @@ class LineProgress:
         if self.n >= self.next or self.n >= self.total:
             self._line()
             self.next = (self.n // self.every + 1) * self.every
+
+    def set_total(self, total: int) -> None:
+        """A new total (an estimate that improves as the work goes): lines stay about every
+        ``1/lines`` of it."""
+        self.total = int(total)
+        self.every = max(1, math.ceil(self.total / self.lines))
+        self.next = (self.n // self.every + 1) * self.every
 
     def set_postfix(self, **kw) -> None:
         self.postfix = ", ".join(f"{k} {v}" for k, v in kw.items())

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from preprocessing.format import SonostreamError
 from preprocessing.importers import pseudonym
-from preprocessing.importers.common import ImportResult, ImportWriter, crop_columns, path_hash
+from preprocessing.importers.common import (ImportResult, ImportWriter, ItemWriter, crop_columns,
+                                            path_hash)
+from preprocessing.importers.journal import describe, fingerprint
+from preprocessing.importers.parallel import check_workers, run_items
 from preprocessing.media import DICOM_EXTENSIONS, DicomLoop, find_files, looks_like_dicom
 
 
 def import_dicom(inputs: list[str], out_dir: str, crop_sector: bool = True,
-                 overwrite: bool = False, progress: bool = True, pseudonyms=None,
-                 keep_identifiers: bool = False) -> ImportResult:
+                 overwrite: bool = False, progress: bool = True, workers: int = 1,
+                 pseudonyms=None, keep_identifiers: bool = False) -> ImportResult:
     """``pseudonyms``: a ``pseudonym.Pseudonymiser``; None loads (or creates) the default key
     file, unless ``keep_identifiers``."""
+    check_workers(workers)
     if keep_identifiers and pseudonyms is not None:
         raise SonostreamError("keep_identifiers and pseudonyms exclude each other: pass one")
     files, missing = find_files(inputs, looks_like_dicom)
@@ -43,18 +45,18 @@ def import_dicom(inputs: list[str], out_dir: str, crop_sector: bool = True,
     if not keep_identifiers and pseudonyms is None:
         pseudonyms = pseudonym.Pseudonymiser.from_key_file()
     pseudonym.check_folder(out_dir, pseudonyms, overwrite)
-    with ImportWriter(out_dir, "dicom", overwrite) as writer:
+    options = {"crop_sector": crop_sector, "pseudonyms": describe(pseudonyms)}
+    with ImportWriter(out_dir, "dicom", overwrite,
+                      fingerprint("dicom", options, files, missing)) as writer:
         pseudonym.record_folder(out_dir, pseudonyms)
         for path in missing:
             writer.reject(path, f"{path}: no such file or directory")
-        for path in tqdm(files, desc="dicom", unit="file", disable=not progress):
-            with writer.item(path):
-                _import_file(writer, path, crop_sector, pseudonyms)
+        run_items(writer, [(path, _import_file, (path, crop_sector, pseudonyms)) for path in files],
+                  workers, progress, "dicom")
         return writer.finish()
 
 
-def _import_file(writer: ImportWriter, path: str, crop_sector: bool,
-                 pseudonyms: pseudonym.Pseudonymiser | None = None) -> None:
+def _import_file(writer: ItemWriter, path: str, crop_sector: bool, pseudonyms=None) -> None:
     loop = DicomLoop(path, crop_sector)
     ds = loop.ds
     patient = str(ds.get("PatientID") or "").strip()

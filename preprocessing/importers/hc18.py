@@ -35,14 +35,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
 from preprocessing.imaging import ImageError, decode_gray, read_bytes
 from preprocessing.importers import pseudonym
-from preprocessing.importers.common import (ImportProblem, ImportResult, ImportWriter,
+from preprocessing.importers.common import (ImportProblem, ImportResult, ImportWriter, ItemWriter,
                                             crop_columns)
+from preprocessing.importers.journal import describe, fingerprint
+from preprocessing.importers.parallel import check_workers, run_items
 from preprocessing.sector import Sector, SectorProbe
 
 SETS = {  # folder -> (CSV name, has annotations and HC)
@@ -54,29 +55,37 @@ ANNOTATION_SUFFIX = "_Annotation.png"
 
 
 def import_hc18(root: str, out_dir: str, crop_sector: bool = False, overwrite: bool = False,
-                progress: bool = True, pseudonyms=None) -> ImportResult:
+                progress: bool = True, workers: int = 1, pseudonyms=None) -> ImportResult:
     """``pseudonyms``: a ``pseudonym.Pseudonymiser`` hashing the ids; None keeps them."""
+    check_workers(workers)
     root_path = Path(root)
     found = [s for s in SETS if (root_path / s).is_dir()]
     if not found:
         raise SonostreamError(f"{root} holds neither training_set/ nor test_set/; pass the folder "
                               f"of the HC18 download with --root")
+    sets, stamped = [], []   # the layout is checked before anything in --out is touched
+    for set_name in found:
+        folder = root_path / set_name
+        csv_name, annotated = SETS[set_name]
+        csv_path = _find_csv(root_path, folder, csv_name)
+        names = sorted(os.listdir(folder))
+        images = [n for n in names if n.lower().endswith(".png")
+                  and not n.endswith(ANNOTATION_SUFFIX)]
+        sets.append((folder, csv_name, annotated, read_table(csv_path, annotated), images))
+        stamped += [csv_path, *(folder / n for n in names)]
+    options = {"crop_sector": crop_sector, "pseudonyms": describe(pseudonyms)}
     pseudonym.check_folder(out_dir, pseudonyms, overwrite)
-    with ImportWriter(out_dir, "hc18", overwrite) as writer:
+    with ImportWriter(out_dir, "hc18", overwrite,
+                      fingerprint("hc18", options, stamped)) as writer:
         pseudonym.record_folder(out_dir, pseudonyms)
-        for set_name in found:
-            folder = root_path / set_name
-            csv_name, annotated = SETS[set_name]
-            table = read_table(_find_csv(root_path, folder, csv_name), annotated)
-            images = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png")
-                            and not n.endswith(ANNOTATION_SUFFIX))
+        for folder, csv_name, annotated, table, images in sets:
             for name in sorted(set(table) - set(images)):
                 writer.reject(str(folder / name), f"{folder / name}: listed in {csv_name} but "
                               "there is no such image")
-            for name in tqdm(images, desc=f"hc18 {set_name}", unit="image", disable=not progress):
-                with writer.item(str(folder / name)):
-                    _import_image(writer, folder, name, table, csv_name, annotated, crop_sector,
-                                  pseudonyms)
+            tasks = [(str(folder / name), _import_image,
+                      (folder, name, {name: table[name]} if name in table else {}, csv_name,
+                       annotated, crop_sector, pseudonyms)) for name in images]
+            run_items(writer, tasks, workers, progress, f"hc18 {folder.name}")
         return writer.finish()
 
 
@@ -120,9 +129,8 @@ def _number(text: str, what: str, name: str, csv_name: str) -> float:
     return value
 
 
-def _import_image(writer: ImportWriter, folder: Path, name: str, table: dict, csv_name: str,
-                  annotated: bool, crop_sector: bool,
-                  pseudonyms: pseudonym.Pseudonymiser | None = None) -> None:
+def _import_image(writer: ItemWriter, folder: Path, name: str, table: dict, csv_name: str,
+                  annotated: bool, crop_sector: bool, pseudonyms=None) -> None:
     match = NAME.match(name)
     if not match:
         raise ImportProblem(f"{folder / name}: not an HC18 image name (expected NNN_HC.png or "

@@ -20,11 +20,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tqdm import tqdm
-
 from preprocessing.format import SonostreamError
 from preprocessing.importers import pseudonym
-from preprocessing.importers.common import ImportProblem, ImportResult, ImportWriter, crop_columns
+from preprocessing.importers.common import (ImportProblem, ImportResult, ImportWriter, ItemWriter,
+                                            crop_columns)
+from preprocessing.importers.journal import describe, fingerprint
+from preprocessing.importers.parallel import check_workers, run_items
 from preprocessing.media import (VIDEO_EXTENSIONS, VideoReport, VideoTruncated, find_files,
                                  frame_rate, is_video, read_video)
 
@@ -33,7 +34,7 @@ PATIENT_FROM = ("file", "folder")
 
 def import_video(inputs: list[str], out_dir: str, stride: int = 1, crop_sector: bool = True,
                  patient_from: str = "file", overwrite: bool = False,
-                 progress: bool = True, keep_truncated: bool = False,
+                 progress: bool = True, keep_truncated: bool = False, workers: int = 1,
                  pseudonyms=None) -> ImportResult:
     """``pseudonyms``: a ``pseudonym.Pseudonymiser`` hashing the ids; None keeps them."""
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
@@ -41,25 +42,27 @@ def import_video(inputs: list[str], out_dir: str, stride: int = 1, crop_sector: 
                               f"{stride!r}")
     if patient_from not in PATIENT_FROM:
         raise SonostreamError(f"patient_from must be one of {PATIENT_FROM}, got {patient_from!r}")
+    check_workers(workers)
     files, missing = find_files(inputs, is_video)
     if not files and not missing:
         raise SonostreamError(f"no video files in {', '.join(inputs)} (looked for "
                               f"{', '.join(VIDEO_EXTENSIONS)})")
+    options = {"stride": stride, "crop_sector": crop_sector, "patient_from": patient_from,
+               "keep_truncated": keep_truncated, "pseudonyms": describe(pseudonyms)}
     pseudonym.check_folder(out_dir, pseudonyms, overwrite)
-    with ImportWriter(out_dir, "video", overwrite) as writer:
+    with ImportWriter(out_dir, "video", overwrite,
+                      fingerprint("video", options, files, missing)) as writer:
         pseudonym.record_folder(out_dir, pseudonyms)
         for path in missing:
             writer.reject(path, f"{path}: no such file or directory")
-        for path in tqdm(files, desc="video", unit="file", disable=not progress):
-            with writer.item(path):
-                _import_file(writer, path, stride, crop_sector, patient_from, keep_truncated,
-                             pseudonyms)
+        args = (stride, crop_sector, patient_from, keep_truncated, pseudonyms)
+        run_items(writer, [(path, _import_file, (path, *args)) for path in files], workers,
+                  progress, "video")
         return writer.finish()
 
 
-def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool,
-                 patient_from: str, keep_truncated: bool,
-                 pseudonyms: pseudonym.Pseudonymiser | None = None) -> None:
+def _import_file(writer: ItemWriter, path: str, stride: int, crop_sector: bool,
+                 patient_from: str, keep_truncated: bool, pseudonyms=None) -> None:
     report = VideoReport() if keep_truncated else None
     try:
         sector, frames = read_video(path, stride, crop_sector, report)
@@ -75,8 +78,8 @@ def _import_file(writer: ImportWriter, path: str, stride: int, crop_sector: bool
         writer.flag_truncated(path, str(report.truncated))
 
 
-def _write_frames(writer: ImportWriter, path: str, stride: int, sector, frames,
-                  patient_from: str, pseudonyms: pseudonym.Pseudonymiser | None) -> None:
+def _write_frames(writer: ItemWriter, path: str, stride: int, sector, frames,
+                  patient_from: str) -> None:
     stem = Path(path).stem
     patient = stem if patient_from == "file" else Path(os.path.abspath(path)).parent.name
     ids = {"source_file": path}

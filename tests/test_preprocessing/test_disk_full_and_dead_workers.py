@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from factories import write_frames
@@ -16,6 +17,7 @@ from preprocessing import shards as shards_mod
 from preprocessing.build import BuildError, BuildOptions, build
 from preprocessing.format import SonostreamError
 from preprocessing.importers.common import ImportWriter
+from preprocessing.importers.parallel import run_items
 from preprocessing.verify import verify
 
 OPTS = BuildOptions(image_size=64, shard_size_mb=0.03, val_fraction=0, test_fraction=0)
@@ -96,23 +98,40 @@ def test_an_unguarded_write_is_still_a_message(tmp_path, capsys):
                           f"writing report.md in {tmp_path / 'out'} (") and "--out" in err, err
 
 
-def test_a_full_disk_stops_an_import_and_removes_what_it_wrote(tmp_path, monkeypatch):
-    import numpy as np
+def _two_frames(writer, item):   # an importer's per-file function: one video of two frames
+    writer.start_video(item, "v", item)
+    for f in range(2):
+        writer.add_frame(item, "v", f, np.full((8, 8), 10 * f, np.uint8))
+
+
+def _import(out):
+    with ImportWriter(str(out), "test") as w:
+        run_items(w, [(item, _two_frames, (item,)) for item in ("a", "b", "c")], progress=False)
+        return w.finish()
+
+
+def _files(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_stops_an_import_keeps_what_it_committed_and_the_rerun_continues(
+        tmp_path, monkeypatch):
     out = tmp_path / "imp"
-    fail_on_call(monkeypatch, atomic, "write_bytes", 4)
-    with pytest.raises(SonostreamError) as e:
-        with ImportWriter(str(out), "test") as w:
-            for item in ("a", "b", "c"):     # the 4th frame (item b's 2nd) fails
-                with w.item(item):
-                    w.start_video(item, "v", item)
-                    for f in range(2):
-                        w.add_frame(item, "v", f, np.zeros((8, 8), np.uint8))
-            w.finish()
+    with monkeypatch.context() as m:
+        fail_on_call(m, atomic, "write_bytes", 4, suffix=".png")   # item b's 2nd frame fails
+        with pytest.raises(SonostreamError) as e:
+            _import(out)
     assert str(e.value).startswith(f"no space left on the device (or the disk quota is used up) "
                                    f"writing the imported frames in {out} (")
-    assert "what this import wrote was removed" in str(e.value)
-    assert list(out.iterdir()) == []       # no frames, no CSVs, no temporary files
-    assert not w.rejects       # a full disk is not a bad input file
+    assert "the inputs committed so far (1) are kept" in str(e.value)
+    assert "rerun the same command to continue" in str(e.value)
+    # Item a (committed) is kept with the resume state; nothing of b, no CSV, no temporary file.
+    assert sorted(_files(out)) == [".import/fingerprint.json", ".import/journal.jsonl",
+                                   "frames/a__v/000000.png", "frames/a__v/000001.png"]
+    result = _import(out)        # space again: the rerun continues after item a
+    assert (result.frames, result.inputs, result.rejects) == (6, 3, [])
+    _import(tmp_path / "whole")
+    assert _files(out) == _files(tmp_path / "whole")
 
 
 def test_only_a_lack_of_space_counts(tmp_path, monkeypatch):

@@ -99,6 +99,11 @@ def takes_workers(fn) -> bool:
 def _run_import(fn, folder: str, out: Path, workers: int):
     shutil.rmtree(out, ignore_errors=True)
     kwargs = {"workers": workers} if takes_workers(fn) else {}
+    if "keep_identifiers" in inspect.signature(fn).parameters:
+        # DICOM pseudonymises by default: time that path, with a throwaway key (never the
+        # user's key file, which would be created on first use)
+        from preprocessing.importers.pseudonym import Pseudonymiser
+        kwargs["pseudonyms"] = Pseudonymiser(key=bytes(range(32)))
     t0 = time.perf_counter()
     result = fn([folder], str(out), progress=False, **kwargs)
     seconds = time.perf_counter() - t0
