@@ -79,7 +79,7 @@ def _import_file(writer: ItemWriter, path: str, stride: int, crop_sector: bool,
 
 
 def _write_frames(writer: ItemWriter, path: str, stride: int, sector, frames,
-                  patient_from: str) -> None:
+                  patient_from: str, pseudonyms) -> None:
     stem = Path(path).stem
     patient = stem if patient_from == "file" else Path(os.path.abspath(path)).parent.name
     ids = {"source_file": path}

@@ -91,7 +91,7 @@ def test_one_and_two_workers_write_the_same_bytes(tmp_path, run):
     assert one.frames > 0 and one.rejects
     assert files(tmp_path / "w1") == files(tmp_path / "w2")   # PNGs, frames.csv, rejects
     tops = {name.split("/")[0] for name in files(tmp_path / "w2")}   # no staging, no journal
-    assert tops - {"masks"} == {"frames", "frames.csv", "import_rejects.csv"}
+    assert tops - {"masks", "pseudonyms.json"} == {"frames", "frames.csv", "import_rejects.csv"}
     assert (one.inputs, one.frames, one.videos, one.patients, one.crop_methods) == \
         (two.inputs, two.frames, two.videos, two.patients, two.crop_methods)
     assert not (tmp_path / "w2" / STATE_DIR).exists() and not (tmp_path / "w2" / LOCK_FILE).exists()
