@@ -381,12 +381,22 @@ def _finish(out: Path, plan: Plan, opts: BuildOptions, fingerprint: dict,
                 "counts": {"rows": plan.num_rows, "frames": table.num_rows,
                            "rejects": len(rejects), "splits": result.splits,
                            "single_frame_videos": result.single_frame_videos},
-                "extra_columns": plan.extra_columns, "wids": wids}
+                "extra_columns": plan.extra_columns, "wids": wids,
+                fmt.PSEUDONYM_COLUMN: _pseudonym_key(table)}
     atomic.write_json(out / fmt.MANIFEST_FILE, manifest)
     with atomic.atomic_open(out / fmt.INDEX_FILE) as f:  # last: its presence means "finished"
         pq.write_table(table, f)
     shutil.rmtree(out / fmt.WORK_DIR, ignore_errors=True)
     return result
+
+
+def _pseudonym_key(table: pa.Table) -> str | None:
+    """The fingerprint of the key the ids were pseudonymised with (one per CSV: frames_csv
+    checks), None when they were not."""
+    if fmt.PSEUDONYM_COLUMN not in table.column_names:
+        return None
+    keys = sorted({k for k in table[fmt.PSEUDONYM_COLUMN].to_pylist() if k})
+    return keys[0] if len(keys) == 1 else None
 
 
 def _write_rejects(path: Path, rejects: list[dict]) -> None:

@@ -101,6 +101,8 @@ def test_default_dicom_import_and_build_hold_no_identifier(source, tmp_path, cap
     assert {r["study_id"] for r in rows} - {None} and all(
         r["study_id"].startswith("s-") for r in rows if r["study_id"])
     assert {r[fmt.PSEUDONYM_COLUMN] for r in rows} == {Pseudonymiser.from_key_file(key).fingerprint}
+    manifest = json.loads((tmp_path / "ds" / fmt.MANIFEST_FILE).read_text())
+    assert manifest[fmt.PSEUDONYM_COLUMN] == Pseudonymiser.from_key_file(key).fingerprint
     assert {r["manufacturer"] for r in rows} == {"Acme Ultrasound"}  # kept: not an identifier
     assert _found([tmp_path / "imp", tmp_path / "ds"], _needles(uids)) == set()
 
