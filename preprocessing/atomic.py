@@ -43,6 +43,16 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def write_staged(path: str | os.PathLike, data: bytes) -> None:
+    """Write and fsync ``path`` in place, with no temporary file and rename: only for files in a
+    staging folder that is published or discarded as a whole (the import's per-input folders),
+    where a half-written file is never seen because its folder is never moved into place."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 

@@ -107,6 +107,7 @@ class ItemWriter:
         self.claims: list[list[str]] = []   # [patient, video, item] in the order claimed
         self.flags: list[dict] = []
         self.written: list[str] = []
+        self._folders: set[Path] = set()
 
     def flag_truncated(self, item: str, reason: str) -> None:
         """The input is kept although cut off: its rows so far get ``truncated=true`` and, once
@@ -138,7 +139,16 @@ class ItemWriter:
         self.rows.append(row)
 
     def _write(self, rel: str, image: np.ndarray) -> None:
-        atomic.write_bytes(self.stage / rel, encode_import_png(image))
+        """A plain write and fsync, no temporary file and rename per frame: the staging folder
+        is what is atomic (an input whose reading fails or is cut off has its whole folder
+        removed, and only a finished one is moved into place and journalled), so a per-file
+        rename bought nothing. Measured on 2,400 JPEG DICOM frames, 1 worker, 3 alternating runs:
+        20.2 s -> 17.7 s, system time 4.9 s -> 2.8-3.6 s (BENCHMARKS.md, Import)."""
+        path = self.stage / rel
+        if path.parent not in self._folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path.parent)
+        atomic.write_staged(path, encode_import_png(image))
         self.written.append(rel)
 
 

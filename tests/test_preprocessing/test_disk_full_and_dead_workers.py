@@ -118,7 +118,7 @@ def test_a_full_disk_stops_an_import_keeps_what_it_committed_and_the_rerun_conti
         tmp_path, monkeypatch):
     out = tmp_path / "imp"
     with monkeypatch.context() as m:
-        fail_on_call(m, atomic, "write_bytes", 4, suffix=".png")   # item b's 2nd frame fails
+        fail_on_call(m, atomic, "write_staged", 4, suffix=".png")   # item b's 2nd frame fails
         with pytest.raises(SonostreamError) as e:
             _import(out)
     assert str(e.value).startswith(f"no space left on the device (or the disk quota is used up) "
