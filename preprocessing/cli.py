@@ -142,7 +142,8 @@ def cmd_synth(args) -> int:
     n = args.patients * args.videos_per_patient * args.frames_per_video
     print(f"wrote {n} frames of {args.patients} patients; frames CSV: {csv_path}")
     if args.preview:
-        print(f"preview: {save_preview(args.preview, seed=args.seed, size=args.size, difficulty=args.difficulty)}")
+        path = save_preview(args.preview, seed=args.seed, size=args.size, difficulty=args.difficulty)
+        print(f"preview: {path}")
     return 0
 
 
