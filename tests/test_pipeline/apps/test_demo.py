@@ -82,6 +82,6 @@ def test_a_failing_stage_names_itself_and_keeps_the_finished_ones(tmp_path, caps
     assert "stage inspect failed (RuntimeError: disk on fire)" in cap.err
     assert str(out / ".demo" / "inspect.log") in cap.err
     assert "inspect's own output" in (out / ".demo" / "inspect.log").read_text()
-    assert re.search(r"\[ 4/12\] inspect\s+failed", cap.out)
+    assert re.search(r"\[ 4/13\] inspect\s+failed", cap.out)
     done = sorted(p.stem for p in (out / ".demo").glob("*.json") if p.stem != "settings")
     assert done == ["build", "synth", "verify"]
