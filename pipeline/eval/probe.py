@@ -113,13 +113,14 @@ def extract(nets, source: ShardSource, view: IndexView, rows: np.ndarray, size: 
     decoder = FrameDecoder(source, view, threads=2)
     feats = [[] for _ in nets]
     head = np.full(len(rows), -1, np.int64)
+    has_mask = view.has_mask
     bar = progress_bar(len(rows), desc, "frame", enabled=not quiet)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size].tolist()
         frames = np.stack(decoder.map(lambda r: decoder.image(r, size), chunk))
         for f, net in zip(feats, nets):
             f.append(features(net, frames))
-        masked = [r for r in chunk if view.has_mask[r]]
+        masked = [r for r in chunk if has_mask[r]]
         found = dict(zip(masked, decoder.map(lambda r: bool(decoder.mask(r).any()), masked)))
         head[start:start + len(chunk)] = [int(found[r]) if r in found else -1 for r in chunk]
         bar.update(len(chunk))
