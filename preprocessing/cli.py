@@ -30,6 +30,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     s.add_argument("--workers", type=int, default=default_workers(), help="processes (default: cores, max 8)")
     s.add_argument("--preview", metavar="PNG", help="also save a figure of one sweep and the other planes")
+    s.add_argument("--difficulty", choices=["standard", "hard"], default="standard",
+                   help="hard: low contrast, acoustic shadows and skull dropout, heads partly "
+                   "outside the fan, head look-alikes (rings), scanner presets per patient "
+                   "(gain, dynamic range, speckle size, resolution); same labels and masks "
+                   "(default standard: byte-identical to earlier versions)")
 
     b = sub.add_parser("build", help="pack a frames CSV into shards + index.parquet",
                        description="Pack a frames CSV into WebDataset shards with a Parquet index. "
@@ -183,11 +188,12 @@ def cmd_synth(args) -> int:
     from .synth import make_cohort, save_preview
     csv_path = make_cohort(args.out, patients=args.patients, videos_per_patient=args.videos_per_patient,
                            frames_per_video=args.frames_per_video, size=args.size, seed=args.seed,
-                           workers=args.workers)
+                           workers=args.workers, difficulty=args.difficulty)
     n = args.patients * args.videos_per_patient * args.frames_per_video
     print(f"wrote {n} frames of {args.patients} patients; frames CSV: {csv_path}")
     if args.preview:
-        print(f"preview: {save_preview(args.preview, seed=args.seed, size=args.size)}")
+        path = save_preview(args.preview, seed=args.seed, size=args.size, difficulty=args.difficulty)
+        print(f"preview: {path}")
     return 0
 
 

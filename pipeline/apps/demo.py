@@ -1,6 +1,7 @@
 """``sonostream demo``: the whole pipeline on the built-in synthetic cohort, ending in one report.
 
-synth -> build -> verify -> inspect -> pretrain -> finetune (supervised, semi, multitask) ->
+synth -> build -> verify -> inspect -> pretrain -> probe (linear probes of the frozen encoder
+beside a random-init one) -> finetune (supervised, semi, multitask) ->
 evaluate -> label-efficiency (small) -> sweep (a synthetic cine loop as mp4) -> segment-video on
 the sweep and on a real 2-frame ultrasound DICOM (pydicom-data) -> report.md
 
@@ -149,6 +150,10 @@ class Demo:
                         resume="latest" if latest_checkpoint(run) else None, quiet=self.quiet)
         return {"step": summary["step"], "last": summary.get("last")}
 
+    def probe(self) -> dict:
+        from pipeline.eval.probe import probe
+        return probe(self.encoder, str(self.shards), "test", quiet=self.quiet)
+
     def finetune(self) -> dict:
         from pipeline.eval.quality import calibrate_segmenter
         from pipeline.models.segmenter import load_segmenter, read_segmenter_blob
@@ -222,7 +227,7 @@ class Demo:
     # --- running ----------------------------------------------------------------------------
     def stages(self):
         return [("synth", self.synth), ("build", self.build), ("verify", self.verify),
-                ("inspect", self.inspect), ("pretrain", self.pretrain),
+                ("inspect", self.inspect), ("pretrain", self.pretrain), ("probe", self.probe),
                 ("finetune", self.finetune), ("evaluate", self.evaluate),
                 ("label_efficiency", self.label_efficiency), ("sweep", self.sweep),
                 ("video_sweep", self.video_sweep), ("video_dicom", self.video_dicom),
@@ -283,6 +288,10 @@ def _brief(name: str, r) -> str:
     if name == "evaluate":
         return "  (Dice " + ", ".join(f"{m} {v['dice']:.3f}" for m, v in r.items()
                                       if v.get("dice") is not None) + ")"
+    if name == "probe":
+        f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        return (f"  (same patient, other video: {f(r['patient_retrieval_other_video'])}, random "
+                f"init {f(r['random']['patient_retrieval_other_video'])})")
     if name.startswith("video_"):
         if "skipped" in r:
             return f"  (skipped: {r['skipped']})"

@@ -83,7 +83,21 @@ def _pretrain(out: Path, results: dict) -> list[str]:
     if recon:
         lines += ["Masked reconstructions (masked input, reconstruction, target):", "",
                   _img(out, recon, "reconstructions"), ""]
-    return lines
+    return lines + _probe(results.get("probe", {}).get("result"))
+
+
+def _probe(r: dict | None) -> list[str]:
+    """The linear-probe table (``sonostream probe``): the encoder beside a random init."""
+    from pipeline.eval.probe import probe_table
+    if not r:
+        return []
+    c = r["counts"]
+    return ["### What the frozen encoder knows: linear probes (`sonostream probe`)", "",
+            f"Features of the {r['split']} split's {c['frames']} frames at {r['image_size']}px "
+            f"(global average of layer4); probes fitted on the {c['train_frames']} train frames; "
+            f"retrieval: {c['retrieval_queries']} frames of {c['retrieval_patients']} patients "
+            "with 2 or more videos. The random-init encoder has the same arch and seed.", "",
+            probe_table(r), ""]
 
 
 def _finetune(out: Path, results: dict) -> list[str]:

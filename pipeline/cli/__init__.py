@@ -6,7 +6,7 @@ Each command parses its flags and calls one function of the layer that does the 
     loader     stream clip batches, report frames/s      cli.loader -> pipeline.data
     training   pretrain, finetune                        cli.train -> pipeline.train
     results    evaluate, segment-video,                  cli.segment -> pipeline.eval
-               calibrate-quality
+               calibrate-quality, probe
     apps       experiment, demo, bench                   cli.apps -> pipeline.apps
 
 Parsing imports nothing heavy, so ``sonostream --help`` stays fast and torch-free; a command

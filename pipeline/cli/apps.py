@@ -18,7 +18,7 @@ Every (init, mode, fraction) run is trained with the same config and seed, then 
 
 
 DEMO_EPILOG = """\
-stages: synth, build, verify, inspect, pretrain, finetune (supervised, semi, multitask), evaluate,
+stages: synth, build, verify, inspect, pretrain, probe, finetune (supervised, semi, multitask), evaluate,
 label_efficiency, sweep, video_sweep, video_dicom, report. A finished stage leaves
 D/.demo/<stage>.json and is skipped on a re-run; training resumes from its last checkpoint.
 --size smoke runs every stage at toy size (the test suite's setting; README gives both times).
@@ -49,7 +49,7 @@ def add_parsers(sub) -> None:
     le.add_argument("--verbose", action="store_true", help="progress bars and metrics of every run")
 
     d = sub.add_parser("demo", help="the whole pipeline on the synthetic cohort, ending in report.md",
-                       description="Run synth -> build -> verify -> pretrain -> finetune (three "
+                       description="Run synth -> build -> verify -> pretrain -> probe -> finetune (three "
                        "modes) -> evaluate -> label-efficiency -> segment-video (a synthetic sweep "
                        "and a real 2-frame DICOM) and write D/report.md with the figures.",
                        epilog=DEMO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,6 +20,7 @@ typical use:
   sonostream loader data/shards --loader auto       # stream clip batches, report frames/s + faults
   sonostream pretrain --config launch/configs/debug/pretrain.yaml --data data/shards --out runs/pt
   sonostream finetune ... / evaluate ... / experiment label-efficiency ...   # segmentation
+  sonostream probe --encoder runs/pt/encoder.pt --data data/shards   # what the encoder learnt
   sonostream segment-video --checkpoint runs/ft/segmenter.pt --input cine.dcm --out runs/sv
   sonostream export --checkpoint runs/ft/segmenter.pt --format onnx --out export/segmenter.onnx
   sonostream demo --out runs/demo                   # all of it on the synthetic cohort -> report.md

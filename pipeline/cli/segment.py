@@ -1,5 +1,6 @@
-"""``sonostream evaluate``, ``segment-video`` and ``calibrate-quality``: a segmenter's results on
-a dataset split and on cine loops, and the quality floor of its measurements."""
+"""``sonostream evaluate``, ``segment-video``, ``calibrate-quality`` and ``probe``: a segmenter's
+results on a dataset split and on cine loops, the quality floor of its measurements, and what a
+pretrained encoder's frozen features know."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,26 @@ Frames without a head have no HC; without a pixel size (DICOM header, dataset, o
 --pixel-size-mm) HC is empty and the plot shows the perimeter in pixels. A frame whose region has
 a quality below the segmenter's floor (calibrated on val; --min-quality overrides it) is
 uncertain: no ellipse, no HC, never the best frame (per_frame.csv: uncertain 1).
+"""
+
+PROBE_EPILOG = """\
+examples:
+  sonostream probe --encoder runs/pt/encoder.pt --data runs/demo/shards --split test --json probe.json
+  sonostream probe --encoder random --arch tiny --data runs/demo/shards   # the baseline alone
+
+Frozen features (global average of the encoder's last feature map, frames resized to its
+pretraining size), and beside them those of a random-init encoder of the same arch and --seed.
+Linear probes (logistic regression on standardised features, L2, L-BFGS; deterministic) are
+fitted on the train split and scored on --split:
+  plane_acc                      plane of the frame (head / abdomen / femur), accuracy
+  head_acc                       a head in the frame's mask, accuracy
+  standard_plane_bacc            within +-2 frames of the labelled standard plane, in videos
+                                 that have one; balanced accuracy (0.5 = chance)
+  patient_retrieval_other_video  no fit: each frame's nearest frame by cosine among frames of
+                                 OTHER videos of the split is the same patient (patients with
+                                 >= 2 videos); chance is about 1 / patients
+The JSON has these four keys, the same under "random" (the baseline) and "chance", plus counts,
+arch, split and the dataset. A figure that cannot be scored is null, its reason under "skipped".
 """
 
 
@@ -98,6 +119,25 @@ def add_parsers(sub) -> None:
     c.add_argument("--batch-size", type=int, default=32, help="frames per forward pass (default 32)")
     c.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
+    p = sub.add_parser("probe", help="linear probes of a frozen encoder beside a random-init one",
+                       description="How much a pretrained encoder's frozen features know: plane, "
+                       "head present, nearness to the standard plane and the patient across "
+                       "videos, each beside a random-init encoder of the same architecture.",
+                       epilog=PROBE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoder", required=True, metavar="ENCODER.pt|random",
+                   help="encoder.pt written by `sonostream pretrain`, or random (needs --arch)")
+    p.add_argument("--data", required=True, help="dataset folder or URL written by `sonostream build`")
+    p.add_argument("--split", default="test", help="split scored: val | test (default test; the "
+                   "probes are fitted on train)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--arch", help="tiny | resnet18 | resnet34 | resnet50 (with --encoder random; "
+                   "else it must match the file's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder (default 0)")
+    p.add_argument("--image-size", type=int, help="frame side fed to the encoders (default: the "
+                   "encoder's pretraining size, else the stored frames')")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per forward pass (default 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
 
 def cmd_evaluate(args) -> int:
     from pipeline.eval.evaluate import evaluate
@@ -134,5 +174,29 @@ def cmd_calibrate_quality(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from pipeline.eval.probe import probe, probe_table
+    from preprocessing.format import SonostreamError
+    if args.batch_size < 1 or (args.image_size is not None and args.image_size < 32):
+        raise SonostreamError("--batch-size must be >= 1 and --image-size >= 32 (the encoder "
+                              f"downsamples 32x); got {args.batch_size} and {args.image_size}")
+    r = probe(args.encoder, args.data, args.split, arch=args.arch, seed=args.seed,
+              image_size=args.image_size, batch_size=args.batch_size, quiet=args.quiet)
+    c = r["counts"]
+    print(f"{r['arch']} encoder, {args.split}: {c['frames']} frames scored, probes fitted on "
+          f"{c['train_frames']} train frames at {r['image_size']}px; retrieval over "
+          f"{c['retrieval_queries']} frames of {c['retrieval_patients']} patients\n"
+          f"{probe_table(r)}")
+    for key, why in r["skipped"].items():
+        print(f"{key}: not scored ({why})")
+    if args.json:
+        import json
+
+        from preprocessing.atomic import write_text
+        write_text(args.json, json.dumps(r, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 COMMANDS = {"evaluate": cmd_evaluate, "segment-video": cmd_segment_video,
-            "calibrate-quality": cmd_calibrate_quality}
+            "calibrate-quality": cmd_calibrate_quality, "probe": cmd_probe}

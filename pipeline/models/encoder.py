@@ -92,6 +92,12 @@ def feature_dim(arch: str) -> int:
 def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
     """A fresh :class:`ResNetEncoder` holding the weights of ``encoder.pt`` at ``path``, in eval
     mode (``.train()`` to train it on). Its input is normalised: see ``preprocessing`` in the file."""
+    return load_encoder_and_meta(path, arch)[0]
+
+
+def load_encoder_and_meta(path, arch: str | None = None) -> tuple[ResNetEncoder, dict]:
+    """:func:`load_encoder`, and the file's metadata (every key but ``state_dict``: arch,
+    preprocessing with the pretraining ``image_size``, step, complete, ...)."""
     path = Path(path)
     if not path.is_file():
         raise SonostreamError(f"encoder checkpoint {path} does not exist (pretraining writes "
@@ -110,4 +116,4 @@ def load_encoder(path, arch: str | None = None) -> ResNetEncoder:
                               f"to {blob['arch']!r} or pass another encoder")
     enc = ResNetEncoder(blob["arch"], blob["in_chans"])
     load_weights(enc, blob["state_dict"], path, f"{blob['arch']} encoder")
-    return enc.eval()
+    return enc.eval(), {k: v for k, v in blob.items() if k != "state_dict"}

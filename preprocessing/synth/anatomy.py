@@ -18,7 +18,7 @@ import numpy as np
 from preprocessing.format import PLANES, ellipse_perimeter
 
 # Seed tags: the second word of every seed, so that streams for different purposes never collide.
-TAG_PATIENT, TAG_VIDEO, TAG_NOISE, TAG_SHUFFLE = 1, 2, 3, 4
+TAG_PATIENT, TAG_VIDEO, TAG_NOISE, TAG_SHUFFLE, TAG_HARD = 1, 2, 3, 4, 5
 
 # Curved-array fan, as fractions of the frame size: a virtual apex above the top edge, the probe
 # face (near-field arc) just below the top, and the far-field arc sized so the whole sector fits.

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from preprocessing import atomic
 from preprocessing.format import LABEL_COLUMNS, MASK_COLUMN, REQUIRED_COLUMNS, csv_cell
 from preprocessing.format import SonostreamError
+from preprocessing.synth import hard
 from preprocessing.synth.anatomy import TAG_SHUFFLE, make_patient, plan_video, rng_for
 from preprocessing.synth.render import render_video
 
@@ -30,7 +31,11 @@ EXTRA_COLUMNS = ("ga_weeks",)
 COLUMNS = (*REQUIRED_COLUMNS, MASK_COLUMN, *LABEL_COLUMNS, *EXTRA_COLUMNS)
 
 
-def _check(patients, videos_per_patient, frames_per_video, size, seed, workers) -> None:
+def _check(patients, videos_per_patient, frames_per_video, size, seed, workers,
+           difficulty="standard") -> None:
+    if difficulty not in hard.DIFFICULTIES:
+        raise SonostreamError(f"difficulty must be one of {', '.join(hard.DIFFICULTIES)}, got "
+                              f"{difficulty!r}")
     checks = (
         (patients, 1, "patients", "ask for at least 1 patient"),
         (videos_per_patient, 1, "videos_per_patient", "ask for at least 1 video per patient"),
@@ -46,18 +51,28 @@ def _check(patients, videos_per_patient, frames_per_video, size, seed, workers) 
             raise SonostreamError(f"{name}={value} is too small: {fix}")
 
 
+def video_frames(seed: int, patient, video_index: int, frames: int, size: int,
+                 difficulty: str = "standard", plane: str | None = None):
+    """(the video's plan, an iterator of its (frame, image, mask, labels)) at ``difficulty``."""
+    video = plan_video(seed, patient, video_index, frames, size, plane=plane)
+    if difficulty == "hard":
+        video, extra = hard.plan_hard(seed, video)
+        return video, hard.render_video(seed, video, extra)
+    return video, render_video(seed, video)
+
+
 def render_patient(out_dir: str, seed: int, index: int, videos: int, frames: int,
-                   size: int) -> list[list[str]]:
+                   size: int, difficulty: str = "standard") -> list[list[str]]:
     """Render and write every frame and mask of one patient; returns its CSV rows (as text)."""
     out = Path(out_dir)
     patient = make_patient(seed, index)
     rows = []
     for v in range(videos):
-        video = plan_video(seed, patient, v, frames, size)
+        video, rendered = video_frames(seed, patient, v, frames, size, difficulty)
         rel = f"{patient.patient_id}/{video.name}"
         for sub in ("frames", "masks"):
             (out / sub / rel).mkdir(parents=True, exist_ok=True)
-        for f, image, mask, labels in render_video(seed, video):
+        for f, image, mask, labels in rendered:
             frame_path, mask_path = f"frames/{rel}/{f.index}.png", f"masks/{rel}/{f.index}.png"
             if not (cv2.imwrite(str(out / frame_path), image)
                     and cv2.imwrite(str(out / mask_path), mask)):
@@ -75,7 +90,7 @@ def _worker_init() -> None:
 
 def make_cohort(out_dir, patients: int = 24, videos_per_patient: int = 3,
                 frames_per_video: int = 32, size: int = 256, seed: int = 0, workers: int = 1,
-                progress: bool = True) -> Path:
+                progress: bool = True, difficulty: str = "standard") -> Path:
     """Generate a synthetic fetal ultrasound cohort under ``out_dir``; returns the CSV's path.
 
     ``patients`` x ``videos_per_patient`` sweeps of ``frames_per_video`` square ``size`` x ``size``
@@ -86,15 +101,19 @@ def make_cohort(out_dir, patients: int = 24, videos_per_patient: int = 3,
 
     ``workers > 1`` starts "spawn" processes (safe with OpenCV's threads, unlike fork), so a
     calling script needs the usual ``if __name__ == "__main__":`` guard.
+
+    ``difficulty="hard"`` adds what makes real scans hard (``synth.hard``: low contrast,
+    shadows, skull dropout, heads partly outside the fan, head look-alikes, scanner presets per
+    patient) with the same labels and masks; "standard" is the cohort as it always was.
     """
-    _check(patients, videos_per_patient, frames_per_video, size, seed, workers)
+    _check(patients, videos_per_patient, frames_per_video, size, seed, workers, difficulty)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / CSV_NAME
     csv_path.unlink(missing_ok=True)
 
     per_patient = videos_per_patient * frames_per_video
-    jobs = [(str(out), seed, i, videos_per_patient, frames_per_video, size)
+    jobs = [(str(out), seed, i, videos_per_patient, frames_per_video, size, difficulty)
             for i in range(patients)]
     results: dict[int, list] = {}
     bar = tqdm(total=patients * per_patient, unit="frame", desc="synth", disable=not progress)

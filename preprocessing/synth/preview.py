@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from preprocessing.synth.anatomy import make_patient, plan_video
-from preprocessing.synth.render import render_video
+from preprocessing.synth.cohort import video_frames
 
 LABEL_H, TITLE_H, GAP = 22, 30, 8
 OUTLINE = (0, 215, 255)  # BGR amber: visible on gray, unlike pure red on dark speckle
@@ -53,11 +53,12 @@ def _label(f, labels, plane: str) -> str:
     return f"frame {f.index} | {plane} | " + (f"HC {hc:.0f} mm" if hc is not None else "no HC")
 
 
-def save_preview(out_png, seed: int = 0, size: int = 256) -> Path:
+def save_preview(out_png, seed: int = 0, size: int = 256, difficulty: str = "standard") -> Path:
     """Render the preview figure to ``out_png`` (created with its folder); returns its path."""
     n_frames = 32
     patient, head = _pick_patient(seed, n_frames, size)
-    frames = list(render_video(seed, head))
+    head, rendered = video_frames(seed, patient, head.index, n_frames, size, difficulty)
+    frames = list(rendered)
     top, bottom = [], []
     for i in _sweep_indices(head):
         f, image, mask, labels = frames[i]
@@ -70,14 +71,15 @@ def save_preview(out_png, seed: int = 0, size: int = 256) -> Path:
         bottom.append(_tile(overlay, _label(f, labels, "head mask") if contours
                             else f"frame {f.index} | head mask | empty", colour))
     for row, plane, video_index in ((top, "abdomen", 1), (bottom, "femur", 2)):
-        video = plan_video(seed, patient, video_index, n_frames, size, plane=plane)
-        f, image, _, labels = list(render_video(seed, video))[n_frames // 2]
+        _, rendered = video_frames(seed, patient, video_index, n_frames, size, difficulty, plane)
+        f, image, _, labels = list(rendered)[n_frames // 2]
         row.append(np.full((LABEL_H + size, GAP, 3), 255, np.uint8))
         row.append(_tile(image, _label(f, labels, plane)))
     width = sum(t.shape[1] for t in top)
     body = np.vstack([np.hstack(top), np.full((GAP, width, 3), 255, np.uint8), np.hstack(bottom)])
     title = np.full((TITLE_H, body.shape[1], 3), 255, np.uint8)
-    text = (f"synthetic cohort (seed {seed}): patient {patient.patient_id}, "
+    hard = ", hard" if difficulty == "hard" else ""
+    text = (f"synthetic cohort (seed {seed}{hard}): patient {patient.patient_id}, "
             f"GA {patient.ga_weeks:.1f} wk, head sweep {head.name} (top: B-mode, bottom: head "
             "mask outline), abdomen and femur sweeps")
     cv2.putText(title, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA)

@@ -231,6 +231,8 @@ def _blobs(g, v, f, echo, spec):
             s, cx, cy = math.sqrt(s), bx + f.cx - v.frames[0].cx, by + f.cy - v.frames[0].cy
             roi = _roi(g, cx, cy, rx * s + 3)
             d, _, _ = _ellipse(*_local(g, roi, cx, cy, f.angle), rx * s, ry * s)
+            if d.size == 0:
+                continue  # outside the fan (a hard cohort's fetus moved towards its edge)
             echo[roi][d < 0] = LIMB * 0.9
             spec[roi] += _band(d, -1.0, 1.2) * 0.5
 

@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.cli import main
 
-STAGES = ("synth", "build", "verify", "inspect", "pretrain", "finetune", "evaluate",
+STAGES = ("synth", "build", "verify", "inspect", "pretrain", "probe", "finetune", "evaluate",
           "label_efficiency", "sweep", "video_sweep", "video_dicom", "report")
 
 
@@ -20,7 +20,7 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--size", "smoke"]) == 0
     first = capsys.readouterr().out
     for n, stage in enumerate(STAGES, 1):
-        assert re.search(rf"\[\s*{n}/12\] {stage}\s+done in", first), first
+        assert re.search(rf"\[\s*{n}/{len(STAGES)}\] {stage}\s+done in", first), first
         assert (out / ".demo" / f"{stage}.json").is_file()
     report = (out / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
@@ -38,6 +38,10 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys):
     # Numbers in the report are the stages' own: the evaluate table shows metrics.json's Dice.
     dice = json.loads((out / "evaluate" / "multitask" / "metrics.json").read_text())["dice"]
     assert f"| multitask | {dice:.3f} |" in report
+    # The probe table: the encoder beside its random init, the numbers of probe.json.
+    probe = json.loads((out / ".demo" / "probe.json").read_text())["result"]
+    assert "### What the frozen encoder knows" in report and "| random init (seed 0) |" in report
+    assert f"| {probe['random']['head_acc']:.3f} |" in report.split("| random init (seed 0) |")[1]
     # Each fine-tuned model's quality floor was calibrated on val, and the report shows it.
     cal = json.loads((out / "evaluate" / "multitask" / "metrics.json").read_text())["quality_calibration"]
     assert cal["split"] == "val" and f"| multitask | {cal['min_quality']:.3f} |" in report
@@ -53,7 +57,7 @@ def test_demo_runs_end_to_end_and_a_rerun_skips_every_stage(tmp_path, capsys):
     (out / "pretrain" / "config.yaml").write_text(yaml.safe_dump(edited))
     assert main(["demo", "--out", str(out), "--size", "smoke"]) == 0
     again = capsys.readouterr().out
-    assert again.count("skipped (done in an earlier run") == 11 and "report" in again
+    assert again.count("skipped (done in an earlier run") == len(STAGES) - 1 and "report" in again
     assert "a `resnet34` encoder" in (out / "report.md").read_text()
 
 
@@ -78,6 +82,6 @@ def test_a_failing_stage_names_itself_and_keeps_the_finished_ones(tmp_path, caps
     assert "stage inspect failed (RuntimeError: disk on fire)" in cap.err
     assert str(out / ".demo" / "inspect.log") in cap.err
     assert "inspect's own output" in (out / ".demo" / "inspect.log").read_text()
-    assert re.search(r"\[ 4/12\] inspect\s+failed", cap.out)
+    assert re.search(r"\[ 4/13\] inspect\s+failed", cap.out)
     done = sorted(p.stem for p in (out / ".demo").glob("*.json") if p.stem != "settings")
     assert done == ["build", "synth", "verify"]
