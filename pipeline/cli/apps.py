@@ -81,11 +81,18 @@ def add_parsers(sub) -> None:
     bi.add_argument("--no-end-to-end", action="store_true", help="skip the import + build arm")
     bi.add_argument("--workdir", help="keep the sources and outputs here (default: a temporary folder)")
     bi.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    bl = bsub.add_parser("loader", help="clip loader vs seed-style loader vs raw decode, frames/s",
+    bl = bsub.add_parser("loader", help="clip loader vs seed-style loader, peers and raw decode, frames/s",
                          description="Side by side on the same shards and CPU budget: our clip "
                          "loader, a seed-style loader (one file per image, DataFrame scans per "
-                         "pair and sequence) and raw decode, at 20k and 200k indexed frames.")
-    bl.add_argument("--seconds", type=float, default=8.0, help="timed seconds per run (default 8)")
+                         "pair and sequence) and raw decode, at 20k and 200k indexed frames; "
+                         "beside them, on the smallest size's frames, upstream webdataset reading "
+                         "our shards and, when installed (pip install sonostream[bench]), "
+                         "MosaicML Streaming and LitData from the same JPEG bytes.")
+    bl.add_argument("--seconds", type=float, default=8.0,
+                    help="timed seconds per run, epochs repeated as needed (default 8)")
+    bl.add_argument("--peers", default="webdataset,mosaic_streaming,litdata",
+                    help="peers to run beside ours, or 'none' (default webdataset,mosaic_streaming,"
+                         "litdata; those that do not import are reported as skipped)")
     bl.add_argument("--workers", type=int, default=2, help="decode threads/processes each (default 2)")
     bl.add_argument("--batch-size", type=int, default=32, help="clips per batch (default 32)")
     bl.add_argument("--clip-len", type=int, default=4, help="frames per clip (default 4)")
@@ -176,9 +183,11 @@ def cmd_bench(args) -> int:
     if args.bench == "loader":
         from pipeline.apps.bench.loader import bench_loader
         sizes = tuple(int(x) for x in args.sizes.split(","))
+        peers = () if args.peers.strip() in ("", "none") else tuple(
+            p.strip() for p in args.peers.split(",") if p.strip())
         result = bench_loader(workdir=args.workdir, sizes=sizes, seconds=args.seconds,
                               workers=args.workers, batch_size=args.batch_size,
-                              clip_len=args.clip_len)
+                              clip_len=args.clip_len, peers=peers)
     elif args.bench == "train":
         from pipeline.apps.bench.train import bench_train
         result = bench_train(args.data, args.config, args.set, steps=args.steps, warmup=args.warmup,

@@ -1,4 +1,4 @@
-"""`sonostream bench loader`: our clip loader vs a seed-style loader vs raw decode, side by side.
+"""`sonostream bench loader`: our clip loader vs a seed-style loader, the peers and raw decode.
 
 All three run in one process tree, on the same JPEG bytes and the same CPU budget
 (``workers`` processes each), measured alternately so they see the same machine load:
@@ -16,7 +16,13 @@ The 20k and 200k-frame datasets are made from one small synthetic build by repea
 shards (hard links, so 200k frames cost the disk of ~1k) under new patient and video ids: the
 index really has 200k rows and the loaders really do their look-ups in it, while the bytes
 decoded are the same. Steady state: the first batches of each run (worker start-up) are not
-timed.
+timed. Every arm then runs for the ``seconds`` asked, starting the next epoch whenever one ends
+(``timing.timed``; a 20k-frame epoch is ~3 s of ours), and ``timed`` in the JSON says how many
+frames, seconds and epochs each figure counts.
+
+* **peers** (``peers.py``): upstream webdataset reading our shards, MosaicML Streaming and
+  LitData from the same JPEG bytes (``pip install sonostream[bench]``; skipped, with the reason,
+  where they do not import), on the smallest size's frames; their write frames/s apart.
 """
 from __future__ import annotations
 
@@ -34,6 +40,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from preprocessing import format as fmt
+from preprocessing.format import SonostreamError
+
+from .peers import PEERS, bench_peers
+from .timing import Timing, timed
+
+# frames_per_s keys of the peers (webdataset's says how it decodes: OpenCV, as every peer does)
+_PEER_KEY = {"webdataset": "webdataset_opencv", "mosaic_streaming": "mosaic_streaming",
+             "litdata": "litdata"}
 
 
 def _base_dataset(root: Path, seed: int = 0) -> Path:
@@ -91,19 +105,22 @@ def _raw_worker(args):
     return n, time.perf_counter() - t0
 
 
-def raw_decode(ds: Path, workers: int, seconds: float) -> float:
+def raw_decode(ds: Path, workers: int, seconds: float) -> Timing:
+    """Frames/s of ``workers`` processes decoding the shards' members in order, each for
+    ``seconds`` (whole passes over its part): all frames over the longest worker's seconds."""
     t = pq.read_table(ds / fmt.INDEX_FILE).to_pandas()
     paths = [str(ds / fmt.SHARDS_DIR / s) for s in t["shard"]]
     with mp.get_context("fork").Pool(workers) as pool:
         offsets, sizes = t["image_offset"].tolist(), t["image_size"].tolist()
         parts = [(paths[w::workers], offsets[w::workers], sizes[w::workers], seconds)
                  for w in range(workers)]
-        return sum(n / s for n, s in pool.map(_raw_worker, parts))
+        done = pool.map(_raw_worker, parts)
+    return Timing(sum(n for n, _ in done), max(s for _, s in done))
 
 
 # --- ours ------------------------------------------------------------------------------------
 def ours(ds: Path, workers: int, seconds: float, batch: int, k: int, warmup: int = 2,
-         processes: bool = False, checksums: bool = True) -> float:
+         processes: bool = False, checksums: bool = True) -> Timing:
     """Threads (the default: ``workers`` decode threads) or ``workers`` DataLoader processes;
     ``checksums=False`` skips the per-member CRC-32 check (only to measure its cost)."""
     from pipeline.data import ClipLoader, LoaderConfig
@@ -111,15 +128,9 @@ def ours(ds: Path, workers: int, seconds: float, batch: int, k: int, warmup: int
                        decode_threads=1 if processes else workers, prefetch=4, loader="cpu")
     loader = ClipLoader(ds, cfg, seed=0)
     loader.decoder.checksums = checksums and loader.view.has_checksums
-    n, t0 = 0, None
-    for i, b in enumerate(loader):
-        if i == warmup:
-            t0 = time.perf_counter()
-        elif i > warmup:
-            n += b.frames.shape[0] * b.frames.shape[1]
-            if time.perf_counter() - t0 > seconds:
-                break
-    return n / (time.perf_counter() - t0)
+    # each pass over the loader is the next epoch (a new clip plan): cycled for ``seconds``
+    return timed(lambda: loader, lambda b: b.frames.shape[0] * b.frames.shape[1], seconds,
+                 warmup, name="ours")
 
 
 # --- seed style ------------------------------------------------------------------------------
@@ -167,7 +178,7 @@ def seed_style_files(base: Path, out: Path) -> Path:
     return files
 
 
-def seed_style(ds: Path, files: Path, workers: int, seconds: float, k: int, warmup: int = 8) -> float:
+def seed_style(ds: Path, files: Path, workers: int, seconds: float, k: int, warmup: int = 8) -> Timing:
     import pandas as pd
     import torch
     t = pq.read_table(ds / fmt.INDEX_FILE, columns=["patient_id", "video_key", "frame_index"]).to_pandas()
@@ -176,20 +187,20 @@ def seed_style(ds: Path, files: Path, workers: int, seconds: float, k: int, warm
                        "patient_id": t.patient_id, "video": t.video_key, "frame": t.frame_index})
     order = np.random.default_rng(0).permutation(len(df))
     loader = torch.utils.data.DataLoader(SeedStyle(df, k), batch_size=None, num_workers=workers,
-                                         sampler=order.tolist(), prefetch_factor=4)
-    n, t0 = 0, None
-    for i, (count, _) in enumerate(loader):
-        if i == warmup:
-            t0 = time.perf_counter()
-        elif i > warmup:
-            n += int(count)
-            if time.perf_counter() - t0 > seconds:
-                break
-    return n / (time.perf_counter() - t0)
+                                         sampler=order.tolist(), prefetch_factor=4,
+                                         persistent_workers=workers > 0)
+    return timed(lambda: loader, lambda item: int(item[0]), seconds, warmup, name="seed-style")
 
 
 def bench_loader(workdir: str | None = None, sizes=(20_000, 200_000), seconds: float = 8.0,
-                 workers: int = 2, batch_size: int = 32, clip_len: int = 4) -> dict:
+                 workers: int = 2, batch_size: int = 32, clip_len: int = 4,
+                 peers=PEERS) -> dict:
+    """Every arm for ``seconds`` (epochs cycled). ``peers``: the peers to run beside ours on the
+    smallest size's frames (those that do not import are reported under ``peers_skipped``)."""
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        raise SonostreamError(f"unknown peer(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(PEERS)} (or none)")
     tmp = None
     if workdir is None:
         tmp = workdir = tempfile.mkdtemp(prefix="sonostream-bench-loader-")
@@ -200,23 +211,31 @@ def bench_loader(workdir: str | None = None, sizes=(20_000, 200_000), seconds: f
         sets = {n: scaled_dataset(base, root / f"ds_{n}", n) for n in sizes}
         small, large = min(sizes), max(sizes)
         tag = lambda n: f"{n // 1000}k"  # noqa: E731
-        fps = {"raw_decode": raw_decode(base, workers, seconds)}
+        runs = {"raw_decode": raw_decode(base, workers, seconds)}
         for n in sizes:
-            fps[f"ours_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len)
-            fps[f"ours_crc_off_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
-                                                 checksums=False)
-            fps[f"ours_processes_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
-                                                   processes=True)
-            fps[f"seed_style_{tag(n)}"] = seed_style(sets[n], files, workers, seconds, clip_len)
-        fps = {k: round(v, 1) for k, v in fps.items()}
+            runs[f"ours_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len)
+            runs[f"ours_crc_off_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
+                                                  checksums=False)
+            runs[f"ours_processes_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
+                                                    processes=True)
+            runs[f"seed_style_{tag(n)}"] = seed_style(sets[n], files, workers, seconds, clip_len)
+        peer = bench_peers(sets[small], root, workers, seconds, batch_size * clip_len, peers)
+        runs.update({f"{_PEER_KEY[p]}_{tag(small)}": t for p, t in peer["read"].items()})
+        fps = {k: round(v, 1) for k, v in runs.items()}
         ratios = {"ours_vs_raw": fps[f"ours_{tag(large)}"] / fps["raw_decode"],
                   f"ours_vs_seed_style_{tag(large)}": fps[f"ours_{tag(large)}"] / fps[f"seed_style_{tag(large)}"],
                   f"ours_{tag(large)}_vs_{tag(small)}": fps[f"ours_{tag(large)}"] / fps[f"ours_{tag(small)}"],
                   f"ours_crc_on_vs_off_{tag(large)}": fps[f"ours_{tag(large)}"] / fps[f"ours_crc_off_{tag(large)}"]}
         return {"frames_per_s": fps, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+                "vs_raw_decode": {k: round(v / fps["raw_decode"], 3) for k, v in fps.items()},
+                "timed": {k: v.record() for k, v in runs.items()},
+                "write_frames_per_s": {f"{_PEER_KEY[p]}_{tag(small)}": round(t, 1)
+                                       for p, t in peer["write"].items()},
+                "peers_skipped": peer["skipped"],
                 "setup": {"workers": workers, "batch_size": batch_size, "clip_len": clip_len,
                           "seconds_per_run": seconds, "frame": "256x256 JPEG q95",
                           "cpu_count": os.cpu_count(),
+                          "peer_frames": tag(small), "peer_batch_frames": batch_size * clip_len,
                           "index_rows": {tag(n): pq.read_metadata(sets[n] / fmt.INDEX_FILE).num_rows
                                          for n in sizes}}}
     finally:
