@@ -146,3 +146,12 @@ def corrupt_members(dataset: Path, rows) -> list[tuple[str, str]]:
         path.write_bytes(bytes(data))
         hit.append((r.shard, r.key))
     return hit
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` is alive (Linux /proc; a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from factories import write_frames
+from factories import process_running, write_frames
 from preprocessing import format as fmt
 from preprocessing.build import BuildOptions, build
 from preprocessing.lock import LOCK_FILE, FolderLocked, folder_lock
@@ -40,14 +40,6 @@ def _stalled(tmp_path, csv, out, workers):
     _wait_for(signals / "ready", proc)
     pids = [int(p) for p in (signals / "ready").read_text().split()]
     return proc, signals, pids
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def test_second_build_is_refused_while_the_first_runs(tmp_path):
@@ -82,7 +74,7 @@ def test_kill9_of_a_build_leaves_no_process_and_no_lock(tmp_path):
     deadline = time.monotonic() + 60
     while any(map(_running, pids[1:])) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [p for p in pids[1:] if _running(p)], "processes of the killed build still run"
+    assert not [p for p in pids[1:] if process_running(p)], "processes of the killed build still run"
     # The kernel dropped the lock with the process; the temp file of a write the kill cut short
     # is removed by the next build (which resumes).
     leftover = out / f".{fmt.INDEX_FILE}.tmp-abc123"

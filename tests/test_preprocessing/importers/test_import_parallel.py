@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from factories import process_running
 from importer_helpers import dicom_file, fan_loop, make_hc18, read_rejects, write_video
 from preprocessing import cpus
 from preprocessing.format import SonostreamError
@@ -293,14 +294,6 @@ def test_workers_must_be_a_positive_integer(tmp_path):
 
 
 # --- kill -9 of a real import, and a second import while one runs ----------------------------
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc, flock")
 def test_kill9_mid_import_then_the_rerun_resumes_to_the_same_bytes(tmp_path):
     src = tmp_path / "src"
@@ -333,7 +326,7 @@ def test_kill9_mid_import_then_the_rerun_resumes_to_the_same_bytes(tmp_path):
     deadline = time.monotonic() + 60
     while any(map(_running, pids[1:])) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [p for p in pids[1:] if _running(p)], "workers of the killed import still run"
+    assert not [p for p in pids[1:] if process_running(p)], "workers of the killed import still run"
     assert not (out / "frames.csv").exists()
     rerun = subprocess.run(cli + ["--workers", "2"], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
