@@ -72,7 +72,7 @@ def test_kill9_of_a_build_leaves_no_process_and_no_lock(tmp_path):
     os.kill(pids[0], signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 60
-    while any(map(_running, pids[1:])) and time.monotonic() < deadline:
+    while any(map(process_running, pids[1:])) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids[1:] if process_running(p)], "processes of the killed build still run"
     # The kernel dropped the lock with the process; the temp file of a write the kill cut short

@@ -324,7 +324,7 @@ def test_kill9_mid_import_then_the_rerun_resumes_to_the_same_bytes(tmp_path):
         proc.kill()
         proc.wait()
     deadline = time.monotonic() + 60
-    while any(map(_running, pids[1:])) and time.monotonic() < deadline:
+    while any(map(process_running, pids[1:])) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids[1:] if process_running(p)], "workers of the killed import still run"
     assert not (out / "frames.csv").exists()
