@@ -31,7 +31,7 @@ demo: setup
 	$(BIN)/sonostream demo --out $(DEMO)
 
 test: setup $(VENV)/.deepspeed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 bench: setup
 	mkdir -p runs

@@ -121,6 +121,8 @@ def make_accelerator(tc: TrainConfig, out: Path):
     # drops a DeepSpeed plugin, so the DeepSpeed path keeps cpu=False and passes gloo explicitly.
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1 or use_ds
     kwargs = [InitProcessGroupKwargs(backend="gloo")] if multi and not cuda else []
+    if use_ds and not cuda:
+        skip_deepspeed_shm_build()
     # DeepSpeed: Accelerate applies no autocast and DeepSpeed's own bf16 mode casts the weights
     # (BatchNorm then sees bf16 weights beside fp32 stats). So the engine keeps fp32 weights and
     # runs the forward under torch autocast (fill_deepspeed_auto); exported weights stay fp32.
@@ -129,6 +131,19 @@ def make_accelerator(tc: TrainConfig, out: Path):
                        gradient_accumulation_steps=tc.grad_accum,
                        log_with=list(tc.trackers) or None, project_dir=str(out),
                        kwargs_handlers=kwargs)
+
+
+def skip_deepspeed_shm_build() -> None:
+    """DeepSpeed on CPU: use gloo's collectives, not DeepSpeed's shared-memory all-reduce kernel.
+
+    DeepSpeed's CPU accelerator JIT-compiles that kernel (``deepspeed_shm_comm``) the first time
+    its comm backend starts: about 50 s on 2 cores, again for every new virtual environment path
+    (so in every fresh CI clone). The kernel only speeds up CPU collectives; CPU runs here are
+    tests and smoke runs, where gloo is enough. Marking the op incompatible makes DeepSpeed fall
+    back to torch.distributed (``deepspeed.comm.torch.build_shm_op`` returns None).
+    """
+    import deepspeed.ops
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def per_rank_batch(acc, tc: TrainConfig) -> int:
