@@ -12,16 +12,18 @@ The epoch has one *global order* of clips that does not depend on the world size
 **Patient groups** (``patient_groups = G > 1``, the loader's default G = 2): step 3 permutes
 *groups* of G clips instead of single clips, so positions ``G*i .. G*i+G-1`` always hold one
 group and a batch of B clips (B a multiple of G, starting at a multiple of G) holds B/G whole
-groups. Within a window (rounded up to a multiple of G) a patient's clips are dealt into groups
-of G round-robin over its videos, the videos with the most clips left first, so a group's clips
-come from G distinct videos whenever the patient has that many in the window (for G = 2:
-always, unless only one of its videos has clips left). A patient with a single video (or with
-one video left) gets groups of two clips of that one video, taken at different times: a weaker
-PM positive than another video, and with ``pm_positive="patient"`` no positive at all. Clips
-left over (a patient with fewer than G clips in the window, or the rest after its last whole
-group) form mixed groups with other patients' leftovers. The order still depends only on
-(clips, epoch, seed, shuffle_window, G), never on the world size or batch size, so every
-guarantee below holds; a batch size that is not a multiple of G just splits some groups.
+groups. Each patient's clips of the epoch are dealt into groups round-robin over its videos
+(turn by turn, the videos with the most clips first), so a group's clips come from G distinct
+videos whenever the patient has that many (for G = 2: always, unless only one of its videos has
+clips left). A patient with a single video (or with one video left) gets groups of clips of
+that one video, taken at different times: a weaker PM positive than another video, and with
+``pm_positive="patient"`` (the default) no positive at all. Clips left over (a patient's last
+fewer-than-G clips) form mixed groups, in epoch order. A group sits at its first clip's place in
+the order of steps 1-2, and the windows of step 3 hold ``ceil(shuffle_window / G)`` consecutive
+groups, so reading stays as local as the window allows except for a group's other clips, which
+may live in another shard. The order still depends only on (clips, epoch, seed,
+shuffle_window, G), never on the world size or batch size, so every guarantee below holds; a
+batch size that is not a multiple of G just splits some groups.
 
 Global step ``g`` takes the ``world_size * batch_size`` clips starting at
 ``start + g * world_size * batch_size``; rank ``r`` takes the r-th run of ``batch_size`` of
