@@ -179,5 +179,5 @@ def test_patient_groups_need_patients_and_a_positive_size():
     clips = fake_clips([10])
     with pytest.raises(ValueError, match="patient"):
         global_order(clips, 1, epoch=0, seed=0, shuffle_window=4, patient_groups=2)
-    with pytest.raises(ValueError, match="patient_groups"):
-        global_order(clips, 1, epoch=0, seed=0, shuffle_window=4, patient_groups=0)
+    with pytest.raises(ValueError, match="patient_groups must be >= 1"):
+        global_order(patient_clips(), 6, epoch=0, seed=0, shuffle_window=4, patient_groups=0)
