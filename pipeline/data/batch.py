@@ -85,7 +85,7 @@ class ClipBatch:
 
 def label_batch(frames: torch.Tensor, patient: np.ndarray, video: np.ndarray,
                 position: np.ndarray, frame_index: np.ndarray, *, seed: int, epoch: int,
-                step: int, io_reverse: str = "same", pm_positive: str = "video",
+                step: int, io_reverse: str = "same", pm_positive: str = "patient",
                 faults=()) -> ClipBatch:
     """The IO and PM labels of a batch of clips: a pure function of its clips and the seed."""
     b, k = frames.shape[:2]

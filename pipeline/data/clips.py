@@ -103,6 +103,7 @@ class EpochClips:
     frames: np.ndarray   # [C, K] int64 index rows
     video: np.ndarray    # [C] int64 video number in the table
     shard: np.ndarray    # [C] int64 shard id (of the video's first frame)
+    patient: np.ndarray | None = None   # [C] int64 patient code (placement's patient groups)
 
     def __len__(self) -> int:
         return len(self.video)
@@ -128,4 +129,4 @@ def epoch_clips(table: VideoTable, cfg: ClipConfig, epoch: int, seed: int) -> Ep
     pos = np.where(short[video][:, None], spread, pos)
     frames = table.rows[table.start[video][:, None] + pos]
     return EpochClips(frames=frames.astype(np.int64), video=video.astype(np.int64),
-                      shard=table.video_shard[video])
+                      shard=table.video_shard[video], patient=table.patient[video].astype(np.int64))

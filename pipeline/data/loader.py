@@ -31,12 +31,14 @@ from .index import IndexView
 from .placement import steps_per_epoch
 from .plan import EpochPlan
 from .source import ShardSource
-from .tasks import io_classes, patch_masks
+from .tasks import PM_POSITIVES, io_classes, patch_masks
 
 log = logging.getLogger("sonostream.loader")
 LOADERS = ("auto", "cpu", "dali")
 STATE_VERSION = 1
-_ORDER_KEYS = ("seed", "clip_len", "stride", "short_videos", "splits", "shuffle_window")
+_ORDER_KEYS = ("seed", "clip_len", "stride", "short_videos", "splits", "shuffle_window",
+               "patient_groups")
+_ORDER_DEFAULTS = {"patient_groups": 1}   # what a checkpoint without the key used
 
 
 @dataclass
@@ -48,10 +50,13 @@ class LoaderConfig:
     splits: tuple = ("train",)
     image_size: int | None = None         # None: as stored in the shards
     shuffle_window: int = 1024            # clips permuted together (the shuffle buffer)
+    patient_groups: int = 2               # the order holds runs of this many clips of one
+                                          # patient, other videos first (1: single clips)
     mask_ratio: float = 0.6               # MIR: share of patches masked per frame
     mask_grid: tuple = (8, 8)             # MIR: patches per frame (rows, cols)
     io_reverse: str = "same"              # IO: a permutation and its reverse are one class
-    pm_positive: str = "video"            # PM: positives from the same "video" or "patient"
+    pm_positive: str = "patient"          # PM: positive = a frame of another video of the
+                                          # patient ("patient") or of the same clip ("video")
     num_workers: int = 0                  # CPU path: DataLoader worker processes (0: threads)
     decode_threads: int = 2               # CPU path: threads decoding a batch's clips
     prefetch: int = 2                     # batches prefetched per worker
@@ -70,6 +75,12 @@ class LoaderConfig:
         if not 0.0 <= self.max_fault_share <= 1.0:
             raise SonostreamError(f"max_fault_share must be in [0, 1] (1: never stop for corrupt "
                                   f"members), got {self.max_fault_share}")
+        if self.patient_groups < 1:
+            raise SonostreamError(f"loader.patient_groups must be >= 1 (1: no patient groups), "
+                                  f"got {self.patient_groups}")
+        if self.pm_positive not in PM_POSITIVES:
+            raise SonostreamError(f"loader.pm_positive must be one of {PM_POSITIVES}, got "
+                                  f"{self.pm_positive!r}")
         if self.clip_len >= 2:
             io_classes(self.clip_len, self.io_reverse)  # raises a clear error for bad K / reverse
 
@@ -124,6 +135,12 @@ class ClipLoader:
                                   f"frames")
         self.decoder = FrameDecoder(self.source, self.view, self.cfg.decode_threads)
         self.faults: list = []
+        g = self.cfg.patient_groups
+        if g > 1 and self.cfg.batch_size % g:
+            log.warning("loader.patient_groups=%d orders clips in groups of %d of one patient, but "
+                        "each rank's batch holds %d clips, so some groups are split between "
+                        "batches (fewer PM positives from another video): use a per-rank batch "
+                        "size that is a multiple of %d", g, g, self.cfg.batch_size, g)
 
     # -- placement ------------------------------------------------------------------------------
     def plan(self, epoch: int | None = None, start: int | None = None) -> EpochPlan:
@@ -132,7 +149,8 @@ class ClipLoader:
                               seed=self.seed, start=self.state.position if start is None else start,
                               batch_size=c.batch_size, world_size=self.world_size, rank=self.rank,
                               shuffle_window=c.shuffle_window, image_size=self.image_size,
-                              io_reverse=c.io_reverse, pm_positive=c.pm_positive)
+                              io_reverse=c.io_reverse, pm_positive=c.pm_positive,
+                              patient_groups=c.patient_groups)
 
     def __len__(self) -> int:
         """Steps left in the current epoch (equal on every rank)."""
@@ -209,15 +227,17 @@ class ClipLoader:
         return {"version": STATE_VERSION, "epoch": self.state.epoch, "position": self.state.position,
                 "seed": self.seed, "clip_len": c.clip_len, "stride": c.stride,
                 "short_videos": c.short_videos, "splits": list(c.splits),
-                "shuffle_window": c.shuffle_window, "batch_size": c.batch_size,
+                "shuffle_window": c.shuffle_window, "patient_groups": c.patient_groups,
+                "batch_size": c.batch_size,
                 "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        differ = [k for k in _ORDER_KEYS if list_or(state.get(k)) != list_or(mine[k])]
+        theirs = {k: state.get(k, _ORDER_DEFAULTS.get(k)) for k in _ORDER_KEYS}
+        differ = [k for k in _ORDER_KEYS if list_or(theirs[k]) != list_or(mine[k])]
         if differ:
             raise SonostreamError("cannot resume: the checkpoint's loader used other " + ", ".join(
-                f"{k}={state.get(k)!r} (now {mine[k]!r})" for k in differ)
+                f"{k}={theirs[k]!r} (now {mine[k]!r})" for k in differ)
                 + "; these fix the epoch's clip order, so set them back to resume exactly")
         n = self.clips_per_epoch(state["epoch"])
         if not 0 <= state["position"] <= n:

@@ -24,14 +24,16 @@ class EpochPlan:
     seed: int
     image_size: tuple[int, int]
     io_reverse: str = "same"
-    pm_positive: str = "video"
+    pm_positive: str = "patient"
 
     @classmethod
     def make(cls, table: VideoTable, clip: ClipConfig, *, epoch: int, seed: int, start: int,
              batch_size: int, world_size: int, rank: int, shuffle_window: int,
-             image_size: tuple[int, int], io_reverse: str = "same", pm_positive: str = "video"):
+             image_size: tuple[int, int], io_reverse: str = "same", pm_positive: str = "patient",
+             patient_groups: int = 1):
         clips = epoch_clips(table, clip, epoch, seed)
-        order = global_order(clips, len(table.view.shards), epoch, seed, shuffle_window)
+        order = global_order(clips, len(table.view.shards), epoch, seed, shuffle_window,
+                             patient_groups)
         positions = rank_positions(len(order), batch_size, world_size, rank, start)
         return cls(table, clips, order, positions, epoch, seed, tuple(image_size), io_reverse,
                    pm_positive)

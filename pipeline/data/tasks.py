@@ -8,11 +8,19 @@
   label gives the frames' order up to direction. ``io_reverse="distinct"`` keeps all K! classes. ``IO_CLASSES[label]`` is the
   canonical permutation; ``frames[perm][argsort(canonical)]`` restores temporal order (or its
   exact reverse).
-* **PM** (patient matching): pairs of frames across the batch. Every clip gives one positive
-  (another frame of the same video; with ``pm_positive="patient"``, a frame of another video
-  of the same patient when the batch holds one) and one negative (a frame of a clip of another
-  patient). A clip with no other patient in the batch gives neither, so positives and negatives
-  are always balanced.
+* **PM** (patient matching): pairs of frames across the batch, 1 = same patient. By default
+  (``pm_positive="patient"``) a clip's positive is a frame of a clip from *another video* of
+  its patient in the batch (never its own clip or video: those share speckle, gain and drift,
+  so "same clip" would be learnt instead of "same patient"), and its negative a frame of a clip
+  of another patient. A clip gives one positive and one negative, or neither: a clip with no
+  other video of its patient in the batch (a patient with a single video, or whose other videos
+  are not in this batch) or no other patient gives no pair at all, so positives and negatives
+  are always balanced, one of each per clip that has both. The placement's patient groups
+  (``loader.patient_groups``) put clips of one patient from distinct videos into a batch so
+  that most clips have a positive; patients with a single video give no PM pairs.
+  ``pm_positive="video"``: the positive is another frame of the same clip (every clip with
+  another patient in the batch gives a pair; the weaker, same-clip signal). Each side of a pair
+  is a different frame, so it has its own MIR mask (masks are drawn per frame).
 * **MIR** (masked image reconstruction): per frame, exactly ``round(ratio * gh * gw)`` of the
   ``gh x gw`` patches are masked, drawn on the device that trains (:func:`patch_masks`).
 """
@@ -71,30 +79,35 @@ PM_POSITIVES = ("video", "patient")
 
 
 def pm_pairs(rng: np.random.Generator, patient: np.ndarray, video: np.ndarray, k: int,
-             positive: str = "video"):
+             positive: str = "patient"):
     """(a [P, 2], b [P, 2], label [P]): pairs of (clip, frame) with 1 = same patient.
 
-    Positives and negatives alternate (clip i's positive, then its negative).
+    Positives and negatives alternate (clip i's positive, then its negative). ``positive``:
+    "patient" (a clip of another video of the patient; clips without one give no pair) or
+    "video" (another frame of the same clip).
     """
     if positive not in PM_POSITIVES:
         raise SonostreamError(f"pm_positive must be one of {PM_POSITIVES}, got {positive!r}")
     patient, video = np.asarray(patient), np.asarray(video)
     n = len(patient)
     other = patient[:, None] != patient[None, :]
-    has_neg = other.any(axis=1)
-    clips = np.flatnonzero(has_neg)
+    has_pair = other.any(axis=1)
+    if positive == "patient":
+        sibling = ~other & (video[:, None] != video[None, :])
+        has_pair &= sibling.any(axis=1)
+    clips = np.flatnonzero(has_pair)
     if len(clips) == 0:
         empty = np.zeros((0, 2), np.int64)
         return empty, empty.copy(), np.zeros(0, np.float32)
     noise = rng.random((n, n))
     neg = np.argmax(np.where(other, noise, -1.0), axis=1)
     f_pos = rng.integers(0, k, size=(n, 2))
-    if k > 1:  # a different frame of the same clip
-        f_pos[:, 1] = (f_pos[:, 0] + rng.integers(1, k, size=n)) % k
-    pos = np.arange(n)
-    if positive == "patient":
-        sibling = (patient[:, None] == patient[None, :]) & (video[:, None] != video[None, :])
-        pos = np.where(sibling.any(axis=1), np.argmax(np.where(sibling, noise, -1.0), axis=1), pos)
+    if positive == "patient":   # any frame of a clip of another video
+        pos = np.argmax(np.where(sibling, noise, -1.0), axis=1)
+    else:                       # a different frame of the same clip
+        pos = np.arange(n)
+        if k > 1:
+            f_pos[:, 1] = (f_pos[:, 0] + rng.integers(1, k, size=n)) % k
     f_neg = rng.integers(0, k, size=(n, 2))
     a = np.empty((2 * len(clips), 2), np.int64)
     b = np.empty_like(a)

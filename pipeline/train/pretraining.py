@@ -49,8 +49,8 @@ class PretrainConfig:
     # schedule's warm-up and length (train.steps), batch size, logging, checkpointing, workers.
     RESUME_KEYS = ("model", "heads", "loader.clip_len", "loader.io_reverse", "loader.image_size",
                    "loader.mask_ratio", "loader.mask_grid", "loader.pm_positive", "loader.stride",
-                   "loader.short_videos", "loader.splits", "loader.shuffle_window", "train.seed",
-                   *OPTIM_KEPT)
+                   "loader.short_videos", "loader.splits", "loader.shuffle_window",
+                   "loader.patient_groups", "train.seed", *OPTIM_KEPT)
     RESUME_FIX = "start a new run with them in another --out, without --resume"
 
     def resume_identity(self) -> dict:

@@ -51,14 +51,16 @@ def make_inputs(batch: int, clip_len: int, image_size: int, seed: int = 0) -> di
     """A synthetic batch: frames (B, K, 1, H, W) in 0..1 (uint8 levels), MIR mask, IO and PM labels.
 
     Clips come two per patient (``patient = arange(B) // 2``), one video each, so PM has both
-    positives and negatives.
+    positives and negatives. PM takes same-clip positives (``pm_positive="video"``) so that every
+    clip has a pair at any B (with the trainer's default, an odd B's last clip would have none):
+    the encoder's work, which the bench times, is the same either way.
     """
     g = torch.Generator().manual_seed(seed)
     b, k, s = batch, clip_len, image_size
     frames_u8 = torch.randint(0, 256, (b, k, 1, s, s), generator=g, dtype=torch.uint8)
     patient = np.arange(b) // 2
     cb = label_batch(frames_u8, patient, np.arange(b), np.arange(b), np.tile(np.arange(k), (b, 1)),
-                     seed=seed, epoch=0, step=0)
+                     seed=seed, epoch=0, step=0, pm_positive="video")
     cb.mir_patches = patch_masks(b * k, MASK_GRID, MASK_RATIO, generator=g).view(b, k, *MASK_GRID)
     mask = cb.mir_mask
     assert mask.shape == (b, k, 1, s, s)

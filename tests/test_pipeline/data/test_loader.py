@@ -116,6 +116,38 @@ def test_resume_refuses_another_order(dataset):
         ClipLoader(dataset, cfg(clip_len=4), seed=1).load_state_dict(state)
 
 
+def cross_video_share(loader):
+    """Share of the epoch's clips whose PM positive is a clip of another video of the patient."""
+    got = total = 0
+    for b in loader:
+        pos = b.pm_label == 1
+        a, p = b.pm_a[pos, 0], b.pm_b[pos, 0]
+        assert (b.patient[a] == b.patient[p]).all() and (b.video[a] != b.video[p]).all()
+        got, total = got + len(a), total + b.batch_size
+    return got / total
+
+
+def test_patient_groups_give_most_clips_a_positive_from_another_video(dataset, caplog):
+    # a window of the whole epoch (36 clips): the tiny default here would keep patients together
+    grouped = cross_video_share(ClipLoader(dataset, cfg(batch_size=4, shuffle_window=36), seed=3))
+    plain = cross_video_share(ClipLoader(dataset, cfg(batch_size=4, shuffle_window=36,
+                                                      patient_groups=1), seed=3))
+    assert grouped >= 0.75 and grouped > plain + 0.25
+    caplog.set_level(logging.WARNING, logger="sonostream.loader")
+    ClipLoader(dataset, cfg(batch_size=3), seed=3)
+    assert "batch holds 3 clips" in caplog.text and "multiple of 2" in caplog.text
+
+
+def test_resume_refuses_other_patient_groups(dataset):
+    state = ClipLoader(dataset, cfg(), seed=1).state_dict()
+    with pytest.raises(ValueError, match="patient_groups=2 \\(now 1\\)"):
+        ClipLoader(dataset, cfg(patient_groups=1), seed=1).load_state_dict(state)
+    del state["patient_groups"]        # a checkpoint from before patient groups: single clips
+    ClipLoader(dataset, cfg(patient_groups=1), seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="patient_groups=1 \\(now 2\\)"):
+        ClipLoader(dataset, cfg(), seed=1).load_state_dict(state)
+
+
 @pytest.fixture
 def corrupt(dataset, tmp_path):
     """A copy of the dataset with one member's JPEG bytes overwritten (size unchanged)."""

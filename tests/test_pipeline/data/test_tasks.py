@@ -36,11 +36,11 @@ def test_io_rejects_a_single_class():
         io_classes(2, "same")
 
 
-def test_pm_labels_match_patients_and_are_balanced():
+def test_pm_same_clip_positives_match_patients_and_are_balanced():
     rng = np.random.default_rng(1)
     patient = np.array([0, 0, 1, 2, 2, 3, 1, 0])
     video = np.arange(8)
-    a, b, y = pm_pairs(rng, patient, video, k=4)
+    a, b, y = pm_pairs(rng, patient, video, k=4, positive="video")
     assert len(y) == 16 and y.sum() == 8
     np.testing.assert_array_equal(y, (patient[a[:, 0]] == patient[b[:, 0]]).astype(np.float32))
     pos = y == 1
@@ -54,13 +54,37 @@ def test_pm_patient_positives_use_another_video_when_there_is_one():
     a, b, y = pm_pairs(rng, patient, np.arange(4), k=4, positive="patient")
     pos = y == 1
     pairs = {(int(i), int(j)) for i, j in zip(a[pos, 0], b[pos, 0])}
-    assert (0, 1) in pairs and (1, 0) in pairs and (2, 2) in pairs
+    assert pairs == {(0, 1), (1, 0)}          # clips 2 and 3 have no other video: no pair
     np.testing.assert_array_equal(y, (patient[a[:, 0]] == patient[b[:, 0]]).astype(np.float32))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_pm_default_positives_never_come_from_the_same_clip_or_video(seed):
+    """Default pm_positive: a positive is another video of the patient; a clip without one (a
+    single-video patient) gives no pair, so every clip gives one positive and one negative or
+    nothing."""
+    rng = np.random.default_rng(seed)
+    patient = rng.integers(0, 5, size=16)
+    video = patient * 10 + rng.integers(0, 3, size=16)      # 1-3 videos per patient, repeats
+    video[patient == 4] = 40                                 # patient 4: a single video
+    a, b, y = pm_pairs(np.random.default_rng(seed + 100), patient, video, k=4)
+    np.testing.assert_array_equal(y, np.tile([1.0, 0.0], len(y) // 2))   # alternating: balanced
+    pos, neg = y == 1, y == 0
+    assert (patient[a[pos, 0]] == patient[b[pos, 0]]).all()
+    assert (video[a[pos, 0]] != video[b[pos, 0]]).all() and (a[pos, 0] != b[pos, 0]).all()
+    assert (patient[a[neg, 0]] != patient[b[neg, 0]]).all()
+    np.testing.assert_array_equal(a[pos, 0], a[neg, 0])     # each clip: its positive, its negative
+    cross = [(patient == patient[i]) & (video != video[i]) for i in range(16)]
+    expected = [i for i in range(16) if cross[i].any() and (patient != patient[i]).any()]
+    assert a[pos, 0].tolist() == expected                    # exactly the clips that have both
+    assert 4 not in patient[a[:, 0]] and ((a[:, 1] < 4) & (b[:, 1] < 4)).all()
+
+
 def test_pm_without_another_patient_gives_no_pairs():
-    a, b, y = pm_pairs(np.random.default_rng(0), np.zeros(5, int), np.arange(5), k=4)
-    assert len(y) == 0
+    for positive in ("patient", "video"):
+        a, b, y = pm_pairs(np.random.default_rng(0), np.zeros(5, int), np.arange(5), k=4,
+                           positive=positive)
+        assert len(y) == 0
 
 
 @pytest.mark.parametrize("grid,ratio,hw", [((8, 8), 0.6, (64, 64)), ((4, 6), 0.25, (32, 48)),

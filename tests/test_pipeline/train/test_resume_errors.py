@@ -102,6 +102,22 @@ def test_finetuning_refuses_other_frames_or_frame_size(tmp_path):
         assert part in msg, msg
 
 
+def test_pretraining_refuses_other_patient_groups_or_pm_positives(tmp_path):
+    """Both change which clips a batch holds and what PM learns: a resume must not mix them."""
+    ckpt = tmp_path / "run" / "checkpoints" / "step-3"
+    ckpt.mkdir(parents=True)
+    saved = load_pretrain_config(PRETRAIN_CONFIG, FAST)
+    (ckpt / "run.yaml").write_text(yaml.safe_dump({"step": 3, "config": saved_dict(saved)}))
+    check_resume(ckpt, load_pretrain_config(PRETRAIN_CONFIG, FAST))
+    now = load_pretrain_config(PRETRAIN_CONFIG, [*FAST, "loader.patient_groups=1",
+                                                 "loader.pm_positive=video"])
+    with pytest.raises(SonostreamError) as e:
+        check_resume(ckpt, now)
+    msg = str(e.value)
+    assert "loader.patient_groups 2 in the checkpoint (now 1)" in msg, msg
+    assert "loader.pm_positive patient in the checkpoint (now video)" in msg, msg
+
+
 def test_a_damaged_run_yaml_names_itself(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "step-3"
     ckpt.mkdir(parents=True)
