@@ -24,7 +24,7 @@ import numpy as np
 from . import format as fmt
 from .format import Letterbox
 from .frames_csv import FrameRow
-from .headers import check_stored_jpeg
+from .headers import check_stored_jpeg, header_size
 from .imaging import (ImageError, binarize_mask, check_pixels, decode_raw, encode, is_png_gray8,
                       letterbox, read_bytes, to_gray8)
 
@@ -93,13 +93,13 @@ def stored_as_is(data: bytes, opts: EncodeOptions) -> Letterbox | None:
     the decoder's own header check."""
     if opts.codec != "jpeg" or not _is_jpeg(data):
         return None
-    header = check_stored_jpeg(data)
-    if isinstance(header, str):
+    size = header_size(data)   # the frame header alone first: another size is decoded anyway
+    if size is None:
         return None
-    geo = Letterbox.fit(header.height, header.width, opts.image_size)
-    if not geo.identity:
+    geo = Letterbox.fit(size[1], size[0], opts.image_size)
+    if not geo.identity or isinstance(check_stored_jpeg(data), str):   # (one SOF: the same)
         return None
-    check_pixels(header.width, header.height, opts.max_pixels)
+    check_pixels(size[0], size[1], opts.max_pixels)
     return geo
 
 
