@@ -33,6 +33,7 @@ import struct
 
 _SOF_ACCEPTED = (0xC0, 0xC1)          # baseline, extended sequential (Huffman)
 _SOF_ANY = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8)))   # TEM, RST0-7: no length follows
 _U16 = struct.Struct(">H")
 
 
@@ -42,8 +43,7 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
         return struct.unpack_from(">II", data, 16)
     if data[:3] == b"\xff\xd8\xff":
-        found = _jpeg_sof(data)
-        return None if found is None else found
+        return _jpeg_sof(data)
     return None
 
 
@@ -56,7 +56,7 @@ def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
         if m == 0xFF:              # fill byte before a marker
             i += 1
             continue
-        if m in (0x01, *range(0xD0, 0xD8)):
+        if m in _STANDALONE:
             i += 2
             continue
         if m in (0xD8, 0xD9, 0xDA):
