@@ -73,6 +73,7 @@ class BuildOptions:
     seed: int = 0
     min_video_frames: int = 1
     max_pixels: int = fmt.DEFAULT_MAX_PIXELS  # a frame or mask over it is rejected from its header
+    verify_decode: bool = False  # decode every frame, also sources stored as is (encode.py)
 
     def __post_init__(self):
         if self.image_size < 0 or 0 < self.image_size < 16:
@@ -90,6 +91,16 @@ class BuildOptions:
         if self.max_pixels < 1:
             raise fmt.SonostreamError(f"max pixels must be >= 1, got {self.max_pixels}")
         fmt.resolve_fractions(self.val_fraction, self.test_fraction)
+
+
+def option_record(opts: BuildOptions) -> dict:
+    """The options as the fingerprint records them. ``verify_decode`` only when on: a default
+    build's manifest stays what it was before the option existed, and a dataset built without
+    the full decode is not taken as built with it."""
+    record = asdict(opts)
+    if not record["verify_decode"]:
+        del record["verify_decode"]
+    return record
 
 
 @dataclass
@@ -114,7 +125,7 @@ def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), work
     out = Path(out_dir)
     plan = plan_build(csv_path, opts.val_fraction, opts.test_fraction, opts.seed)
     fingerprint = {"format_version": fmt.FORMAT_VERSION, "csv_sha256": _sha256(csv_path),
-                   "options": asdict(opts)}
+                   "options": option_record(opts)}
     with folder_lock(out, "build"):  # one writer per folder, from here to the index
         try:
             result = _build(out, plan, fingerprint, opts, workers, overwrite, progress)
@@ -156,7 +167,8 @@ def write_shards(out: Path, videos: list[Video], num_rows: int, extra_columns: l
             if any((v.key, f.frame_id) not in written and f.csv_line not in rejected_lines
                    for f in v.frames)]
     accounted = num_rows - sum(len(v.frames) for v in todo)
-    enc = EncodeOptions(opts.image_size, opts.codec, opts.jpeg_quality, opts.max_pixels)
+    enc = EncodeOptions(opts.image_size, opts.codec, opts.jpeg_quality, opts.max_pixels,
+                        opts.verify_decode)
     bar = progress_bar(num_rows, "build" if part is None else f"build part {part}", "frame",
                        enabled=progress, initial=accounted)
     with ShardWriter(out, int(opts.shard_size_mb * 2**20), schema, next_numbers, part,

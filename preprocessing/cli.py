@@ -77,6 +77,10 @@ def add_parsers(sub) -> None:
                    help="reject a frame or mask whose header says more pixels (width x height), "
                    "before decoding it; it lands in rejects.csv (default 50000000: ultrasound "
                    "frames are under 2 Mpx)")
+    b.add_argument("--verify-decode", action="store_true",
+                   help="decode every source frame in full, also 8-bit gray JPEGs of the stored "
+                   "size, which are stored as they are after a check of their structure (header, "
+                   "size, tables, markers, end of image) and a decode of 1 frame in 32")
     b.add_argument("--overwrite", action="store_true", help="replace a dataset or unfinished build in --out")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -270,7 +274,8 @@ def cmd_build(args) -> int:
     opts = BuildOptions(image_size=args.image_size, codec=args.codec, jpeg_quality=args.jpeg_quality,
                         shard_size_mb=args.shard_size_mb, val_fraction=args.val_fraction,
                         test_fraction=args.test_fraction, seed=args.seed,
-                        min_video_frames=args.min_video_frames, max_pixels=args.max_pixels)
+                        min_video_frames=args.min_video_frames, max_pixels=args.max_pixels,
+                        verify_decode=args.verify_decode)
     if args.merge:
         from .partition import merge
         r = merge(args.out)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .format import Letterbox, SonostreamError
+from .headers import header_size
 
 cv2.setNumThreads(1)  # one codec thread per worker process; parallelism is across processes
 try:
@@ -38,9 +39,15 @@ def read_bytes(path: str) -> bytes:
     try:
         _check_regular(os.stat(path).st_mode, path)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb", closefd=True) as f:
-            _check_regular(os.fstat(f.fileno()).st_mode, path)
-            data = f.read()
+        try:   # os.read, not a file object: this is once per frame and mask of a build
+            st = os.fstat(fd)
+            _check_regular(st.st_mode, path)
+            parts = [os.read(fd, st.st_size + 1)]
+            while parts[-1]:   # until end of file (it may have grown since the fstat)
+                parts.append(os.read(fd, 1 << 20))
+        finally:
+            os.close(fd)
+        data = parts[0] if len(parts) == 2 else b"".join(parts)
     except FileNotFoundError:
         raise ImageError(f"file not found: {path}") from None
     except OSError as e:
@@ -72,9 +79,12 @@ def _no_pillow_bomb_check():
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header alone (``PIL.Image.open`` parses the header, e.g.
-    PNG IHDR, JPEG SOF, TGA, TIFF, BMP, and decodes no pixel); None when Pillow does not
-    recognise the format."""
+    """(width, height) from the image header alone: PNG IHDR and JPEG SOF read directly
+    (``headers.header_size``), any other format by ``PIL.Image.open``, which parses the header
+    (TGA, TIFF, BMP, ...) and decodes no pixel; None when neither recognises the format."""
+    size = header_size(data)
+    if size is not None:
+        return size
     try:
         with _no_pillow_bomb_check(), Image.open(io.BytesIO(data)) as im:
             return im.size

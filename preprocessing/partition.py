@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from . import atomic
 from . import format as fmt
 from .build import (BUILD_STATE, PLAN_DIR, BuildError, BuildOptions, BuildResult, _finish,
-                    _result_from_manifest, _sha256, clear_out_dir, write_shards)
+                    _result_from_manifest, _sha256, clear_out_dir, option_record, write_shards)
 from .dataset import read_manifest
 from .frames_csv import FrameRow, Plan, Video, plan_build
 from .lock import folder_lock
@@ -98,7 +98,7 @@ def plan_parts(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(),
     out = Path(out_dir)
     plan = plan_build(csv_path, opts.val_fraction, opts.test_fraction, opts.seed)
     fingerprint = {"format_version": fmt.FORMAT_VERSION, "csv_sha256": _sha256(csv_path),
-                   "options": asdict(opts), "parts": parts}
+                   "options": option_record(opts), "parts": parts}
     groups = assign_parts(plan.videos, parts)
     rows = [json.dumps({"part": p, "videos": [asdict(plan.videos[i]) for i in g]},
                        sort_keys=True, separators=(",", ":")) + "\n" for p, g in enumerate(groups)]

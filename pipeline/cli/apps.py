@@ -62,7 +62,9 @@ def add_parsers(sub) -> None:
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
     bb = bsub.add_parser("build", help="build frames/s at 1 and 2 workers (and 2 parts at once vs 1) on a synthetic cohort",
                          description="Build the same synthetic cohort (256x256, JPEG) with 1 and "
-                         "2 workers side by side and report frames/s and the scaling.")
+                         "2 workers side by side and report frames/s and the scaling; then from "
+                         "the same frames as gray JPEG files (stored as they are) beside "
+                         "MosaicML's MDSWriter on those files, when mosaicml-streaming imports.")
     bb.add_argument("--frames", type=int, default=4096, help="frames in the cohort (default 4096)")
     bb.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported (default 3)")
     bb.add_argument("--workdir", help="keep the cohort here (default: a temporary folder)")

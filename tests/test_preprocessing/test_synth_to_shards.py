@@ -75,4 +75,10 @@ def test_bench_build_reports_the_promised_fields(tmp_path):
     assert parts["scaling_2_parts_vs_1"] == pytest.approx(
         parts["frames_per_s"]["2_parts_at_once"] / parts["frames_per_s"]["1_part_alone"], rel=1e-2)
     assert verify(str(tmp_path / "parts-2_parts_at_once"), progress=False) == []
+    jpeg = result["jpeg_sources"]   # gray JPEG sources stored as they are, beside MDSWriter
+    assert jpeg["frames"] == jpeg["rows"] == 64
+    assert {"build_1_worker", "build_2_workers", "build_1_worker_verify_decode"} <= set(
+        jpeg["frames_per_s"])
+    assert ("mds_writer" in jpeg["frames_per_s"]) != ("mds_writer" in jpeg["skipped"])
+    assert verify(str(tmp_path / "jpeg-build_2_workers"), progress=False) == []
     json.dumps(result)

@@ -11,6 +11,14 @@ cohort planned into 2 parts, then part 0 built alone by one ``sonostream build -
 vs both parts built by two such processes at once (1 encode worker each), alternating; frames/s
 counts the parts' CSV rows over the wall time from starting the processes to the last exit
 (interpreter start-up included, as on a cluster). Plan and merge are timed once, apart.
+
+``jpeg_sources`` is the arm of sources that already are what the build stores: the cohort's
+frames written once as 256x256 gray JPEG (q95) files with a CSV of the same rows without masks.
+The build stores those bytes as they are (after the cheap structural check; 1 frame in 32
+decoded), at 1 and 2 workers, beside MosaicML Streaming's ``MDSWriter`` (one process, a
+``bytes`` column) reading the same files in the same order, and the build with
+``verify_decode`` (every frame decoded); alternating, medians. MDSWriter needs the optional
+``mosaicml-streaming``; without it that arm is reported under ``skipped``.
 """
 from __future__ import annotations
 
@@ -60,7 +68,8 @@ def stage_costs(csv_path: str, n: int = 256) -> dict:
 
 
 def bench_build(frames: int = 4096, repeats: int = 3, workdir: str | None = None,
-                worker_counts: tuple[int, ...] = (1, 2), parts_arm: bool = True) -> dict:
+                worker_counts: tuple[int, ...] = (1, 2), parts_arm: bool = True,
+                jpeg_arm: bool = True) -> dict:
     if frames < 64:
         raise SonostreamError(f"--frames must be at least 64 for a meaningful figure, got {frames}")
     from preprocessing.synth import make_cohort
@@ -101,6 +110,8 @@ def bench_build(frames: int = 4096, repeats: int = 3, workdir: str | None = None
         out["per_frame_us"] = stages
         if parts_arm:
             out["partitioned"] = bench_parts(csv_path, root, opts, repeats)
+        if jpeg_arm:
+            out["jpeg_sources"] = bench_jpeg_sources(csv_path, root, repeats)
         return out
     finally:
         if tmp is not None:
@@ -145,3 +156,85 @@ def bench_parts(csv_path: Path, root: Path, opts: BuildOptions, repeats: int) ->
             "plan_seconds": round(plan_s, 3), "merge_seconds": round(merge_s, 3),
             "setup": "2-part plan of the same cohort; each part one `sonostream build --part` "
                      "process with --workers 1; goal: scaling >= 1.8 on 2 idle cores"}
+
+
+def jpeg_cohort(csv_path: Path, root: Path) -> Path:
+    """The cohort's frames as 256x256 gray JPEG q95 files (what the build would store) and a CSV
+    of the same rows without the mask column; made once under ``root/jpeg_cohort``."""
+    import csv
+    import cv2
+    out = root / "jpeg_cohort"
+    target = out / "frames.csv"
+    if target.exists():
+        return target
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = [c for c in rows[0] if c != "mask_path"]
+    for r in rows:
+        src = csv_path.parent / r["frame_path"]
+        r["frame_path"] = str(Path(r["frame_path"]).with_suffix(".jpg"))
+        dst = out / r["frame_path"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        ok, buf = cv2.imencode(".jpg", cv2.imread(str(src), cv2.IMREAD_GRAYSCALE),
+                               [cv2.IMWRITE_JPEG_QUALITY, 95])
+        dst.write_bytes(buf.tobytes())
+    tmp = out / "frames.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(target)
+    return target
+
+
+def write_mds_files(paths: list[str], out: Path) -> None:
+    """MosaicML Streaming's writer over the files, read one by one (what a user would run)."""
+    from streaming import MDSWriter
+    shutil.rmtree(out, ignore_errors=True)
+    with MDSWriter(out=str(out), columns={"jpg": "bytes"}) as writer:
+        for path in paths:
+            with open(path, "rb") as f:
+                writer.write({"jpg": f.read()})
+
+
+def bench_jpeg_sources(csv_path: Path, root: Path, repeats: int) -> dict:
+    """Build from gray JPEG sources of the stored size (stored as they are) at 1 and 2 workers,
+    with --verify-decode at 1, and MDSWriter on the same files; alternating, medians."""
+    from preprocessing.frames_csv import plan_build
+
+    from .peers import missing
+    jpeg_csv = jpeg_cohort(csv_path, root)
+    plan = plan_build(str(jpeg_csv), 0.0, 0.0, 0)
+    paths = [f.path for v in plan.videos for f in v.frames]   # the build's read order
+    skipped = {}
+    arms = {"build_1_worker": (1, False), "build_2_workers": (2, False),
+            "build_1_worker_verify_decode": (1, True)}
+    times: dict[str, list[float]] = {a: [] for a in (*arms, "mds_writer")}
+    why = missing("mosaic_streaming")
+    if why:
+        skipped["mds_writer"] = why
+        del times["mds_writer"]
+    rows = 0
+    for _ in range(repeats):
+        for arm in times:
+            out = root / f"jpeg-{arm}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            if arm == "mds_writer":
+                write_mds_files(paths, out)
+            else:
+                workers, verify = arms[arm]
+                opts = BuildOptions(image_size=256, codec="jpeg", verify_decode=verify)
+                rows = build(str(jpeg_csv), str(out), opts, workers=workers, progress=False).rows
+            times[arm].append(time.perf_counter() - t0)
+    fps = {arm: round(len(paths) / statistics.median(t), 1) for arm, t in times.items()}
+    result = {"frames_per_s": fps, "frames": len(paths), "rows": rows,
+              "seconds": {arm: [round(x, 3) for x in t] for arm, t in times.items()},
+              "skipped": skipped,
+              "setup": "the cohort's frames as 256x256 gray JPEG q95 files, no masks; build "
+                       "stores them as they are; MDSWriter (1 process) writes the same files, "
+                       "read in the build's order, as a bytes column; goal: build >= MDSWriter"}
+    if "mds_writer" in fps:
+        result["vs_mds_writer"] = {arm: round(fps[arm] / fps["mds_writer"], 3) for arm in arms}
+    result["verify_decode_cost"] = round(fps["build_1_worker"] / fps["build_1_worker_verify_decode"], 3)
+    return result
