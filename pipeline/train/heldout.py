@@ -34,6 +34,9 @@ def pretext_validator(cfg, ctx, view, forward):
     ``view``: the train loader's IndexView (which splits exist); ``forward``: the task's step
     ``(model, batch, tasks, step, seed) -> (loss, logs, outputs)``."""
     tc, acc = cfg.train, ctx.acc
+    if "val" in cfg.loader.splits:
+        return None, ("loader.splits trains on the val split, so its patients are not held out "
+                      "(train on [train] for held-out pretext metrics)")
     if len(view.rows_of(["val"])) == 0:
         return None, (f"{ctx.data} has no val split, so no held-out pretext metrics (build the "
                       "dataset with --val-fraction, e.g. 0.1, for val patients)")

@@ -114,6 +114,9 @@ def test_the_same_set_and_values_for_any_split_over_ranks(val_shards):
         ranks = [_validator(cfg, val_shards, r, 2, per_rank=9)[0](model) for r in (0, 1)]   # 9, 9, 6 clips
     assert again == one and set(one) == {k[len("val_"):] for k in VAL}
     assert one["pm_acc_cross_video"][1] == 16 and one["io_acc"][1] == 24   # 8 triplets
+    both = load_pretrain_config(PRETRAIN_CONFIG, PRETRAIN_FAST + ["loader.splits=[train, val]"])
+    validate, why = _validator(both, val_shards)
+    assert validate is None and "not held out" in why   # training on val: nothing held out
     for k, (s, c) in one.items():
         assert ranks[0][k][1] + ranks[1][k][1] == c, k
         assert ranks[0][k][0] + ranks[1][k][0] == pytest.approx(s, rel=1e-5), k
