@@ -37,6 +37,15 @@ def shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def val_shards(tmp_path_factory):
+    """Held-out validation tests: 8 patients x 2 sweeps x 12 frames of the synthetic cohort,
+    2 patients (4 videos) in val, the rest in train."""
+    root = tmp_path_factory.mktemp("pretrain_val")
+    return make_dataset(root / "shards", synth_csv(root / "cohort", 8, 2, 12, seed=3), seed=3,
+                        val=0.25)
+
+
+@pytest.fixture(scope="session")
 def seg_cohort(tmp_path_factory):
     """Segmentation tests: 6 patients x 2 sweeps x 8 frames at 64x64 (frames CSV)."""
     return synth_csv(tmp_path_factory.mktemp("seg") / "cohort", 6, 2, 8, seed=0)

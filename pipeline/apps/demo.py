@@ -148,7 +148,8 @@ class Demo:
                                    self.s.pretrain_steps)
         summary = train(cfg, str(self.shards), run,
                         resume="latest" if latest_checkpoint(run) else None, quiet=self.quiet)
-        return {"step": summary["step"], "last": summary.get("last")}
+        return {"step": summary["step"], "last": summary.get("last"),
+                "validation": summary.get("validation")}
 
     def probe(self) -> dict:
         from pipeline.eval.probe import probe

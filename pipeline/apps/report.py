@@ -78,12 +78,36 @@ def _pretrain(out: Path, results: dict) -> list[str]:
     shown = {k: v for k, v in last.items() if k.startswith("loss") and isinstance(v, (int, float))}
     if shown:
         lines += ["Last logged losses: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(shown.items())) + "."]
+    lines += _heldout(r, last, cfg)
     lines += ["", _img(out, "pretrain/curves.png", "pretraining curves"), ""]
     recon = _last_recon(out)
     if recon:
         lines += ["Masked reconstructions (masked input, reconstruction, target):", "",
                   _img(out, recon, "reconstructions"), ""]
     return lines + _probe(results.get("probe", {}).get("result"))
+
+
+def _heldout(r: dict, last: dict, cfg: dict) -> list[str]:
+    """The held-out pretext metrics at the end of pretraining (``val_*``: val patients)."""
+    v = r.get("validation") or {k: x for k, x in last.items() if k.startswith("val_")}
+    if not any(k.startswith("val_") for k in v):
+        return []
+    from pipeline.data.tasks import io_classes
+    loader = cfg.get("loader", {})
+    try:
+        classes = len(io_classes(loader.get("clip_len", 4), loader.get("io_reverse", "same")))
+    except ValueError:   # a clip length IO cannot use: no chance level to show
+        classes = None
+    shown = [(key, label) for key, label in (
+        ("val_io_acc", f"IO accuracy {_f(v.get('val_io_acc'))}"
+                       + (f" (chance {1 / classes:.3f})" if classes else "")),
+        ("val_pm_acc_cross_video", f"PM accuracy on cross-video pairs "
+                                   f"{_f(v.get('val_pm_acc_cross_video'))} (chance 0.5)"),
+        ("val_mir_sector_mse", f"MIR error in the sector {_f(v.get('val_mir_sector_mse'))}"))
+        if key in v]
+    return [f"Held-out pretext metrics (val patients, "
+            f"{cfg.get('train', {}).get('eval_clips', 'n/a')} clips, step {v.get('step', 'n/a')}): "
+            + ", ".join(label for _, label in shown) + "."]
 
 
 def _probe(r: dict | None) -> list[str]:

@@ -151,3 +151,16 @@ def expand_patches(patches, height: int, width: int):
         ph, pw = height // gh, width // gw
         return patches.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, ph, gw, pw).reshape(n, 1, height, width)
     return F.interpolate(patches.float(), size=(height, width), mode="nearest") > 0.5
+
+
+def sector_mask(frames):
+    """Bool tensor like ``frames``: True inside the imaged sector (the fan), i.e. pixels that are
+    non-zero in any frame of the clip. ``frames`` (B, K, 1, H, W): per clip (max over its K
+    frames); (N, 1, H, W): the N frames taken as one clip. Outside the fan the stored pixel is
+    0 in every frame, so a reconstruction scored there measures nothing."""
+    if frames.dim() == 5:
+        return (frames.amax(dim=1, keepdim=True) > 0).expand_as(frames)
+    if frames.dim() == 4:
+        return (frames.amax(dim=0, keepdim=True) > 0).expand_as(frames)
+    raise SonostreamError(f"sector_mask takes frames (B, K, 1, H, W) or (N, 1, H, W), got shape "
+                          f"{tuple(frames.shape)}")

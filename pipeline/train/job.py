@@ -12,11 +12,14 @@ A job is a run config (a dataclass with ``train: TrainConfig``, ``optim: OptimCo
 4. AdamW + warm-up/cosine schedule (``optim``), DeepSpeed's "auto" values;
 5. config.yaml (``config.saved_dict``: valid as ``--config``), provenance.json, the start line,
    trackers (project ``train.tracker_project``, run name: the run folder's name);
-6. :func:`loop.fit`;
-7. on the main rank the task's artifact (``task.export``: encoder.pt, segmenter.pt) and curves.
+6. :func:`loop.fit`, with the task's held-out validation (``Parts.validate``) every
+   ``train.eval_every`` steps and at the end when the task has one;
+7. on the main rank the task's artifact (``task.export``: encoder.pt, segmenter.pt) and curves;
+   the summary holds the last validation (``validation``: its step and ``val_*`` values).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -35,6 +38,8 @@ from .loop import (StopSignal, check_run_dir, fill_deepspeed_auto, fit, full_sta
                    make_accelerator, per_rank_batch)
 from .optim import build_optimizer, build_scheduler
 from .provenance import provenance, write_provenance
+
+log = logging.getLogger("sonostream.train")
 
 
 @dataclass
@@ -60,6 +65,11 @@ class Parts:
     on_step: Callable | None = None                   # (model) after each optimizer step
     checkpointed: tuple = ()       # more objects saved with every checkpoint (a mean teacher)
     info: dict = field(default_factory=dict)          # anything ``export`` needs later
+    # (model) -> {name: (sum, count)} of this rank's share of a fixed held-out set, every
+    # train.eval_every steps and at the end (``loop.validate``); None: no validation, and
+    # ``validation_off`` then says why when train.eval_every asked for one.
+    validate: Callable | None = None
+    validation_off: str | None = None
 
 
 class Task(Protocol):
@@ -110,6 +120,9 @@ def _run_job(cfg, task: Task, data: str, out: Path, stopper: StopSignal, *, resu
     optimizer = build_optimizer(parts.model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, tc.steps)
     fill_deepspeed_auto(acc, per_rank, tc)
+    if tc.eval_every and parts.validate is None and acc.is_main_process:
+        log.warning("train.eval_every=%d, but %s; validation is off", tc.eval_every,
+                    parts.validation_off or f"{task.name} has no held-out validation")
 
     saved = saved_dict(cfg)
     if acc.is_main_process:
@@ -126,12 +139,13 @@ def _run_job(cfg, task: Task, data: str, out: Path, stopper: StopSignal, *, resu
 
     end = fit(acc, parts.model, optimizer, scheduler, parts.loader, tc, out, step_fn=parts.step,
               ckpt=ckpt, run_info={"config": saved}, stopper=stopper,
-              stop_after=stop_after, quiet=quiet, figure_fn=parts.figure, on_step=parts.on_step)
+              stop_after=stop_after, quiet=quiet, figure_fn=parts.figure, on_step=parts.on_step,
+              validate_fn=parts.validate)
 
     step = end["step"]
     sd = full_state_dict(acc, end["model"])   # a collective under ZeRO-3: every rank calls it
     summary = {"step": step, "complete": end["complete"], "stopped_by": end["stopped_by"],
-               "signal": end["signal"], "out": str(out)}
+               "signal": end["signal"], "out": str(out), "validation": end["validation"]}
     if acc.is_main_process:
         summary.update(task.export(cfg, parts, sd, end, out))
         plot_curves(out / "metrics.jsonl", out / "curves.png", **task.curves(cfg, parts))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from preprocessing.atomic import atomic_open
@@ -47,13 +46,24 @@ def read_metrics(path) -> list[dict]:
     return rows
 
 
-CURVES = (("loss", "total"), ("loss_mir", "MIR"), ("loss_pm", "PM"), ("loss_io", "IO"))
+CURVES = (("loss", "total"), ("loss_mir", "MIR"), ("loss_pm", "PM"), ("loss_io", "IO"),
+          ("val_mir_sector_mse", "MIR error in the sector, val"))
+SCORES = (("acc_pm", "PM accuracy"), ("acc_io", "IO accuracy"),
+          ("val_pm_acc_cross_video", "PM accuracy, val cross-video pairs"),
+          ("val_io_acc", "IO accuracy, val"))
+
+
+def _series(rows: list[dict], key: str):
+    """(steps, values) of the rows that hold ``key`` (the val_* keys are on some rows only)."""
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return [s for s, _ in pts], [v for _, v in pts]
 
 
 def plot_curves(metrics_path, out_png, io_chance: float | None = None, curves=None,
-                scores=(("acc_pm", "PM accuracy"), ("acc_io", "IO accuracy"))) -> Path | None:
+                scores=SCORES) -> Path | None:
     """Losses (left) and scores in 0..1 (right) against the step; None when nothing was logged.
-    ``curves`` / ``scores``: (metrics key, legend label) pairs (default: pretraining's)."""
+    ``curves`` / ``scores``: (metrics key, legend label) pairs (default: pretraining's); a
+    ``val_*`` key (held-out, every train.eval_every steps) is drawn dashed with markers."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -61,19 +71,18 @@ def plot_curves(metrics_path, out_png, io_chance: float | None = None, curves=No
     if not rows:
         return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = [r["step"] for r in rows]
     for key, label in curves or CURVES:
-        ys = [r.get(key, math.nan) for r in rows]
-        if any(not math.isnan(y) for y in ys):
-            a.plot(steps, ys, label=label)
+        xs, ys = _series(rows, key)
+        if xs:
+            a.plot(xs, ys, label=label, **_style(key))
     a.set_yscale("log")
     a.set_xlabel("step")
     a.set_title("losses")
     a.legend()
     for key, label in scores:
-        ys = [r.get(key, math.nan) for r in rows]
-        if any(not math.isnan(y) for y in ys):
-            b.plot(steps, ys, label=label)
+        xs, ys = _series(rows, key)
+        if xs:
+            b.plot(xs, ys, label=label, **_style(key))
     if io_chance:
         b.axhline(io_chance, color="gray", ls=":", lw=1, label="IO chance")
     b.set_ylim(0, 1)
@@ -85,6 +94,10 @@ def plot_curves(metrics_path, out_png, io_chance: float | None = None, curves=No
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+def _style(key: str) -> dict:
+    return {"ls": "--", "marker": "o", "ms": 3} if key.startswith("val_") else {}
 
 
 def plot_reconstruction(masked, recon, target, out_png, title: str = "") -> Path:

@@ -53,6 +53,8 @@ class TrainConfig:
     figure_every: int = 1000       # the job's figure every N steps (0: off)
     figure_frames: int = 4         # frames shown in that figure
     max_nonfinite: int = 10        # stop after this many steps in a row with a non-finite loss
+    eval_every: int = 0            # the job's held-out validation every N steps and at the end (0: off)
+    eval_clips: int = 64           # the fixed set of val clips it scores (pretraining: in triplets)
     trackers: tuple = ("tensorboard",)   # Accelerate trackers (tensorboard, wandb, mlflow); [] = none
     tracker_project: str = "sonostream"  # W&B project, MLflow experiment, RUN/<this>/ for TensorBoard
 
@@ -65,6 +67,11 @@ class TrainConfig:
                   "max_nonfinite"):
             if getattr(self, k) < 1:
                 raise SonostreamError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        if self.eval_every < 0:
+            raise SonostreamError(f"train.eval_every must be >= 0 (0: no validation), got "
+                                  f"{self.eval_every}")
+        if self.eval_clips < 1:
+            raise SonostreamError(f"train.eval_clips must be >= 1, got {self.eval_clips}")
         if not str(self.tracker_project).strip():
             raise SonostreamError("train.tracker_project is empty; name the tracker project "
                                   "(default sonostream)")
@@ -210,7 +217,7 @@ class MetricWindow:
 
 def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *, step_fn,
         ckpt: Path | None, run_info: dict, stopper: StopSignal, stop_after: int | None = None,
-        quiet: bool = False, figure_fn=None, on_step=None) -> dict:
+        quiet: bool = False, figure_fn=None, on_step=None, validate_fn=None) -> dict:
     """Train until ``tc.steps`` (or ``stop_after``, or a stop signal); checkpoint; return the end state.
 
     ``loader``: iterating it gives one epoch of batches (each with ``epoch`` and ``num_images``);
@@ -223,7 +230,9 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     of every named optimizer group is logged as ``lr_<name>``. Every logged step is also one
     INFO line of ``sonostream.train`` (step/total, losses, lr, images/s, ETA); ``quiet`` only
     hides the progress bar, which is drawn only when stderr is a terminal
-    (``preprocessing.progress.bars_wanted``).
+    (``preprocessing.progress.bars_wanted``). ``validate_fn(model)`` (every rank, every
+    ``tc.eval_every`` steps and at the last step, not on a stop signal; see :func:`validate`)
+    adds ``val_*`` keys to that step's metrics row, which is then logged whatever ``log_every``.
 
     A batch with ``num_images == 0`` (every clip of the step had a corrupt member) never reaches
     ``step_fn``. With several processes, a micro-step in which any rank's batch is empty is
@@ -252,6 +261,7 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
     grad_norm, bad, trained, nonfinite_run, stop_reason = None, False, False, 0, None
     samples_seen, t_log = 0, time.perf_counter()
     start_step, t_start = step, t_log
+    last_val = None
     # A bar only on a terminal (a log file would keep every redraw); the metrics lines always.
     bar = _progress(stop_at, step, disable=quiet or not main or not bars_wanted())
     # While the bar is drawn, log lines are printed above it (tqdm.write) instead of through it.
@@ -340,7 +350,15 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                         continue
                     step += 1
                     bar.update(1)
-                    if step % tc.log_every == 0 or step == 1 or step == stop_at or signalled:
+                    val = None
+                    if (validate_fn is not None and tc.eval_every and not signalled
+                            and (step % tc.eval_every == 0 or step >= stop_at)):
+                        t_val = time.perf_counter()
+                        val = validate(acc, model, validate_fn)
+                        last_val = {"step": step, **val}
+                        t_log += time.perf_counter() - t_val   # images/s counts training only
+                    if (step % tc.log_every == 0 or step == 1 or step == stop_at or signalled
+                            or val is not None):
                         sums, n = window.totals()
                         if main:
                             dt = time.perf_counter() - t_log
@@ -350,7 +368,7 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
                                    "grad_norm": None if grad_norm is None else float(grad_norm),
                                    "images_per_s": samples_seen * acc.num_processes / dt if dt > 0 else None,
                                    "nonfinite_skipped": state.nonfinite_skipped,
-                                   "empty_skipped": state.empty_skipped}
+                                   "empty_skipped": state.empty_skipped, **(val or {})}
                             metrics.write(row)   # a window of only skipped steps has no losses
                             acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
                             done = step - start_step
@@ -379,7 +397,33 @@ def fit(acc, model, optimizer, scheduler, loader, tc: TrainConfig, out: Path, *,
             acc.print(f"stopped by {stopper.received} at step {step} (checkpoint saved); to continue, "
                       "rerun the same command with --resume latest")
     return {"model": model, "step": step, "complete": step >= tc.steps, "stopped_by": stop_reason,
-            "signal": stopper.received if stop_reason == "signal" else None}
+            "signal": stopper.received if stop_reason == "signal" else None, "validation": last_val}
+
+
+def validate(acc, model, validate_fn) -> dict:
+    """``val_<name>`` = sum / count over all ranks of what ``validate_fn`` returns.
+
+    ``validate_fn(module) -> {name: (sum, count)}`` runs on every rank on the *unwrapped* model
+    in eval mode under ``no_grad`` (no DDP buffer broadcast, no gradient hooks): each rank scores
+    its share of the held-out set and the sums are reduced here, so the value does not depend on
+    the world size. Every rank must return the same names and run the same number of forwards
+    (ZeRO-3 gathers parameters in each). A name whose total count is 0 is left out."""
+    inner = acc.unwrap_model(model)
+    was_training = inner.training
+    inner.eval()
+    try:
+        with torch.no_grad():
+            parts = validate_fn(inner)
+    finally:
+        inner.train(was_training)
+    keys = sorted(parts)
+    if not keys:
+        return {}
+    vec = torch.tensor([[float(parts[k][0]), float(parts[k][1])] for k in keys],
+                       dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        vec = acc.reduce(vec, reduction="sum")
+    return {f"val_{k}": s / c for k, (s, c) in zip(keys, vec.tolist()) if c > 0}
 
 
 def empty_ranks(acc, batch) -> list[int]:
@@ -433,7 +477,7 @@ def _console_line(row: dict, total: int, eta_s: float | None) -> str:
     loss = f"loss {row['loss']:.4f}" if "loss" in row else "loss n/a (steps skipped)"
     parts = [f"step {row['step']}/{total}", loss]
     for k, v in row.items():
-        if k.startswith(("loss_", "acc_")) and isinstance(v, float):
+        if k.startswith(("loss_", "acc_", "val_")) and isinstance(v, float):
             parts.append(f"{k} {v:.3f}")
     parts += [f"{k} {v:.2e}" for k, v in row.items() if k.startswith("lr_")]
     ips = row.get("images_per_s")

@@ -2,7 +2,9 @@
 
 The task's step (:func:`pretrain_forward`) encodes the B*K frames of the batch's clips once and
 feeds all three heads; at the end the encoder alone goes to ``encoder.pt``. Accelerate, DeepSpeed,
-checkpoints and resume are the job skeleton's (``job``) and the loop's (``loop.fit``).
+checkpoints and resume are the job skeleton's (``job``) and the loop's (``loop.fit``). With
+``train.eval_every`` the same step scores a fixed set of val clips (``heldout``: ``val_io_acc``,
+``val_pm_acc_cross_video``, ``val_mir_sector_mse``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pipeline.objectives import TasksConfig, pretrain_losses
 from preprocessing.format import SonostreamError
 
 from .config import load_config, pick
+from .heldout import pretext_validator
 from .job import Context, Parts, run_job
 from .logs import plot_reconstruction
 from .loop import TrainConfig, noise_seed
@@ -98,9 +101,12 @@ class Pretraining:
                                     ctx.out / "figures" / f"recon-step-{step:06d}.png",
                                     title=f"step {step}")
 
+        validate, off = (pretext_validator(cfg, ctx, loader.view, pretrain_forward)
+                         if tc.eval_every else (None, None))
         return Parts(loader, model, step, figure=figure,
                      banner=f"{cfg.model.arch} on {loader.describe()}",
-                     per_rank=f"{ctx.per_rank} clips x {k} frames per rank")
+                     per_rank=f"{ctx.per_rank} clips x {k} frames per rank",
+                     validate=validate, validation_off=off)
 
     def export(self, cfg: PretrainConfig, parts: Parts, state_dict: dict, end: dict,
                out: Path) -> dict:

@@ -102,6 +102,21 @@ def test_two_processes_resume_exactly(shards, ddp_run, tmp_path):
     assert {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")} == want
 
 
+def test_two_processes_validate_on_val_patients(val_shards, tmp_path):
+    # Each rank scores its share of the held-out set (whole triplets, as many forwards as the
+    # other rank) and the sums are reduced: no deadlock, one row per step, val_* at 3 and 6.
+    out = tmp_path / "run"
+    proc = run([*DDP, *trainer_args(val_shards, out, "--set", "train.eval_every=3",
+                                    "--set", "train.eval_clips=24")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = check_run(out)
+    assert [r["step"] for r in rows if "val_io_acc" in r] == [3, 6]
+    for r in rows[2::3]:
+        assert 0 <= r["val_io_acc"] <= 1 and 0 <= r["val_pm_acc_cross_video"] <= 1
+        assert r["val_mir_sector_mse"] > 0
+    assert "held-out pretext metrics every 3 steps and at the end: 24 val clips" in proc.stderr
+
+
 def test_batch_size_that_does_not_divide_fails_before_training(shards, tmp_path):
     cmd = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--main_process_port", "0", *trainer_args(shards, tmp_path / "run", "--set", "train.batch_size=7")]
