@@ -36,7 +36,7 @@ from .tasks import io_classes, patch_masks
 
 log = logging.getLogger("sonostream.loader")
 LOADERS = ("auto", "cpu", "dali")
-RESIZES = ("batch", "frame")
+RESIZES = ("auto", "batch", "frame")
 STATE_VERSION = 1
 _ORDER_KEYS = ("seed", "clip_len", "stride", "short_videos", "splits", "shuffle_window")
 
@@ -49,10 +49,11 @@ class LoaderConfig:
     short_videos: str = "repeat"          # videos shorter than a clip: "repeat" frames or "skip"
     splits: tuple = ("train",)
     image_size: int | None = None         # None: as stored in the shards
-    resize: str = "batch"                 # CPU path, frames stored at one other size: "batch"
+    resize: str = "auto"                  # CPU path, frames stored at one other size: "batch"
                                           # resizes each batch once on the training device
                                           # (antialiased bilinear, DALI's filter); "frame" each
-                                          # frame in the decode threads (OpenCV INTER_AREA)
+                                          # frame in the decode threads (OpenCV INTER_AREA);
+                                          # "auto": "batch" on a GPU, "frame" on the CPU
     shuffle_window: int = 1024            # clips permuted together (the shuffle buffer)
     mask_ratio: float = 0.6               # MIR: share of patches masked per frame
     mask_grid: tuple = (8, 8)             # MIR: patches per frame (rows, cols)
@@ -127,8 +128,10 @@ class ClipLoader:
             self.image_size = (size, size)
         # CPU path, resize="batch": decode at the stored size, resize the batch on the device
         stored = int(self.source.manifest.get("image_size") or 0)
+        self.resize = self.cfg.resize if self.cfg.resize != "auto" else (
+            "batch" if self.device.type == "cuda" else "frame")
         self.decode_size = (stored, stored) if (
-            self.kind == "cpu" and self.cfg.resize == "batch" and stored) else self.image_size
+            self.kind == "cpu" and self.resize == "batch" and stored) else self.image_size
         self.state = LoaderState()
         gh, gw = self.cfg.mask_grid
         if gh > self.image_size[0] or gw > self.image_size[1] or min(gh, gw) < 1:

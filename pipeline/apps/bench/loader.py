@@ -204,10 +204,12 @@ def config_settings(path: str) -> dict:
 
 
 def config_arms(ds: Path, settings: dict, workers: int, seconds: float, batch: int) -> dict:
-    """Ours at a config's settings: as configured, with the other resize, and at the stored
-    size (what the host does when the batch resize runs on a GPU), one after the other."""
-    other = "frame" if settings["resize"] == "batch" else "batch"
-    arms = {"ours_config": settings, f"ours_config_resize_{other}": {**settings, "resize": other},
+    """Ours at a config's settings: as configured (``resize: auto`` is ``frame`` on the CPU),
+    with each resize, and at the stored size (what the host does when the batch resize runs on
+    a GPU), one after the other."""
+    arms = {"ours_config": settings,
+            "ours_config_resize_batch": {**settings, "resize": "batch"},
+            "ours_config_resize_frame": {**settings, "resize": "frame"},
             "ours_config_stored_size": {**settings, "image_size": None}}
     return {name: ours(ds, workers, seconds, batch, settings["clip_len"], settings=s)
             for name, s in arms.items()}

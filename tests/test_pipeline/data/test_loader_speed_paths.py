@@ -48,7 +48,7 @@ def test_a_released_batch_array_is_reused(dataset):
 
 
 def test_resize_batch_is_antialiased_bilinear_of_the_stored_frames(dataset):
-    loader = ClipLoader(dataset, cfg(image_size=24), seed=5)
+    loader = ClipLoader(dataset, cfg(image_size=24, resize="batch"), seed=5)
     assert loader.decode_size == (32, 32) and loader.image_size == (24, 24)
     n = 0
     for b in loader:
@@ -60,9 +60,10 @@ def test_resize_batch_is_antialiased_bilinear_of_the_stored_frames(dataset):
     assert n > 0
 
 
-def test_resize_frame_is_the_former_per_frame_inter_area(dataset):
-    loader = ClipLoader(dataset, cfg(image_size=24, resize="frame"), seed=5)
-    assert loader.decode_size == (24, 24)
+@pytest.mark.parametrize("resize", ["frame", "auto"])   # auto on the CPU: frame, as before
+def test_resize_frame_is_the_former_per_frame_inter_area(dataset, resize):
+    loader = ClipLoader(dataset, cfg(image_size=24, resize=resize), seed=5)
+    assert loader.resize == "frame" and loader.decode_size == (24, 24)
     b = next(iter(loader))
     full = stored_frames(dataset, loader, b)
     want = np.stack([[cv2.resize(f, (24, 24), interpolation=cv2.INTER_AREA) for f in clip]
@@ -71,7 +72,7 @@ def test_resize_frame_is_the_former_per_frame_inter_area(dataset):
 
 
 def test_both_resizes_give_the_same_labels_and_close_frames(dataset):
-    a = list(ClipLoader(dataset, cfg(image_size=24), seed=3))
+    a = list(ClipLoader(dataset, cfg(image_size=24, resize="batch"), seed=3))
     b = list(ClipLoader(dataset, cfg(image_size=24, resize="frame"), seed=3))
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
