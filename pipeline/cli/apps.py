@@ -99,6 +99,8 @@ def add_parsers(sub) -> None:
     bl.add_argument("--batch-size", type=int, default=32, help="clips per batch (default 32)")
     bl.add_argument("--clip-len", type=int, default=4, help="frames per clip (default 4)")
     bl.add_argument("--sizes", default="20000,200000", help="indexed frames (default 20000,200000)")
+    bl.add_argument("--config", help="a pretraining config (e.g. launch/configs/pretrain.yaml): "
+                    "ours also runs at its loader settings (size, threads, prefetch, resize)")
     bl.add_argument("--workdir", help="keep the datasets here (default: a temporary folder)")
     bl.add_argument("--json", metavar="FILE", help="write the results as JSON")
     bs = bsub.add_parser("step", help="seconds per pretraining step: fused vs the seed's three passes",
@@ -189,7 +191,7 @@ def cmd_bench(args) -> int:
             p.strip() for p in args.peers.split(",") if p.strip())
         result = bench_loader(workdir=args.workdir, sizes=sizes, seconds=args.seconds,
                               workers=args.workers, batch_size=args.batch_size,
-                              clip_len=args.clip_len, peers=peers)
+                              clip_len=args.clip_len, peers=peers, config=args.config)
     elif args.bench == "train":
         from pipeline.apps.bench.train import bench_train
         result = bench_train(args.data, args.config, args.set, steps=args.steps, warmup=args.warmup,

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .tasks import expand_patches, io_labels, pm_pairs
 
@@ -102,3 +103,19 @@ def label_batch(frames: torch.Tensor, patient: np.ndarray, video: np.ndarray,
                      frame_index=t(np.asarray(frame_index, np.int64)), io_perm=t(perm),
                      io_label=t(label), pm_a=t(a), pm_b=t(bb), pm_label=t(pm), epoch=epoch,
                      step=step, faults=list(faults))
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 frames [B, K, 1, H, W] resized to ``size`` (h, w) on their device, antialiased
+    bilinear (the filter of DALI's resize, within 2 of it): the CPU path's ``resize="batch"``.
+    On the CPU, torch's uint8 kernel; on a GPU, its float kernel rounded (within 1 of it)."""
+    b, k, c, h, w = frames.shape
+    x = frames.reshape(b * k, c, h, w)
+    if x.shape[0] == 0:
+        return frames.new_empty((b, k, c, *size))
+    if x.device.type == "cpu":
+        y = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    else:
+        y = F.interpolate(x.float(), size=tuple(size), mode="bilinear", antialias=True,
+                          align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    return y.view(b, k, c, *size)

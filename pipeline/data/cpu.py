@@ -20,6 +20,7 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 
 from .placement import worker_steps
+from .batch import resize_frames
 from .plan import EpochPlan
 from .decode import FrameDecoder
 
@@ -37,18 +38,30 @@ class _Steps(torch.utils.data.IterableDataset):
 
 
 class _DecodeBatch:
-    def __init__(self, plan: EpochPlan, decoder: FrameDecoder):
+    """One step's batch, decoded at ``decode_size``; when that is not the plan's size, resized
+    here (``resize_on_host``) or left to the ClipLoader, after the copy to the device."""
+
+    def __init__(self, plan: EpochPlan, decoder: FrameDecoder, decode_size=None,
+                 resize_on_host: bool = True):
         self.plan, self.decoder = plan, decoder
+        self.decode_size = tuple(decode_size or plan.image_size)
+        self.resize = resize_on_host and self.decode_size != plan.image_size
 
     def __call__(self, step: int):
-        frames, kept, faults = self.decoder.decode_clips(self.plan.clip_rows(step), self.plan.image_size)
-        return self.plan.batch(step, torch.from_numpy(frames).unsqueeze(2), kept, faults)
+        frames, kept, faults = self.decoder.decode_clips(self.plan.clip_rows(step), self.decode_size)
+        frames = torch.from_numpy(frames).unsqueeze(2)
+        if self.resize:
+            frames = resize_frames(frames, self.plan.image_size)
+        return self.plan.batch(step, frames, kept, faults)
 
 
 def cpu_batches(plan: EpochPlan, decoder: FrameDecoder, num_workers: int = 2, prefetch: int = 2,
-                pin_memory: bool = False):
-    """An iterable of this rank's ClipBatches for the plan's epoch, in step order."""
-    pipeline = wds.DataPipeline(_Steps(plan.steps), wds.map(_DecodeBatch(plan, decoder)))
+                pin_memory: bool = False, decode_size=None, resize_on_host: bool = True):
+    """An iterable of this rank's ClipBatches for the plan's epoch, in step order. Frames are
+    decoded at ``decode_size`` (default: the plan's size) and resized to the plan's size here
+    when ``resize_on_host``, else left at ``decode_size`` for the caller to resize."""
+    pipeline = wds.DataPipeline(_Steps(plan.steps), wds.map(_DecodeBatch(plan, decoder, decode_size,
+                                                                         resize_on_host)))
     if num_workers == 0:
         return prefetched(pipeline, prefetch) if prefetch > 0 else pipeline
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -27,6 +29,7 @@ from .source import ShardSource
 
 log = logging.getLogger("sonostream.loader")
 MAX_SPAN_READ = 4 << 20   # read a clip's frames with one pread when they lie within 4 MiB
+_KEEP_ARRAYS = 8          # batch arrays kept for reuse (see FrameDecoder._batch_array)
 
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 _PNG_SIG, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
@@ -34,10 +37,11 @@ _PNG_SIG, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 def looks_complete(data: bytes) -> bool:
     """Cheap check that an encoded frame is a whole JPEG or PNG (for decoders that abort)."""
-    if data[:2] == _JPEG_SOI:
-        return data[-64:].rstrip(b"\x00")[-2:] == _JPEG_EOI
-    if data[:8] == _PNG_SIG:
-        return data[-8:] == _PNG_END
+    head, tail = bytes(data[:8]), bytes(data[-64:])
+    if head[:2] == _JPEG_SOI:
+        return tail.rstrip(b"\x00")[-2:] == _JPEG_EOI
+    if head == _PNG_SIG:
+        return tail[-8:] == _PNG_END
     return False
 
 
@@ -63,6 +67,8 @@ class FrameDecoder:
         self.threads = max(1, threads)
         self.checksums = checksums and view.has_checksums   # off: only to measure their cost
         self._executor, self._pid = None, None
+        self._arrays: list[np.ndarray] = []
+        self._arrays_lock = threading.Lock()
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None or self._pid != os.getpid():   # not shared across a fork
@@ -71,7 +77,11 @@ class FrameDecoder:
         return self._executor
 
     def __getstate__(self):
-        return {**self.__dict__, "_executor": None, "_pid": None}
+        return {**self.__dict__, "_executor": None, "_pid": None, "_arrays": [],
+                "_arrays_lock": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _arrays_lock=threading.Lock())
 
     def map(self, fn, items: list) -> list:
         """``[fn(x) for x in items]``, in the decode threads when there are several."""
@@ -85,60 +95,94 @@ class FrameDecoder:
         v = self.view
         return v.shards[v.shard_id[row]], str(v.keys[row]), reason
 
-    def fetch(self, rows: np.ndarray) -> tuple[list[bytes] | None, tuple | None]:
-        """Encoded image bytes of ``rows`` (one clip), checked against their checksums, or
-        (None, (shard, key, reason)) on a fault. Frames of one shard within MAX_SPAN_READ come
-        with a single pread."""
+    def _reads(self, clip_rows: np.ndarray) -> list[tuple]:
+        """What to read for each clip of ``clip_rows`` [B, K], worked out for the whole batch in
+        a few numpy operations (not per clip): (rows, shard ids, offsets, sizes, checksums,
+        first byte, span, one read?) as Python lists, for :meth:`_read` in the decode threads."""
         v = self.view
-        shard_ids = v.shard_id[rows]
-        off, size = v.offset[rows], v.size[rows]
-        first, last = int(off.min()), int((off + size).max())
+        sid, off, size = v.shard_id[clip_rows], v.offset[clip_rows], v.size[clip_rows]
+        crc = v.image_crc[clip_rows] if self.checksums else np.full(clip_rows.shape, -1)
+        first, span = off.min(axis=1), (off + size).max(axis=1) - off.min(axis=1)
+        one = (sid == sid[:, :1]).all(axis=1) & (span <= MAX_SPAN_READ)
+        return list(zip(clip_rows.tolist(), sid.tolist(), off.tolist(), size.tolist(), crc.tolist(),
+                        first.tolist(), span.tolist(), one.tolist()))
+
+    def _read(self, job: tuple):
+        """(member buffers, None) of one clip from :meth:`_reads`, checked against their
+        checksums, or (None, fault). One ``pread`` when the clip lies in one shard within
+        MAX_SPAN_READ; the members are zero-copy views of it."""
+        rows, sid, off, size, crc, first, span, one = job
+        shards = self.view.shards
         try:
-            if (shard_ids == shard_ids[0]).all() and last - first <= MAX_SPAN_READ:
-                blob = self.source.read(v.shards[shard_ids[0]], first, last - first)
-                datas = [blob[o - first:o - first + s] for o, s in zip(off.tolist(), size.tolist())]
+            if one:
+                blob = memoryview(self.source.read(shards[sid[0]], first, span))
+                datas = [blob[o - first:o - first + s] for o, s in zip(off, size)]
             else:
-                datas = [self.source.read(v.shards[i], int(o), int(s))
-                         for i, o, s in zip(shard_ids.tolist(), off.tolist(), size.tolist())]
+                datas = [self.source.read(shards[i], o, s) for i, o, s in zip(sid, off, size)]
         except EOFError as e:
             return None, self.fault(rows[0], str(e))
-        if self.checksums:
-            for row, data, want in zip(rows.tolist(), datas, v.image_crc[rows].tolist()):
-                if want >= 0 and member_crc32(data) != want:
-                    return None, self.fault(row, "checksum mismatch")
+        for row, data, want in zip(rows, datas, crc):
+            if want >= 0 and member_crc32(data) != want:
+                return None, self.fault(row, "checksum mismatch")
         return datas, None
 
+    def fetch(self, rows: np.ndarray) -> tuple[list | None, tuple | None]:
+        """Encoded image bytes of ``rows`` (one clip; buffers that ``np.frombuffer`` takes),
+        checked against their checksums, or (None, (shard, key, reason)) on a fault. Frames of
+        one shard within MAX_SPAN_READ come with a single pread."""
+        return self._read(self._reads(np.asarray(rows)[None])[0])
+
     # -- clips: a corrupt member drops its clip (reported, never raised) ---------------------------
-    def decode_clip(self, rows: np.ndarray, out: np.ndarray):
-        """Decode one clip into ``out`` [K, H, W]; returns None or a fault (shard, key, reason)."""
-        datas, fault = self.fetch(rows)
+    def _decode_clip(self, job: tuple, out: np.ndarray):
+        """Decode one clip into ``out`` [K, H, W]; returns None or a fault (shard, key, reason).
+        Frames of another size are resized straight into ``out`` (no copy)."""
+        datas, fault = self._read(job)
         if fault:
             return fault
-        for j, (row, data) in enumerate(zip(rows.tolist(), datas)):
+        h, w = out.shape[1:]
+        for j, (row, data) in enumerate(zip(job[0], datas)):
             img = decode_gray(data)
             if img is None:
                 return self.fault(row, "image does not decode")
-            out[j] = fit(img, out.shape[1:])
+            if img.shape == (h, w):
+                out[j] = img
+            else:
+                cv2.resize(img, (w, h), dst=out[j], interpolation=cv2.INTER_AREA)
         return None
 
-    def _decode_run(self, job) -> list:
-        clip_rows, frames = job
-        return [self.decode_clip(rows, out) for rows, out in zip(clip_rows, frames)]
+    def _decode_run(self, run) -> list:
+        jobs, frames = run
+        return [self._decode_clip(job, out) for job, out in zip(jobs, frames)]
+
+    def _batch_array(self, shape: tuple) -> np.ndarray:
+        """An uninitialised uint8 array of ``shape`` for a batch's frames. Arrays of earlier
+        batches are recycled once nothing else holds them (the batch tensor made from one keeps
+        it alive while the training loop uses it): a fresh 8 MB array per batch costs its page
+        faults again, ~5 % of the decode time. At most ``_KEEP_ARRAYS`` are kept."""
+        with self._arrays_lock:
+            for a in self._arrays:
+                # references: the list, the loop variable, getrefcount's argument
+                if a.shape == shape and sys.getrefcount(a) == 3:
+                    return a
+            a = np.empty(shape, np.uint8)
+            self._arrays = [*self._arrays, a][-_KEEP_ARRAYS:]
+            return a
 
     def decode_clips(self, clip_rows: np.ndarray, size: tuple[int, int]):
         """(frames uint8 [B', K, H, W], kept [B] bool, faults): corrupt clips are left out."""
         b, k = clip_rows.shape
-        frames = np.empty((b, k, *size), np.uint8)
+        frames = self._batch_array((b, k, *size))
+        jobs = self._reads(clip_rows)
         # one task per thread (a run of clips), not one per clip: fewer hand-offs
-        bounds = np.linspace(0, b, min(self.threads, b) + 1).astype(int)
-        runs = self.map(self._decode_run, [(clip_rows[i:j], frames[i:j])
+        bounds = np.linspace(0, b, min(self.threads, b) + 1).astype(int).tolist()
+        runs = self.map(self._decode_run, [(jobs[i:j], frames[i:j])
                                            for i, j in zip(bounds[:-1], bounds[1:])])
         results = [r for run in runs for r in run]
-        kept = np.array([r is None for r in results], bool)
         faults = [r for r in results if r is not None]
+        kept = np.array([r is None for r in results], bool)
         for fault in faults:
             log.warning("skipped a corrupt member: shard %s, key %s (%s)", *fault)
-        return (frames if kept.all() else frames[kept]), kept, faults
+        return (frames if not faults else frames[kept]), kept, faults
 
     # -- single frames: a corrupt member is an error naming it -------------------------------------
     def _member(self, row: int, offset: int, size: int, crc: int, what: str) -> np.ndarray:

@@ -31,10 +31,12 @@ from .index import IndexView
 from .placement import steps_per_epoch
 from .plan import EpochPlan
 from .source import ShardSource
+from .batch import resize_frames
 from .tasks import PM_POSITIVES, io_classes, patch_masks
 
 log = logging.getLogger("sonostream.loader")
 LOADERS = ("auto", "cpu", "dali")
+RESIZES = ("auto", "batch", "frame")
 STATE_VERSION = 1
 _ORDER_KEYS = ("seed", "clip_len", "stride", "short_videos", "splits", "shuffle_window",
                "patient_groups")
@@ -49,6 +51,11 @@ class LoaderConfig:
     short_videos: str = "repeat"          # videos shorter than a clip: "repeat" frames or "skip"
     splits: tuple = ("train",)
     image_size: int | None = None         # None: as stored in the shards
+    resize: str = "auto"                  # CPU path, frames stored at one other size: "batch"
+                                          # resizes each batch once on the training device
+                                          # (antialiased bilinear, DALI's filter); "frame" each
+                                          # frame in the decode threads (OpenCV INTER_AREA);
+                                          # "auto": "batch" on a GPU, "frame" on the CPU
     shuffle_window: int = 1024            # clips permuted together (the shuffle buffer)
     patient_groups: int = 2               # the order holds runs of this many clips of one
                                           # patient, other videos first (1: single clips)
@@ -70,6 +77,8 @@ class LoaderConfig:
         self.mask_grid = tuple(self.mask_grid)
         if self.loader not in LOADERS:
             raise SonostreamError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.resize not in RESIZES:
+            raise SonostreamError(f"loader.resize must be one of {RESIZES}, got {self.resize!r}")
         if self.batch_size < 1:
             raise SonostreamError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.max_fault_share <= 1.0:
@@ -128,6 +137,12 @@ class ClipLoader:
             self.image_size = hw.pop()
         else:
             self.image_size = (size, size)
+        # CPU path, resize="batch": decode at the stored size, resize the batch on the device
+        stored = int(self.source.manifest.get("image_size") or 0)
+        self.resize = self.cfg.resize if self.cfg.resize != "auto" else (
+            "batch" if self.device.type == "cuda" else "frame")
+        self.decode_size = (stored, stored) if (
+            self.kind == "cpu" and self.resize == "batch" and stored) else self.image_size
         self.state = LoaderState()
         gh, gw = self.cfg.mask_grid
         if gh > self.image_size[0] or gw > self.image_size[1] or min(gh, gw) < 1:
@@ -165,8 +180,10 @@ class ClipLoader:
             from .dali import dali_batches
             return dali_batches(plan, self.decoder, device=self.device, threads=self.cfg.dali_threads)
         from .cpu import cpu_batches
+        on_host = self.device.type == "cpu"   # resized in the background; else after the copy
         return cpu_batches(plan, self.decoder, num_workers=self.cfg.num_workers,
-                           prefetch=self.cfg.prefetch, pin_memory=self.device.type == "cuda")
+                           prefetch=self.cfg.prefetch, pin_memory=self.device.type == "cuda",
+                           decode_size=self.decode_size, resize_on_host=on_host)
 
     def __iter__(self):
         plan = self.plan()
@@ -181,6 +198,8 @@ class ClipLoader:
             epoch_faults += batch.faults
             self._check_fault_budget(plan, epoch_faults)
             batch = batch.to(self.device, non_blocking=True)
+            if tuple(batch.frames.shape[-2:]) != self.image_size:   # resize="batch", on a GPU
+                batch.frames = resize_frames(batch.frames, self.image_size)
             batch.mir_patches = self.mir_patches(batch)
             self.state.position = start + expected * G
             yield batch

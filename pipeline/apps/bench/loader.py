@@ -120,12 +120,14 @@ def raw_decode(ds: Path, workers: int, seconds: float) -> Timing:
 
 # --- ours ------------------------------------------------------------------------------------
 def ours(ds: Path, workers: int, seconds: float, batch: int, k: int, warmup: int = 2,
-         processes: bool = False, checksums: bool = True) -> Timing:
+         processes: bool = False, checksums: bool = True, settings: dict | None = None) -> Timing:
     """Threads (the default: ``workers`` decode threads) or ``workers`` DataLoader processes;
-    ``checksums=False`` skips the per-member CRC-32 check (only to measure its cost)."""
+    ``checksums=False`` skips the per-member CRC-32 check (only to measure its cost);
+    ``settings``: LoaderConfig fields that replace these (a config's loader section)."""
     from pipeline.data import ClipLoader, LoaderConfig
-    cfg = LoaderConfig(batch_size=batch, clip_len=k, num_workers=workers if processes else 0,
-                       decode_threads=1 if processes else workers, prefetch=4, loader="cpu")
+    cfg = LoaderConfig(**{"batch_size": batch, "clip_len": k, "num_workers": workers if processes
+                          else 0, "decode_threads": 1 if processes else workers, "prefetch": 4,
+                          **(settings or {}), "loader": "cpu"})
     loader = ClipLoader(ds, cfg, seed=0)
     loader.decoder.checksums = checksums and loader.view.has_checksums
     # each pass over the loader is the next epoch (a new clip plan): cycled for ``seconds``
@@ -192,15 +194,38 @@ def seed_style(ds: Path, files: Path, workers: int, seconds: float, k: int, warm
     return timed(lambda: loader, lambda item: int(item[0]), seconds, warmup, name="seed-style")
 
 
+def config_settings(path: str) -> dict:
+    """The loader settings of a pretraining config that the bench varies: size, clip length,
+    decode threads, prefetch, resize (the CPU path's; batch size stays the bench's)."""
+    from pipeline.train.pretraining import load_pretrain_config
+    c = load_pretrain_config(path).loader
+    return {"image_size": c.image_size, "clip_len": c.clip_len, "decode_threads": c.decode_threads,
+            "prefetch": c.prefetch, "num_workers": c.num_workers, "resize": c.resize}
+
+
+def config_arms(ds: Path, settings: dict, workers: int, seconds: float, batch: int) -> dict:
+    """Ours at a config's settings: as configured (``resize: auto`` is ``frame`` on the CPU),
+    with each resize, and at the stored size (what the host does when the batch resize runs on
+    a GPU), one after the other."""
+    arms = {"ours_config": settings,
+            "ours_config_resize_batch": {**settings, "resize": "batch"},
+            "ours_config_resize_frame": {**settings, "resize": "frame"},
+            "ours_config_stored_size": {**settings, "image_size": None}}
+    return {name: ours(ds, workers, seconds, batch, settings["clip_len"], settings=s)
+            for name, s in arms.items()}
+
+
 def bench_loader(workdir: str | None = None, sizes=(20_000, 200_000), seconds: float = 8.0,
                  workers: int = 2, batch_size: int = 32, clip_len: int = 4,
-                 peers=PEERS) -> dict:
+                 peers=PEERS, config: str | None = None) -> dict:
     """Every arm for ``seconds`` (epochs cycled). ``peers``: the peers to run beside ours on the
-    smallest size's frames (those that do not import are reported under ``peers_skipped``)."""
+    smallest size's frames (those that do not import are reported under ``peers_skipped``).
+    ``config``: a pretraining config; ours also runs at its loader settings (``config_arms``)."""
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
         raise SonostreamError(f"unknown peer(s) {', '.join(unknown)}; choose from "
                               f"{', '.join(PEERS)} (or none)")
+    settings = config_settings(config) if config else None
     tmp = None
     if workdir is None:
         tmp = workdir = tempfile.mkdtemp(prefix="sonostream-bench-loader-")
@@ -219,6 +244,9 @@ def bench_loader(workdir: str | None = None, sizes=(20_000, 200_000), seconds: f
             runs[f"ours_processes_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
                                                     processes=True)
             runs[f"seed_style_{tag(n)}"] = seed_style(sets[n], files, workers, seconds, clip_len)
+        if settings:
+            runs.update({f"{k}_{tag(small)}": t for k, t in
+                         config_arms(sets[small], settings, workers, seconds, batch_size).items()})
         peer = bench_peers(sets[small], root, workers, seconds, batch_size * clip_len, peers)
         runs.update({f"{_PEER_KEY[p]}_{tag(small)}": t for p, t in peer["read"].items()})
         fps = {k: round(v, 1) for k, v in runs.items()}
@@ -236,6 +264,7 @@ def bench_loader(workdir: str | None = None, sizes=(20_000, 200_000), seconds: f
                           "seconds_per_run": seconds, "frame": "256x256 JPEG q95",
                           "cpu_count": os.cpu_count(),
                           "peer_frames": tag(small), "peer_batch_frames": batch_size * clip_len,
+                          "config": config, "config_loader": settings,
                           "index_rows": {tag(n): pq.read_metadata(sets[n] / fmt.INDEX_FILE).num_rows
                                          for n in sizes}}}
     finally:

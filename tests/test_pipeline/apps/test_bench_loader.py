@@ -88,3 +88,22 @@ def test_bench_loader_json_keeps_its_keys_and_adds_the_peers(dataset, tmp_path, 
     assert r["write_frames_per_s"] == {} and r["setup"]["peer_frames"] == "1k"
     with pytest.raises(timing.SonostreamError, match="unknown peer"):
         bench.bench_loader(str(tmp_path / "w"), sizes=(1000,), peers=("nvidia",))
+
+
+def test_bench_loader_runs_ours_at_a_configs_loader_settings(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "_base_dataset", lambda root: dataset)
+    config = tmp_path / "pt.yaml"
+    config.write_text("loader:\n  image_size: 24\n  clip_len: 3\n  decode_threads: 2\n  prefetch: 1\n")
+    seen = []
+    real = bench.ours
+    monkeypatch.setattr(bench, "ours", lambda *a, **kw: seen.append(kw.get("settings")) or real(*a, **kw))
+    r = bench.bench_loader(str(tmp_path / "w"), sizes=(1000,), seconds=0.2, workers=1,
+                           batch_size=2, clip_len=3, peers=(), config=str(config))
+    arms = {"ours_config_1k", "ours_config_resize_batch_1k", "ours_config_resize_frame_1k",
+            "ours_config_stored_size_1k"}
+    assert arms <= set(r["frames_per_s"]) and all(r["timed"][a]["frames"] > 0 for a in arms)
+    assert r["setup"]["config_loader"] == {"image_size": 24, "clip_len": 3, "decode_threads": 2,
+                                           "prefetch": 1, "num_workers": 0, "resize": "auto"}
+    configured = [s for s in seen if s]
+    assert [(s["image_size"], s["resize"]) for s in configured] == [
+        (24, "auto"), (24, "batch"), (24, "frame"), (None, "auto")]

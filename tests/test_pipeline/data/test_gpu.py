@@ -62,3 +62,16 @@ def test_the_cpu_path_hands_its_batches_to_the_gpu(dataset):
     gpu = list(ClipLoader(dataset, cfg(), seed=3, device=DEVICE))
     assert_same_batches(cpu, gpu)
     assert all(torch.equal(a.frames, b.frames.cpu()) for a, b in zip(cpu, gpu))   # same decoder
+
+
+def test_the_cpu_path_resizes_each_batch_on_the_gpu(dataset):
+    """resize auto on a GPU = batch: decoded at the stored 32 px, resized to 24 on the device;
+    the same frames as the CPU's batch resize, within the rounding of torch's two kernels."""
+    cpu = list(ClipLoader(dataset, cfg(image_size=24, resize="batch"), seed=3))
+    on_gpu = ClipLoader(dataset, cfg(image_size=24), seed=3, device=DEVICE)
+    assert on_gpu.resize == "batch" and on_gpu.decode_size == (32, 32)
+    gpu = list(on_gpu)
+    assert [b.step for b in cpu] == [b.step for b in gpu] and len(cpu) > 0
+    for a, b in zip(cpu, gpu):
+        assert b.frames.device.type == "cuda" and a.frames.shape == b.frames.shape
+        assert (a.frames.int() - b.frames.cpu().int()).abs().max() <= 1
