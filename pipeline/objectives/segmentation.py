@@ -31,7 +31,7 @@ class SemiConfig:
     ema_decay_end: float | None = None   # decay reached at the end of the ramp (None: ema_decay throughout)
     consistency: str = "pseudo"      # pseudo: BCE on confident teacher pixels | mse: on probabilities
     threshold: float = 0.9           # pseudo: a pixel counts when p > t or p < 1 - t
-    min_head_pixels: float = 0.002   # pseudo: the teacher "sees a head" when this share of pixels has p > 0.5
+    min_head_pixels: float = 0.01    # pseudo: a head is this share of the frame (p > 0.5; p > t: a sure one)
     unlabelled_per_labelled: float = 1.0   # unlabelled frames per labelled frame in a batch
     val_frames: int = 64             # val frames on which student and teacher are scored at the end (0: off)
 
@@ -117,16 +117,17 @@ def consistency(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
     against the teacher's hard labels on the pixels where the teacher is confident (p > t or
     p < 1 - t), with the teacher's head-or-not decision per frame: a frame where fewer than
     ``min_head_pixels`` (a share) of the pixels have p > 0.5 is "no head" and its target is 0
-    everywhere (a confident speck is not a head to learn); a frame it sees a head in without one
-    confident head pixel is unsure and left out. The loss is a mean over the pixels used; with
+    everywhere (a confident speck is not a head to learn); a frame with a head but fewer than
+    that share of confident (p > t) head pixels is unsure and left out. The loss is a mean over the pixels used; with
     none used it is 0 (and still depends on the student)."""
     p_t = torch.sigmoid(teacher.float()).detach()
     if kind == "mse":
         return F.mse_loss(torch.sigmoid(student.float()), p_t), torch.ones((), device=student.device)
     hard = (p_t > 0.5).float()
     confident = ((p_t > threshold) | (p_t < 1 - threshold)).float()
-    head = hard.flatten(1).mean(1) >= max(min_head_pixels, 1e-12)     # [N] the teacher sees a head
-    unsure = head & ~(p_t > threshold).flatten(1).any(1)
+    m = max(min_head_pixels, 1e-12)
+    head = hard.flatten(1).mean(1) >= m                                 # [N] the teacher sees a head
+    unsure = head & ((p_t > threshold).float().flatten(1).mean(1) < m)  # ... but not a confident one
     hard = hard * head.view(-1, 1, 1, 1).float()                      # "no head": all-zero target
     confident = confident * (~unsure).view(-1, 1, 1, 1).float()       # unsure frames left out
     bce = F.binary_cross_entropy_with_logits(student.float(), hard, reduction="none")

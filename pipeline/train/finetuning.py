@@ -1,8 +1,11 @@
 """Fetal head segmentation: a UNet on the (pretrained) encoder, in three modes.
 
 * ``supervised``: Dice + BCE on the labelled frames.
-* ``semi``: + alpha(t) x a mean-teacher consistency on frames whose labels are not used (the
-  teacher is an EMA of the model; alpha ramps up while the teacher is still poor).
+* ``semi``: + alpha(t) x a mean-teacher term on frames whose labels are not used: the teacher
+  is an EMA of the model whose decay grows along the ramp, alpha ramps up from 0 over a share
+  of the run, the default term uses only the teacher's confident pixels and its per-frame
+  head-or-not decision, and the teacher is exported instead of the student when it scores
+  better on val frames (``pick_student_or_teacher``).
 * ``multitask``: + beta x plane cross-entropy (head / abdomen / femur) from a head on the
   deepest encoder features.
 
