@@ -18,25 +18,57 @@ CONSISTENCY = ("mse", "pseudo")
 
 @dataclass
 class SemiConfig:
-    """Mean teacher: an EMA copy of the model labels unlabelled frames for the student."""
+    """Mean teacher: an EMA copy of the model labels unlabelled frames for the student.
+
+    With one or two labelled patients the teacher is poor for a long time, and most unlabelled
+    frames hold no head; so the unlabelled term is ramped in over a share of the run, the teacher
+    slows down as it gets better, only its confident pixels are used as hard pseudo-labels, and
+    a frame whose head-or-not decision is unsure is left out altogether."""
     alpha: float = 1.0               # weight of the unlabelled term after ramp-up
-    rampup_steps: int = 200          # alpha ramps up as exp(-5 (1 - t)^2) over these steps
-    ema_decay: float = 0.99          # teacher = decay * teacher + (1 - decay) * student
-    consistency: str = "mse"         # mse: on probabilities | pseudo: BCE on confident teacher pixels
+    rampup: float = 0.3              # alpha ramps up (sigmoid, 0 at step 0) over this share of train.steps
+    rampup_steps: int | None = None  # a fixed ramp length in steps instead of ``rampup`` (None: use rampup)
+    ema_decay: float = 0.99          # teacher = decay * teacher + (1 - decay) * student, at the start
+    ema_decay_end: float | None = None   # decay reached at the end of the ramp (None: ema_decay throughout)
+    consistency: str = "pseudo"      # pseudo: BCE on confident teacher pixels | mse: on probabilities
     threshold: float = 0.9           # pseudo: a pixel counts when p > t or p < 1 - t
+    min_head_pixels: float = 0.01    # pseudo: a head is this share of the frame (p > 0.5; p > t: a sure one)
     unlabelled_per_labelled: float = 1.0   # unlabelled frames per labelled frame in a batch
+    val_frames: int = 64             # val frames on which student and teacher are scored at the end (0: off)
 
     def __post_init__(self):
         if self.consistency not in CONSISTENCY:
             raise SonostreamError(f"semi.consistency must be one of {CONSISTENCY}, got "
                                   f"{self.consistency!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise SonostreamError(f"semi.ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("ema_decay", "ema_decay_end"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < 1:
+                raise SonostreamError(f"semi.{name} must be in [0, 1), got {v}")
         if not 0.5 <= self.threshold < 1:
             raise SonostreamError(f"semi.threshold must be in [0.5, 1), got {self.threshold}")
-        if self.alpha < 0 or self.rampup_steps < 0 or self.unlabelled_per_labelled <= 0:
-            raise SonostreamError("semi.alpha and semi.rampup_steps must be >= 0, "
+        if not 0 <= self.rampup <= 1:
+            raise SonostreamError(f"semi.rampup is a share of train.steps, in [0, 1]; got "
+                                  f"{self.rampup}")
+        if not 0 <= self.min_head_pixels < 1:
+            raise SonostreamError(f"semi.min_head_pixels is a share of the frame, in [0, 1); got "
+                                  f"{self.min_head_pixels}")
+        if (self.alpha < 0 or (self.rampup_steps is not None and self.rampup_steps < 0)
+                or self.unlabelled_per_labelled <= 0 or self.val_frames < 0):
+            raise SonostreamError("semi.alpha, semi.rampup_steps and semi.val_frames must be >= 0, "
                                   "semi.unlabelled_per_labelled > 0")
+
+    def rampup_length(self, total_steps: int) -> int:
+        """The ramp's length in steps: ``rampup_steps`` if set, else ``rampup`` x the run."""
+        if self.rampup_steps is not None:
+            return int(self.rampup_steps)
+        return int(round(self.rampup * total_steps))
+
+    def decay_at(self, step: int, total_steps: int) -> float:
+        """The teacher's EMA decay after optimizer step ``step`` (0-based): never above
+        1 - 1 / (step + 1), so at first the teacher is the running mean of the student rather
+        than a memory of its random init; then from ema_decay to ema_decay_end along the ramp."""
+        end = self.ema_decay if self.ema_decay_end is None else self.ema_decay_end
+        target = self.ema_decay + (end - self.ema_decay) * rampup(step, self.rampup_length(total_steps))
+        return min(target, 1.0 - 1.0 / (step + 1))
 
 
 @dataclass
@@ -65,21 +97,40 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def rampup(step: int, length: int) -> float:
-    """exp(-5 (1 - t)^2), t = step / length (Laine & Aila): the teacher is poor at first."""
+    """The sigmoid ramp exp(-5 (1 - t)^2) of Laine & Aila, t = step / length, shifted and
+    scaled to run from exactly 0 at step 0 to 1 at ``length``: the teacher is poor at first."""
     if length <= 0:
         return 1.0
     t = min(1.0, max(0.0, step / length))
-    return math.exp(-5.0 * (1.0 - t) ** 2)
+    return (math.exp(-5.0 * (1.0 - t) ** 2) - _RAMP0) / (1.0 - _RAMP0)
+
+
+_RAMP0 = math.exp(-5.0)
 
 
 def consistency(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
-                threshold: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, share of pixels used) between student and teacher logits [N, 1, H, W]."""
+                threshold: float = 0.9, min_head_pixels: float = 0.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, share of pixels used) between student and teacher logits [N, 1, H, W].
+
+    ``mse``: squared error of the probabilities on every pixel. ``pseudo``: BCE of the student
+    against the teacher's hard labels on the pixels where the teacher is confident (p > t or
+    p < 1 - t), with the teacher's head-or-not decision per frame: a frame where fewer than
+    ``min_head_pixels`` (a share) of the pixels have p > 0.5 is "no head" and its target is 0
+    everywhere (a confident speck is not a head to learn); a frame with a head but fewer than
+    that share of confident (p > t) head pixels is unsure and left out. The loss is a mean over the pixels used; with
+    none used it is 0 (and still depends on the student)."""
     p_t = torch.sigmoid(teacher.float()).detach()
     if kind == "mse":
         return F.mse_loss(torch.sigmoid(student.float()), p_t), torch.ones((), device=student.device)
+    hard = (p_t > 0.5).float()
     confident = ((p_t > threshold) | (p_t < 1 - threshold)).float()
-    bce = F.binary_cross_entropy_with_logits(student.float(), (p_t > 0.5).float(), reduction="none")
+    m = max(min_head_pixels, 1e-12)
+    head = hard.flatten(1).mean(1) >= m                                 # [N] the teacher sees a head
+    unsure = head & ((p_t > threshold).float().flatten(1).mean(1) < m)  # ... but not a confident one
+    hard = hard * head.view(-1, 1, 1, 1).float()                      # "no head": all-zero target
+    confident = confident * (~unsure).view(-1, 1, 1, 1).float()       # unsure frames left out
+    bce = F.binary_cross_entropy_with_logits(student.float(), hard, reduction="none")
     return (bce * confident).sum() / confident.sum().clamp_min(1.0), confident.mean()
 
 

@@ -1,8 +1,11 @@
 """Fetal head segmentation: a UNet on the (pretrained) encoder, in three modes.
 
 * ``supervised``: Dice + BCE on the labelled frames.
-* ``semi``: + alpha(t) x a mean-teacher consistency on frames whose labels are not used (the
-  teacher is an EMA of the model; alpha ramps up while the teacher is still poor).
+* ``semi``: + alpha(t) x a mean-teacher term on frames whose labels are not used: the teacher
+  is an EMA of the model whose decay grows along the ramp, alpha ramps up from 0 over a share
+  of the run, the default term uses only the teacher's confident pixels and its per-frame
+  head-or-not decision, and the teacher is exported instead of the student when it scores
+  better on val frames (``pick_student_or_teacher``).
 * ``multitask``: + beta x plane cross-entropy (head / abdomen / femur) from a head on the
   deepest encoder features.
 
@@ -17,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.data import SegDataConfig, SegLoader
@@ -88,28 +92,38 @@ def load_finetune_config(path, overrides=(), *, mode=None, init=None, label_frac
 
 
 class MeanTeacher:
-    """The EMA teacher of semi-supervised mode; checkpointed with the run (state_dict)."""
+    """The EMA teacher of semi-supervised mode; checkpointed with the run (state_dict, with the
+    number of updates so far, which sets its decay schedule)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.module = copy.deepcopy(model)
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay = decay
+        self.updates = 0
 
     @torch.no_grad()
-    def update(self, student: torch.nn.Module) -> None:
+    def update(self, student: torch.nn.Module, decay: float | None = None) -> None:
+        d = self.decay if decay is None else decay
         s = student.state_dict()
         for name, t in self.module.state_dict().items():
             if t.dtype.is_floating_point:
-                t.mul_(self.decay).add_(s[name].detach().to(t.dtype), alpha=1 - self.decay)
+                t.mul_(d).add_(s[name].detach().to(t.dtype), alpha=1 - d)
             else:   # BatchNorm's step counter
                 t.copy_(s[name])
+        self.updates += 1
 
     def state_dict(self):
-        return self.module.state_dict()
+        return {**self.module.state_dict(), UPDATES_KEY: torch.tensor(self.updates)}
 
     def load_state_dict(self, state):
+        state = dict(state)
+        updates = state.pop(UPDATES_KEY, None)   # absent in checkpoints of earlier versions
         self.module.load_state_dict(state)
+        self.updates = int(updates) if updates is not None else 0
+
+
+UPDATES_KEY = "__teacher_updates__"
 
 
 def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Generator,
@@ -134,11 +148,14 @@ def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Ge
         loss = loss + cfg.multitask.beta * pl
         logs.update(loss_plane=pl.detach(), acc_plane=acc)
     if teacher is not None:
-        cons, used = consistency(logits[b:], t_logits, cfg.semi.consistency, cfg.semi.threshold)
-        alpha = cfg.semi.alpha * rampup(step, cfg.semi.rampup_steps)
+        sc = cfg.semi
+        cons, used = consistency(logits[b:], t_logits, sc.consistency, sc.threshold,
+                                 sc.min_head_pixels)
+        alpha = sc.alpha * rampup(step, sc.rampup_length(cfg.train.steps))
         loss = loss + alpha * cons
         logs.update(loss_cons=cons.detach(), alpha=torch.tensor(alpha, device=x.device),
-                    cons_pixels=used.detach())
+                    cons_pixels=used.detach(),
+                    ema_decay=torch.tensor(sc.decay_at(step, cfg.train.steps), device=x.device))
     return loss, logs, {"logits": logits[:b]}
 
 
@@ -183,7 +200,7 @@ class Finetuning:
             return finetune_forward(model, batch, cfg, step, gen, teacher, acc.autocast)
 
         def on_step(model):
-            teacher.update(acc.unwrap_model(model))
+            teacher.update(acc.unwrap_model(model), cfg.semi.decay_at(teacher.updates, tc.steps))
 
         banner = (f"({mode}) a {cfg.model.arch} UNet, encoder "
                   f"{'from ' + str(init) if init else 'from scratch'} | {loader.describe()}")
@@ -191,18 +208,23 @@ class Finetuning:
                      per_rank=f"{ctx.per_rank} labelled (+{unl} unlabelled) frames per rank",
                      on_step=on_step if teacher is not None else None,
                      checkpointed=(teacher,) if teacher is not None else (),
-                     info={"planes": planes, "init": init, "init_meta": init_meta})
+                     info={"planes": planes, "init": init, "init_meta": init_meta,
+                           "teacher": teacher})
 
     def export(self, cfg: FinetuneConfig, parts: Parts, state_dict: dict, end: dict,
                out: Path) -> dict:
         init, meta, loader = parts.info["init"], parts.info["init_meta"], parts.loader
+        chosen = {}
+        if parts.info.get("teacher") is not None:
+            state_dict, chosen = pick_student_or_teacher(
+                cfg, loader, parts.info["planes"], state_dict, parts.info["teacher"])
         export_segmenter(state_dict, cfg.model, out / "segmenter.pt", image_size=loader.image_size,
                          planes=parts.info["planes"], mode=cfg.task.mode,
                          init=str(init) if init else "none",
                          init_step=meta.get("step") if meta else None,
                          label_fraction=cfg.data.label_fraction,
                          labelled_patients=len(loader.sel.patients), step=end["step"],
-                         complete=end["complete"])
+                         complete=end["complete"], **chosen)
         return {"segmenter": str(out / "segmenter.pt"), **loader.describe()}
 
     def curves(self, cfg: FinetuneConfig, parts: Parts) -> dict:
@@ -219,3 +241,51 @@ def train(cfg: FinetuneConfig, data: str, out, resume: str | None = None,
     input."""
     return run_job(cfg, Finetuning(), data, out, resume=resume, stop_after=stop_after,
                    cache_dir=cache_dir, shard_url=shard_url, quiet=quiet)
+
+
+def val_rows(loader: SegLoader, n: int) -> np.ndarray:
+    """Up to ``n`` labelled frames of the val split, spread evenly over its (sorted) rows: the
+    same frames for every run on a dataset."""
+    v = loader.view
+    if n <= 0 or loader.cfg.split == "val":   # never pick on the frames trained on
+        return np.zeros(0, np.int64)
+    rows = v.rows_of("val")
+    rows = np.sort(rows[v.has_mask[rows]])
+    if len(rows) > n:
+        rows = rows[np.linspace(0, len(rows) - 1, n).round().astype(np.int64)]
+    return rows
+
+
+@torch.no_grad()
+def dice_all(model: torch.nn.Module, frames: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean hard Dice over all frames (p > 0.5; a frame without a head counts 1 when none is
+    predicted, 0 otherwise), in eval mode."""
+    model.eval()
+    pred = torch.sigmoid(model(to_unit(frames))[0].float()) > 0.5
+    t = masks > 0
+    inter = (pred & t).flatten(1).sum(1).float()
+    total = (pred.flatten(1).sum(1) + t.flatten(1).sum(1)).float()
+    return float(torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total)).mean())
+
+
+def pick_student_or_teacher(cfg: FinetuneConfig, loader: SegLoader, planes: list, student: dict,
+                            teacher: MeanTeacher) -> tuple[dict, dict]:
+    """(state dict to export, segmenter meta): the teacher's weights when it scores a higher
+    all-frame Dice than the student on ``semi.val_frames`` val frames, else the student's."""
+    rows = val_rows(loader, cfg.semi.val_frames)
+    if len(rows) == 0:
+        return student, {"exported": "student", "val_scores": None,
+                         "exported_why": "no labelled val frames (semi.val_frames 0, no val split "
+                                         "with masks, or training on val)"}
+    frames, masks = loader.decoder.images(rows, loader.image_size, masks=True)
+    frames = torch.from_numpy(frames).unsqueeze(1)
+    masks = torch.from_numpy(masks).unsqueeze(1)
+    teacher_sd = {k: v for k, v in teacher.state_dict().items() if k != UPDATES_KEY}
+    scores, model = {}, build_segmenter(cfg.model, planes=len(planes))
+    for name, sd in (("student", student), ("teacher", teacher_sd)):
+        model.load_state_dict({k: v.detach().cpu() for k, v in sd.items()})
+        scores[name] = round(dice_all(model, frames, masks), 6)
+    best = "teacher" if scores["teacher"] > scores["student"] else "student"
+    return (teacher_sd if best == "teacher" else student), {
+        "exported": best, "val_scores": {**scores, "frames": int(len(rows)),
+                                         "metric": "dice_all"}}

@@ -38,7 +38,9 @@ def test_each_mode_improves_dice(seg_shards, tmp_path, mode):
     d1 = evaluate(tmp_path / "run" / "segmenter.pt", seg_shards, "train")["dice"]
     assert d1 > d0 + 0.1, (d0, d1)
     if mode == "semi":
-        assert last["loss_cons"] > 0 and last["alpha"] > 0.9
+        assert last["loss_cons"] > 0 and last["alpha"] > 0.9 and 0 < last["ema_decay"] < 1
+        meta = load_segmenter(tmp_path / "run" / "segmenter.pt")[1]
+        assert meta["exported"] == "student" and meta["val_scores"] is None   # no val split here
     if mode == "multitask":
         assert "loss_plane" in last and load_segmenter(tmp_path / "run" / "segmenter.pt")[1]["planes"] == [
             "head", "abdomen", "femur"]
