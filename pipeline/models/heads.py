@@ -28,7 +28,7 @@ MIR_STRIDES = (8, 16, 32)   # the encoder stages a MIR latent can sit on (layer2
 @dataclass
 class HeadsConfig:
     latent_channels: int = 64      # MIR: VAE latent channels per latent location
-    decoder_width: int = 128       # MIR: channels of the first upsampling stage (halved per stage)
+    decoder_width: int = 128       # MIR: decoder channels at stride 16 (halved per 2x finer)
     mir_stride: int = 8            # MIR: latent stride (8, 16 or 32 = the encoder's last map)
     pm_hidden: int = 512           # PM: hidden units of the pair MLP
     io_hidden: int = 512           # IO: hidden units of the ordering MLP (per pair if pairwise)
@@ -76,19 +76,25 @@ class MIRDecoder(nn.Module):
         if self.stride == 32:
             self.stats = nn.Conv2d(in_dim, 2 * cfg.latent_channels, 1)
         else:
-            w0 = cfg.decoder_width
+            w0 = self.width(cfg, self.stride)
             self.top = nn.Conv2d(in_dim, w0, 1)
             self.lateral = nn.Conv2d(skip_dim, w0, 1)
             self.merge = nn.Sequential(_norm(w0), nn.GELU())
             self.stats = nn.Conv2d(w0, 2 * cfg.latent_channels, 3, padding=1)
         layers, c = [], cfg.latent_channels
         for i in range(self.stages):
-            w = max(16, cfg.decoder_width >> i)
+            w = self.width(cfg, self.stride >> (i + 1))
             layers += [nn.ConvTranspose2d(c, w, 2, stride=2), _norm(w), nn.GELU(),
                        nn.Conv2d(w, w, 3, padding=1), _norm(w), nn.GELU()]
             c = w
         layers += [nn.Conv2d(c, out_chans * self.CELL ** 2, 1), nn.PixelShuffle(self.CELL)]
         self.up = nn.Sequential(*layers)
+
+    @staticmethod
+    def width(cfg: HeadsConfig, stride: int) -> int:
+        """Channels at ``stride``: ``decoder_width`` at 16, halved per 2x finer (at least 16),
+        whatever the latent's stride, so a finer latent costs no more per pixel."""
+        return max(16, cfg.decoder_width >> {16: 0, 8: 1, 4: 2}[stride])
 
     @property
     def stages(self) -> int:
