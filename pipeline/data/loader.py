@@ -32,7 +32,7 @@ from .placement import steps_per_epoch
 from .plan import EpochPlan
 from .source import ShardSource
 from .batch import resize_frames
-from .tasks import PM_POSITIVES, io_classes, patch_masks
+from .tasks import MASK_MODES, PM_POSITIVES, clip_masks, io_classes
 
 log = logging.getLogger("sonostream.loader")
 LOADERS = ("auto", "cpu", "dali")
@@ -61,6 +61,9 @@ class LoaderConfig:
                                           # patient, other videos first (1: single clips)
     mask_ratio: float = 0.6               # MIR: share of patches masked per frame
     mask_grid: tuple = (8, 8)             # MIR: patches per frame (rows, cols)
+    mask_mode: str = "tube"               # MIR: "tube" = one mask per clip (all K frames hide the
+                                          # same patches, so IO sees motion, not masks); "frame"
+                                          # = a fresh mask per frame
     io_reverse: str = "same"              # IO: a permutation and its reverse are one class
     pm_positive: str = "patient"          # PM: positive = a frame of another video of the
                                           # patient ("patient") or of the same clip ("video")
@@ -75,6 +78,9 @@ class LoaderConfig:
     def __post_init__(self):
         self.splits = tuple(self.splits)
         self.mask_grid = tuple(self.mask_grid)
+        if self.mask_mode not in MASK_MODES:
+            raise SonostreamError(f"loader.mask_mode must be one of {MASK_MODES}, got "
+                                  f"{self.mask_mode!r}")
         if self.loader not in LOADERS:
             raise SonostreamError(f"loader must be one of {LOADERS}, got {self.loader!r}")
         if self.resize not in RESIZES:
@@ -232,13 +238,14 @@ class ClipLoader:
             "loader.max_fault_share (e.g. --set loader.max_fault_share=0.05) to train without them")
 
     def mir_patches(self, batch) -> torch.Tensor:
-        """[B, K, gh, gw] MIR patch masks, drawn on the training device from (seed, epoch, clip)."""
+        """[B, K, gh, gw] MIR patch masks, drawn on the training device from (seed, epoch, clip):
+        one per clip (``mask_mode="tube"``) or one per frame (``"frame"``)."""
         b, k = batch.frames.shape[:2]
         key = int(batch.position[0]) if b else 0
         seed = int(np.random.SeedSequence([self.seed, batch.epoch, key + 1, 0x4D49]).generate_state(1)[0])
         g = torch.Generator(device=self.device).manual_seed(seed)
-        m = patch_masks(b * k, self.cfg.mask_grid, self.cfg.mask_ratio, g, self.device)
-        return m.view(b, k, *self.cfg.mask_grid)
+        return clip_masks(b, k, self.cfg.mask_grid, self.cfg.mask_ratio, self.cfg.mask_mode, g,
+                          self.device)
 
     # -- checkpoint state ------------------------------------------------------------------------
     def state_dict(self) -> dict:

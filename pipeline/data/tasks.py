@@ -19,10 +19,16 @@
   (``loader.patient_groups``) put clips of one patient from distinct videos into a batch so
   that most clips have a positive; patients with a single video give no PM pairs.
   ``pm_positive="video"``: the positive is another frame of the same clip (every clip with
-  another patient in the batch gives a pair; the weaker, same-clip signal). Each side of a pair
-  is a different frame, so it has its own MIR mask (masks are drawn per frame).
-* **MIR** (masked image reconstruction): per frame, exactly ``round(ratio * gh * gw)`` of the
-  ``gh x gw`` patches are masked, drawn on the device that trains (:func:`patch_masks`).
+  another patient in the batch gives a pair; the weaker, same-clip signal). By default the two
+  sides come from different clips, so each has its own MIR mask (with tube masks the two frames
+  of a same-clip pair share one).
+* **MIR** (masked image reconstruction): exactly ``round(ratio * gh * gw)`` of the ``gh x gw``
+  patches are masked, drawn on the device that trains (:func:`clip_masks`). ``mask_mode="tube"``
+  (the default) hides the same patches in all K frames of a clip, so what differs between a
+  clip's frames is the anatomy's motion, not which patches are hidden (with a fresh mask per
+  frame, ``"frame"``, IO's frame differences are dominated by the masks: an oracle on pooled
+  pixels orders such clips at chance). The loss counts hidden pixels inside the imaged sector
+  only (:func:`sector_mask`: the fan, pixels lit in some frame of the clip).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ import numpy as np
 from preprocessing.format import SonostreamError
 
 IO_REVERSE = ("same", "distinct")
+MASK_MODES = ("tube", "frame")
 MAX_IO_CLIP_LEN = 6   # 6! = 720 permutations; beyond that a classifier over all of them is silly
 
 
@@ -140,6 +147,48 @@ def patch_masks(n: int, grid: tuple[int, int], ratio: float, generator=None, dev
     return patches.view(n, gh, gw)
 
 
+def clip_masks(b: int, k: int, grid: tuple[int, int], ratio: float, mode: str = "tube",
+               generator=None, device=None):
+    """Bool tensor [b, k, gh, gw] for b clips of k frames: ``"tube"`` draws one mask per clip and
+    repeats it over the k frames; ``"frame"`` draws one per frame (:func:`patch_masks`)."""
+    if mode not in MASK_MODES:
+        raise SonostreamError(f"mask_mode must be one of {MASK_MODES}, got {mode!r}")
+    if mode == "frame":
+        return patch_masks(b * k, grid, ratio, generator, device).view(b, k, *grid)
+    m = patch_masks(b, grid, ratio, generator, device)
+    return m.unsqueeze(1).expand(b, k, *grid).contiguous()
+
+
+def sector_mask(frames, erode: int = 1):
+    """Bool [B, 1, 1, H, W]: the imaged sector (the fan) of each clip in ``frames`` (B, K, C, H, W),
+    any dtype with 0 = black. Black outside the fan is the same in every clip: the MIR target
+    there is always 0, and scoring it rewards a decoder that paints the fan's outline.
+
+    The fan is derived from the data: pixels non-zero in some frame of the clip, with black
+    inside it filled (anechoic fluid can be 0 in every frame: a pixel counts when its row has lit
+    pixels on both sides of it and its column above and below it, which keeps a sector or a
+    rectangle and its black surround apart), then eroded by ``erode`` pixels (3x3 minimum) so the
+    fan's edge, where resampling blends the image into the black, does not count. A clip with no
+    black at all gives an all-True mask (nothing is excluded)."""
+    import torch
+    import torch.nn.functional as F
+
+    b, _, _, h, w = frames.shape
+    lit = (frames > 0).any(dim=2).any(dim=1)                   # [B, H, W]
+    x = lit.to(torch.int32)
+
+    def between(dim):   # lit on both sides along dim
+        return (x.cumsum(dim) > 0) & (x.flip(dim).cumsum(dim).flip(dim) > 0)
+
+    fan = lit | (between(2) & between(1))
+    if erode > 0:
+        y = fan.float().unsqueeze(1)
+        for _ in range(erode):   # erosion = complement of the complement's dilation; the frame's
+            y = 1.0 - F.max_pool2d(1.0 - y, 3, stride=1, padding=1)   # border is not black
+        fan = y[:, 0] > 0.5
+    return fan.view(b, 1, 1, h, w)
+
+
 def expand_patches(patches, height: int, width: int):
     """[n, 1, gh, gw] patch mask -> [n, 1, H, W] pixel mask (nearest, exact when H, W divide)."""
     import torch.nn.functional as F
@@ -151,16 +200,3 @@ def expand_patches(patches, height: int, width: int):
         ph, pw = height // gh, width // gw
         return patches.view(n, 1, gh, 1, gw, 1).expand(n, 1, gh, ph, gw, pw).reshape(n, 1, height, width)
     return F.interpolate(patches.float(), size=(height, width), mode="nearest") > 0.5
-
-
-def sector_mask(frames):
-    """Bool tensor like ``frames``: True inside the imaged sector (the fan), i.e. pixels that are
-    non-zero in any frame of the clip. ``frames`` (B, K, 1, H, W): per clip (max over its K
-    frames); (N, 1, H, W): the N frames taken as one clip. Outside the fan the stored pixel is
-    0 in every frame, so a reconstruction scored there measures nothing."""
-    if frames.dim() == 5:
-        return (frames.amax(dim=1, keepdim=True) > 0).expand_as(frames)
-    if frames.dim() == 4:
-        return (frames.amax(dim=0, keepdim=True) > 0).expand_as(frames)
-    raise SonostreamError(f"sector_mask takes frames (B, K, 1, H, W) or (N, 1, H, W), got shape "
-                          f"{tuple(frames.shape)}")

@@ -57,9 +57,17 @@ class ResNetEncoder(ResNet):
         self.arch, self.in_chans = arch, in_chans
         self.out_dim = feature_dim(arch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip_stride: int | None = None):
+        """The last feature map; with ``skip_stride`` (4, 8, 16) also the map of that stride
+        (layer1, layer2, layer3) from the same pass: ``(last, skip)``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        skip = None
+        for stride, layer in zip((4, 8, 16, 32), (self.layer1, self.layer2, self.layer3,
+                                                  self.layer4)):
+            x = layer(x)
+            if stride == skip_stride:
+                skip = x
+        return x if skip_stride is None else (x, skip)
 
 
 def encoder_meta(arch: str, in_chans: int, image_size=None) -> dict:
@@ -84,9 +92,9 @@ def export_encoder(state_dict: dict, arch: str, in_chans: int, path, image_size=
         torch.save(blob, f)
 
 
-def feature_dim(arch: str) -> int:
-    """Channels of the encoder's last feature map."""
-    return 512 * ARCHS[arch][0].expansion
+def feature_dim(arch: str, stride: int = 32) -> int:
+    """Channels of the encoder's feature map of ``stride`` (4, 8, 16, 32 = the last)."""
+    return {4: 64, 8: 128, 16: 256, 32: 512}[stride] * ARCHS[arch][0].expansion
 
 
 def load_encoder(path, arch: str | None = None) -> ResNetEncoder:

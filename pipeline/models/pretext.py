@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .encoder import ResNetEncoder
+from .encoder import ResNetEncoder, feature_dim
 from .heads import HeadsConfig, IOHead, MIRDecoder, PMHead
 from .inputs import normalize   # 0..1 -> -1..1 (inputs.py defines every model input)
 
@@ -29,14 +29,29 @@ class PretrainModel(nn.Module):
         self.encoder = ResNetEncoder(arch, in_chans)
         d = self.encoder.out_dim
         self.tasks = tuple(tasks)
-        self.mir = MIRDecoder(d, heads, in_chans) if "mir" in tasks else None
+        self.mir = None
+        self.skip_stride = None   # the MIR latent's encoder stage, taken from the same pass
+        if "mir" in tasks:
+            if heads.mir_stride != 32:
+                self.skip_stride = heads.mir_stride
+            self.mir = MIRDecoder(d, heads, in_chans,
+                                  feature_dim(arch, heads.mir_stride) if self.skip_stride else None)
         self.pm = PMHead(d, heads) if "pm" in tasks else None
         self.io = IOHead(d, clip_len, io_classes, heads) if "io" in tasks else None
 
     def encode(self, x: torch.Tensor):
         """x (N, 1, H, W) -> feature map (N, C, h, w) and pooled features (N, C)."""
-        fmap = self.encoder(x)
-        return fmap, fmap.mean(dim=(2, 3))
+        fmap, pooled, _ = self.encode_with_skip(x)
+        return fmap, pooled
+
+    def encode_with_skip(self, x: torch.Tensor):
+        """:meth:`encode` and the MIR latent's earlier stage (None when MIR sits on the last
+        map), all from one encoder pass."""
+        if self.skip_stride is None:
+            fmap, skip = self.encoder(x), None
+        else:
+            fmap, skip = self.encoder(x, skip_stride=self.skip_stride)
+        return fmap, fmap.mean(dim=(2, 3)), skip
 
     def forward(self, frames: torch.Tensor, mir_mask: torch.Tensor | None, io_perm: torch.Tensor,
                 pm_a: torch.Tensor, pm_b: torch.Tensor, noise_seed: int | None = None) -> dict:
@@ -45,10 +60,10 @@ class PretrainModel(nn.Module):
         b, k, c, h, w = frames.shape
         x = normalize(frames.reshape(b * k, c, h, w))
         m = None if mir_mask is None else mir_mask.reshape(b * k, c, h, w)
-        fmap, pooled = self.encode(apply_mask(x, m))
+        fmap, pooled, skip = self.encode_with_skip(apply_mask(x, m))
         out = {"target": x}
         if self.mir is not None:
-            recon, mu, logvar = self.mir(fmap, (h, w), noise_seed)
+            recon, mu, logvar = self.mir(fmap, (h, w), noise_seed, skip)
             out.update(recon=recon, mu=mu, logvar=logvar)
         feats = pooled.view(b, k, -1)
         if self.pm is not None:

@@ -42,12 +42,16 @@ def beta_at(step: int, beta: float, warmup: int) -> float:
     return beta if warmup <= 0 else beta * min(1.0, step / warmup)
 
 
-def mir_loss(recon, target, mask, mu, logvar, beta: float):
-    """recon, target (N, 1, H, W); mask (N, 1, H, W) bool (True = hidden); mu, logvar (N, z, h, w).
+def mir_loss(recon, target, mask, mu, logvar, beta: float, sector=None):
+    """recon, target (N, 1, H, W); mask (N, 1, H, W) bool (True = hidden); mu, logvar (N, z, h, w);
+    sector: None or bool broadcastable to mask (True = inside the imaged fan,
+    ``pipeline.data.tasks.sector_mask``).
 
-    Reconstruction error counts only hidden pixels (the visible ones are trivially copied)."""
+    Reconstruction error counts only hidden pixels (the visible ones are trivially copied), and
+    with ``sector`` only those inside the fan (outside it the target is always black)."""
     err = (recon.float() - target.float()).pow(2)
-    m = mask.to(err.dtype)
+    m = mask if sector is None else mask & sector
+    m = m.to(err.dtype)
     rec = (err * m).sum() / m.sum().clamp_min(1.0)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).mean()
     return rec + beta * kl, rec.detach(), kl.detach()
@@ -70,17 +74,29 @@ def io_loss(logits, labels):
     return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean().detach()
 
 
-def pretrain_losses(out: dict, batch, mask, cfg: TasksConfig, step: int) -> dict:
-    """Weighted total and every term, as 0-dim tensors. ``mask``: (B, K, 1, H, W) of the batch."""
+def pretrain_losses(out: dict, batch, mask, cfg: TasksConfig, step: int, sector=None) -> dict:
+    """Weighted total and every term, as 0-dim tensors. ``mask``: (B, K, 1, H, W) of the batch;
+    ``sector``: None or (B, 1, 1, H, W) bool, the clips' fans (``tasks.sector_mask``): MIR is
+    scored inside them (``mir_rec``; ``mir_rec_all`` is the error over all hidden pixels, and
+    ``mir_sector`` the share of pixels in the fan)."""
     total = out["unused"] if "unused" in out else out["target"].new_zeros(()).float()
     logs = {}
     if "recon" in out:
         beta = beta_at(step, cfg.beta, cfg.beta_warmup_steps)
-        loss, rec, kl = mir_loss(out["recon"], out["target"], mask.flatten(0, 1), out["mu"],
-                                 out["logvar"], beta)
+        m = mask.flatten(0, 1)
+        fan = None
+        if sector is not None:
+            fan = sector.expand_as(mask).flatten(0, 1)
+        loss, rec, kl = mir_loss(out["recon"], out["target"], m, out["mu"], out["logvar"], beta,
+                                 fan)
         total = total + cfg.mir * loss
         logs.update(loss_mir=loss.detach(), mir_rec=rec, mir_kl=kl,
                     beta=torch.tensor(beta, device=rec.device))
+        if fan is not None:
+            with torch.no_grad():
+                err = (out["recon"].float() - out["target"].float()).pow(2)
+                logs.update(mir_rec_all=(err * m).sum() / m.sum().clamp_min(1),
+                            mir_sector=sector.float().mean())
     if "pm_logits" in out:
         loss, acc = pm_loss(out["pm_logits"], batch.pm_label)
         total = total + cfg.pm * loss

@@ -79,7 +79,7 @@ def batch_sums(out: dict, batch) -> dict:
         hit = (out["pm_logits"].float() > 0).float() == batch.pm_label.float()
         sums["pm_acc_cross_video"] = (float(hit.sum()), hit.numel())
     if "recon" in out:
-        hidden = out["mask"].flatten(0, 1) & sector_mask(batch.frames).flatten(0, 1)
+        hidden = (out["mask"] & sector_mask(batch.frames)).flatten(0, 1)   # the fan training scores
         err = (out["recon"].float() - out["target"].float()).pow(2)
         sums["mir_sector_mse"] = (float((err * hidden).sum()), float(hidden.sum()))
     return sums

@@ -8,13 +8,14 @@ checkpoints and resume are the job skeleton's (``job``) and the loop's (``loop.f
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from pipeline.data import ClipLoader, LoaderConfig
-from pipeline.data.tasks import io_classes
+from pipeline.data.tasks import io_classes, sector_mask
 from pipeline.models import EncoderConfig, HeadsConfig, PretrainModel, export_encoder
 from pipeline.models.inputs import to_unit
 from pipeline.models.pretext import apply_mask
@@ -51,9 +52,9 @@ class PretrainConfig:
     # optimizer state keeps (OPTIM_KEPT). The rest may change on resume: task weights, the
     # schedule's warm-up and length (train.steps), batch size, logging, checkpointing, workers.
     RESUME_KEYS = ("model", "heads", "loader.clip_len", "loader.io_reverse", "loader.image_size",
-                   "loader.mask_ratio", "loader.mask_grid", "loader.pm_positive", "loader.stride",
-                   "loader.short_videos", "loader.splits", "loader.shuffle_window",
-                   "loader.patient_groups", "train.seed", *OPTIM_KEPT)
+                   "loader.mask_ratio", "loader.mask_grid", "loader.mask_mode",
+                   "loader.pm_positive", "loader.stride", "loader.short_videos", "loader.splits",
+                   "loader.shuffle_window", "loader.patient_groups", "train.seed", *OPTIM_KEPT)
     RESUME_FIX = "start a new run with them in another --out, without --resume"
 
     def resume_identity(self) -> dict:
@@ -68,7 +69,23 @@ def load_pretrain_config(path, overrides=(), max_steps: int | None = None) -> Pr
     cfg = load_config(path, PretrainConfig, overrides)
     if "io" in cfg.tasks.active:
         io_classes(cfg.loader.clip_len, cfg.loader.io_reverse)   # K and reverse fit the IO task
+    check_mir_masking(cfg)
     return cfg
+
+
+def check_mir_masking(cfg: PretrainConfig) -> None:
+    """MIR with no hidden patch has nothing to reconstruct (its loss is 0 and it trains nothing):
+    refuse it rather than run a silent no-op."""
+    if "mir" not in cfg.tasks.active:
+        return
+    gh, gw = cfg.loader.mask_grid
+    n = int(math.floor(cfg.loader.mask_ratio * gh * gw + 0.5))
+    if n < 1:
+        raise SonostreamError(
+            f"loader.mask_ratio={cfg.loader.mask_ratio} hides no patch of the "
+            f"{gh}x{gw} loader.mask_grid while tasks.mir={cfg.tasks.mir} > 0: MIR would have "
+            "nothing to reconstruct. Set loader.mask_ratio > 0 (e.g. 0.6), or tasks.mir=0 to "
+            "pretrain without MIR")
 
 
 class Pretraining:
@@ -138,10 +155,12 @@ def build_model(cfg: PretrainConfig) -> PretrainModel:
 
 def pretrain_forward(model, batch, tasks: TasksConfig, step: int, seed: int | None):
     """One micro-batch: the B*K frames through the encoder once, then the three heads.
-    Returns (weighted loss, the other logged terms, the model's outputs + the MIR mask)."""
+    Returns (weighted loss, the other logged terms, the model's outputs + the MIR mask).
+    MIR is scored inside each clip's fan (``tasks.sector_mask``: lit in some frame of the clip)."""
     mask = batch.mir_mask if "mir" in tasks.active else None
+    sector = sector_mask(batch.frames) if mask is not None else None
     out = model(to_unit(batch.frames), mask, batch.io_perm, batch.pm_a, batch.pm_b, noise_seed=seed)
-    losses = pretrain_losses(out, batch, mask, tasks, step)
+    losses = pretrain_losses(out, batch, mask, tasks, step, sector=sector)
     out["mask"] = mask
     return losses.pop("loss"), losses, out
 

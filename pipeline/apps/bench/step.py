@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pipeline.data.batch import label_batch
-from pipeline.data.tasks import io_classes, patch_masks
+from pipeline.data.tasks import clip_masks, io_classes
 from pipeline.models.encoder import ARCHS
 from pipeline.models.pretext import PretrainModel, apply_mask, normalize
 from pipeline.objectives import TasksConfig, beta_at, io_loss, mir_loss, pm_loss
@@ -61,7 +61,7 @@ def make_inputs(batch: int, clip_len: int, image_size: int, seed: int = 0) -> di
     patient = np.arange(b) // 2
     cb = label_batch(frames_u8, patient, np.arange(b), np.arange(b), np.tile(np.arange(k), (b, 1)),
                      seed=seed, epoch=0, step=0, pm_positive="video")
-    cb.mir_patches = patch_masks(b * k, MASK_GRID, MASK_RATIO, generator=g).view(b, k, *MASK_GRID)
+    cb.mir_patches = clip_masks(b, k, MASK_GRID, MASK_RATIO, "tube", generator=g)
     mask = cb.mir_mask
     assert mask.shape == (b, k, 1, s, s)
     # The seed's PM pass: one pair per clip, alternately its positive and its negative.
@@ -101,8 +101,8 @@ def three_pass_step(model: PretrainModel, optimizer, inp: dict, cfg: TasksConfig
     f = inp["mir_frame"]
     x = normalize(frames[clips, f])
     m = mask[clips, f]
-    fmap = model.encoder(apply_mask(x, m))
-    recon, mu, logvar = model.mir(fmap, (h, w), step)
+    fmap, _, skip = model.encode_with_skip(apply_mask(x, m))
+    recon, mu, logvar = model.mir(fmap, (h, w), step, skip)
     loss, _, _ = mir_loss(recon, x, m, mu, logvar, beta_at(BETA_STEP, cfg.beta, cfg.beta_warmup_steps))
     total = total + cfg.mir * loss
     # PM: both sides of B pairs, 2B images in one encoder call.

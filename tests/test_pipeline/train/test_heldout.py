@@ -66,30 +66,19 @@ def test_pairs_are_balanced_slices_keep_whole_triplets_and_ranks_run_equal_forwa
     assert eval_share(1, 1, 2) == [(0, 0.0)]
 
 
-def test_sector_mask_is_the_pixels_non_zero_anywhere_in_the_clip():
-    f = torch.zeros(2, 3, 1, 4, 4, dtype=torch.uint8)
-    f[0, 1, 0, 0, 0] = 5
-    f[1, 2, 0, 3, 3] = 1
-    m = sector_mask(f)
-    assert m.shape == f.shape and m.dtype == torch.bool
-    assert m[0, :, 0, 0, 0].all() and int(m[0].sum()) == 3
-    assert not m[1, :, 0, 0, 0].any() and m[1, :, 0, 3, 3].all() and int(m[1].sum()) == 3
-    assert int(sector_mask(f[0]).sum()) == 3            # (N, 1, H, W): the N frames as one clip
-    with pytest.raises(SonostreamError, match="sector_mask takes frames"):
-        sector_mask(torch.zeros(4, 4))
-
-
 def test_mir_error_counts_hidden_pixels_inside_the_sector_only():
-    frames = torch.zeros(1, 2, 1, 4, 4, dtype=torch.uint8)
-    frames[0, 0, 0, :2] = 100                           # the sector: the top two rows
-    target = torch.zeros(2, 1, 4, 4)
-    recon = torch.full((2, 1, 4, 4), 5.0)
-    recon[:, :, :2] = 1.0                               # error 1 inside, 25 outside
-    mask = torch.ones(1, 2, 1, 4, 4, dtype=torch.bool)
+    """The held-out MIR error is scored in the fan training scores (``tasks.sector_mask``)."""
+    frames = torch.zeros(1, 2, 1, 8, 8, dtype=torch.uint8)
+    frames[0, 0, 0, :6] = 100                           # the sector: the top six rows
+    target = torch.zeros(2, 1, 8, 8)
+    recon = torch.full((2, 1, 8, 8), 5.0)
+    recon[:, :, :6] = 1.0                               # error 1 inside, 25 outside
+    mask = torch.ones(1, 2, 1, 8, 8, dtype=torch.bool)
     mask[0, 1, 0, 0] = False                            # one visible row: not scored
     batch = type("B", (), {"frames": frames})()
     s, c = batch_sums({"recon": recon, "target": target, "mask": mask}, batch)["mir_sector_mse"]
-    assert c == 8 + 4 and s / c == pytest.approx(1.0)
+    assert c == int((mask & sector_mask(frames)).sum()) == 5 * 8 + 4 * 8   # eroded by one row
+    assert s / c == pytest.approx(1.0)
 
 
 class Acc:

@@ -176,8 +176,9 @@ def test_a_loss_that_stays_non_finite_stops_the_run_with_advice(shards, tmp_path
 
 def test_gradient_accumulation_and_tensorboard(shards, tmp_path):
     out = tmp_path / "run"
+    # stride 1: the fixture's 12-frame videos give 48 clips, one epoch for the 3 x 2 x 8 below
     pretrain(shards, out, "--max-steps", "3", "--set", "train.grad_accum=2", "--set",
-             "train.trackers=[tensorboard]")
+             "train.trackers=[tensorboard]", "--set", "loader.stride=1")
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]       # optimizer steps, not micro-steps
     state = torch.load(out / "checkpoints" / "step-3" / "custom_checkpoint_1.pkl", weights_only=False)
