@@ -250,6 +250,12 @@ def table_markdown(results: list[dict], key: str, digits: int) -> str:
     return "\n".join(lines)
 
 
+def _paired_cell(ci, digits: int) -> str:
+    if ci is None or ci["mean"] is None:
+        return "n/a"
+    return fmt_ci(ci, digits, signed=True, interval=True) + f" (n = {ci['n']})"
+
+
 def paired_markdown(results: list[dict], key: str, digits: int) -> str | None:
     by_p = _by_patients(results)
     amounts = sorted({_amount(r, by_p) for r in results})
@@ -258,9 +264,7 @@ def paired_markdown(results: list[dict], key: str, digits: int) -> str | None:
         return None
     lines = _header("encoder − scratch", amounts, by_p)
     for init, mode in dict.fromkeys(k[:2] for k in stats):
-        cells = [(fmt_ci(stats[(init, mode, a)], digits, signed=True, interval=True)
-                  + f" (n = {stats[(init, mode, a)]['n']})") if (init, mode, a) in stats else "n/a"
-                 for a in amounts]
+        cells = [_paired_cell(stats.get((init, mode, a)), digits) for a in amounts]
         lines.append(f"| {init} − scratch | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -311,11 +315,20 @@ def plot_results(results: list[dict], path: Path) -> Path:
             ax.errorbar(xs, [s["mean"] for _, s in pts], yerr=[s["half"] or 0 for _, s in pts],
                         fmt=style, marker="o", capsize=3, label=f"{init} {mode}")
     seeds = len({r["seed"] for r in results})
-    for ax, (_, title) in zip(axes, panels):
+    ticks = sorted({_amount(r, by_p) * (1 if by_p else 100) for r in results})
+    for ax, (key, title) in zip(axes, panels):
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("labelled patients" if by_p else "labelled patients, %")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
+        if not any(r[key] is not None for r in results):
+            ax.text(0.5, 0.5, "no values (no head found, or no pixel size)", ha="center",
+                    transform=ax.transAxes, fontsize=9)
+    axes[0].set_ylim(-0.02, 1.02)   # a Dice interval wider than [0, 1] is cut at the frame
+    if any(r["hc_mae_mm"] is not None for r in results):
+        axes[1].set_ylim(bottom=0)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"mean ± 95 % CI over {seeds} seed{'s' if seeds != 1 else ''}"
                  + (" (one seed: no error bars)" if seeds == 1 else ""), fontsize=9)
