@@ -237,15 +237,22 @@ def _header(first: str, amounts, by_p) -> list[str]:
             "|---|---|" + "---:|" * len(amounts)]
 
 
+def _arm_cell(ci, digits: int, seeds: int) -> str:
+    if ci is None:
+        return "n/a"
+    short = 1 < ci["n"] < seeds     # some seeds gave no value (e.g. no HC): say how many did
+    return fmt_ci(ci, digits) + (f" (n = {ci['n']})" if short else "")
+
+
 def table_markdown(results: list[dict], key: str, digits: int) -> str:
     by_p = _by_patients(results)
     amounts = sorted({_amount(r, by_p) for r in results})
     arms = list(dict.fromkeys((r["init"], r["mode"]) for r in results))
     stats = arm_stats(results, key)
+    seeds = len({r["seed"] for r in results})
     lines = _header("encoder", amounts, by_p)
     for init, mode in arms:
-        cells = [fmt_ci(stats[(init, mode, a)], digits) if (init, mode, a) in stats else "n/a"
-                 for a in amounts]
+        cells = [_arm_cell(stats.get((init, mode, a)), digits, seeds) for a in amounts]
         lines.append(f"| {init} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

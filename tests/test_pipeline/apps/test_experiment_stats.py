@@ -52,7 +52,8 @@ def _rows():
                              "labelled_patients": patients, "seed": seed,
                              "dice_all": v + shift + 0.1 * patients + 0.01 * seed * (init == "mir"),
                              "dice": 0.9, "empty_false_positive_rate": 0.1,
-                             "hd95_mm": None if seed else 3.0, "hc_mae_mm": 4.0})
+                             "hd95_mm": None if seed else 3.0,
+                             "hc_mae_mm": None if seed == 2 else 4.0 + seed})
     return rows
 
 
@@ -72,6 +73,7 @@ def test_arm_and_paired_tables():
     assert f"| scratch | supervised | 0.850 ± {4.302653 * 0.05 / 3 ** .5:.3f} |" in md
     assert "| mir − scratch | supervised | +0.060 ± 0.025 [+0.035, +0.085] (n = 3) |" in md
     assert "3.00 (n = 1: no CI)" in md          # HD95 known for one seed only
+    assert f"| 4.50 ± {12.7062 * 0.5 ** .5 / 2 ** .5:.2f} (n = 2) |" in md   # HC: 2 of 3 seeds
     assert "3 seeds per arm (seeds 0, 1, 2" in md
 
 
