@@ -50,15 +50,16 @@ class Settings:
     pretrain_steps: int
     finetune_steps: int
     label_fraction: float          # of the three-mode fine-tuning runs
-    le_fractions: tuple
+    le_patients: tuple             # label-efficiency: labelled patients ...
+    le_seeds: int                  # ... x seeds (each its own patients and init) x both inits
     le_modes: tuple
     le_steps: int
     sweep_frames: int
 
 
 SIZES = {
-    "default": Settings(24, 3, 32, 256, 200, 100, 0.5, (0.1, 1.0), ("supervised", "semi"), 100, 48),
-    "smoke": Settings(6, 2, 8, 64, 4, 4, 0.5, (0.5, 1.0), ("supervised",), 3, 12),
+    "default": Settings(24, 3, 32, 256, 200, 100, 0.5, (1, 2), 3, ("supervised",), 100, 48),
+    "smoke": Settings(6, 2, 8, 64, 4, 4, 0.5, (1,), 2, ("supervised",), 3, 12),
 }
 
 
@@ -185,8 +186,9 @@ class Demo:
     def label_efficiency(self) -> dict:
         from .experiment import label_efficiency
         rows = label_efficiency(str(self.shards), self.out / "label_efficiency", encoder=self.encoder,
-                                config=str(CONFIGS / "finetune.yaml"), fractions=self.s.le_fractions,
-                                modes=self.s.le_modes, max_steps=self.s.le_steps, quiet=self.quiet)
+                                config=str(CONFIGS / "finetune.yaml"), patients=list(self.s.le_patients),
+                                seeds=self.s.le_seeds, modes=self.s.le_modes,
+                                max_steps=self.s.le_steps, quiet=self.quiet)
         return {"runs": len(rows)}
 
     def sweep(self) -> dict:

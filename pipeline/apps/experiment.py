@@ -1,12 +1,19 @@
-"""``sonostream experiment label-efficiency``: scratch vs pretrained x supervised / semi /
-multitask at several label fractions, each trained then evaluated; a table and a plot.
+"""``sonostream experiment label-efficiency``: encoder inits (scratch, pretrained, or several named
+encoders: a pretext-task ablation) x modes (supervised / semi / multitask) x label amounts (label
+fractions, or numbers of labelled patients) x seeds, each trained then evaluated; tables with
+95 % confidence intervals over seeds and a plot with error bars.
 
-E/runs/{init}-{mode}-{fraction}/   one fine-tuning run each (segmenter.pt, metrics.jsonl, eval/)
+E/runs/{init}-{mode}-p{N}-s{seed}/  one fine-tuning run each (segmenter.pt, metrics.jsonl, eval/);
+                                   ``{init}-{mode}-{fraction}-s{seed}`` with label fractions
 E/results.csv                     one row per run (long format)
-E/results.md                      Dice and HC error tables (rows: init x mode; columns: fraction)
-E/label_efficiency.png            Dice and HC error against the label fraction
+E/results.md                      per metric: mean ± 95 % CI per arm (rows: init x mode;
+                                  columns: label amount), and each encoder - scratch paired by seed
+E/label_efficiency.png            all-frame Dice and HC error against the label amount, error bars
 
-A re-run skips runs that finished and were evaluated, and resumes unfinished ones, so an
+Seed s fixes both the initial weights (``train.seed``) and which patients are labelled
+(``data.label_seed``), so two arms with the same seed saw the same labelled frames and the paired
+difference removes the patient draw from the comparison. Seeds are the config's ``train.seed``,
++1, ... A re-run skips runs that finished and were evaluated, and resumes unfinished ones, so an
 interrupted experiment continues where it stopped.
 """
 from __future__ import annotations
@@ -14,24 +21,54 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 from preprocessing import atomic
 from preprocessing import format as fmt
 from preprocessing.format import SonostreamError
 
+from .stats import fmt_ci, mean_ci, paired_ci
+
 INITS = ("scratch", "pretrained")
-RESULT_COLUMNS = ("init", "mode", "label_fraction", "labelled_patients", "labelled_frames", "steps",
-                  "dice", "iou", "hd95_mm", "hc_mae_mm", "hc_missed", "plane_accuracy",
-                  "empty_false_positive_rate")
+FRACTIONS = (0.05, 0.1, 0.25, 1.0)
+EVAL_COLUMNS = ("dice", "dice_all", "iou", "hd95_mm", "hc_mae_mm", "hc_missed", "plane_accuracy",
+                "empty_false_positive_rate")
+RESULT_COLUMNS = ("init", "mode", "label_fraction", "labelled_patients", "seed",
+                  "labelled_frames", "steps", *EVAL_COLUMNS, "encoder")
+# (column, title in results.md, digits): the metrics given with confidence intervals
+METRICS = (("dice_all", "Dice over all test frames (an empty prediction of a frame without a "
+            "head scores 1)", 3),
+           ("dice", "Dice (mean over test frames that show a head)", 3),
+           ("empty_false_positive_rate", "False heads: share of test frames without a head where "
+            "one was predicted", 3),
+           ("hd95_mm", "HD95 (mm) on frames that show a head", 2),
+           ("hc_mae_mm", "HC mean absolute error (mm)", 2))
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-def run_name(init: str, mode: str, fraction: float) -> str:
-    return f"{init}-{mode}-{fraction:g}"
+def run_name(init: str, mode: str, amount, seed: int, patients: bool) -> str:
+    return f"{init}-{mode}-{'p' if patients else ''}{amount:g}-s{seed}"
 
 
-def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, fraction: float,
-            split: str, max_steps, quiet: bool) -> dict:
+def parse_encoders(text: str | None) -> dict:
+    """``name=path,name=path`` (``--encoders``) -> {name: path}."""
+    out = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, path = (s.strip() for s in item.partition("="))
+        if not sep or not name or not path:
+            raise SonostreamError(f"--encoders {item.strip()!r}: give NAME=PATH (e.g. "
+                                  "mir=runs/mir/encoder.pt), several separated by commas")
+        if name in out:
+            raise SonostreamError(f"--encoders names {name!r} twice; each name is one arm")
+        out[name] = path
+    return out
+
+
+def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, amount,
+            seed: int, patients: bool, split: str, max_steps, quiet: bool) -> dict:
     from pipeline.eval.evaluate import evaluate
     from pipeline.eval.quality import calibrate_finished_run
     from pipeline.models.segmenter import load_segmenter
@@ -41,9 +78,12 @@ def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, f
     seg, ev = out / "segmenter.pt", out / "eval" / "metrics.json"
     done = seg.is_file() and load_segmenter(seg)[1].get("complete")
     if not done:
-        cfg = load_finetune_config(config, overrides, mode=mode,
-                                   init=str(encoder) if init == "pretrained" else "none",
-                                   label_fraction=fraction, max_steps=max_steps)
+        # the amount named here wins over the config's: label_patients unset with fractions
+        amount_set = (["data.label_fraction=1.0", f"data.label_patients={amount}"] if patients
+                      else [f"data.label_fraction={amount}", "data.label_patients=null"])
+        cfg = load_finetune_config(config, [*overrides, *amount_set], mode=mode,
+                                   init=str(encoder) if encoder is not None else "none",
+                                   max_steps=max_steps, seed=seed)
         summary = train(cfg, str(data), out, resume="latest" if latest_checkpoint(out) else None,
                         quiet=quiet)
         calibrate_finished_run(summary, data)
@@ -51,10 +91,11 @@ def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, f
         evaluate(seg, data, split, out / "eval", overlays=4, quiet=quiet)
     metrics = json.loads(ev.read_text())
     meta = load_segmenter(seg)[1]
-    return {"init": init, "mode": mode, "label_fraction": fraction,
-            "labelled_patients": meta.get("labelled_patients"), "steps": meta.get("step"),
-            "labelled_frames": _labelled_frames(out),
-            **{k: metrics.get(k) for k in RESULT_COLUMNS[6:]}}
+    return {"init": init, "mode": mode, "label_fraction": None if patients else amount,
+            "labelled_patients": meta.get("labelled_patients"), "seed": seed,
+            "steps": meta.get("step"), "labelled_frames": _labelled_frames(out),
+            "encoder": "" if encoder is None else str(encoder),
+            **{k: metrics.get(k) for k in EVAL_COLUMNS}}
 
 
 def _labelled_frames(run: Path):
@@ -66,29 +107,86 @@ def _labelled_frames(run: Path):
     return yaml.safe_load((ckpt / "run.yaml").read_text()).get("loader", {}).get("labelled_frames")
 
 
-def label_efficiency(data, out, *, encoder=None, config=None, overrides=(), fractions=(0.05, 0.1, 0.25, 1.0),
-                     modes=("supervised", "semi", "multitask"), inits=INITS, split="test",
-                     max_steps=None, quiet=True) -> list[dict]:
-    out = Path(out)
-    if "pretrained" in inits:
-        if encoder is None or not Path(encoder).is_file():
-            raise SonostreamError(f"--encoder {encoder}: the pretrained arm needs an encoder.pt "
-                                  f"from `sonostream pretrain` (or pass --inits scratch)")
+def _arms(encoder, encoders, inits) -> tuple[list, dict]:
+    """(inits to run, {name: encoder path}) after the checks."""
+    named = dict(encoders or {})
+    if encoder is not None:
+        if "pretrained" in named:
+            raise SonostreamError("--encoder is the arm 'pretrained'; --encoders names it again")
+        named = {"pretrained": encoder, **named}
+    for name in named:
+        if name == "scratch" or not _NAME.match(name):
+            raise SonostreamError(f"--encoders name {name!r}: use letters, digits and _ . + - "
+                                  "(it names run folders), and not 'scratch' (the no-encoder arm)")
+    inits = list(inits) if inits else (["scratch", *named] if named else list(INITS))
+    if "pretrained" in inits and "pretrained" not in named:
+        raise SonostreamError("--encoder missing: the pretrained arm needs an encoder.pt from "
+                              "`sonostream pretrain` (or pass --inits scratch)")
+    bad = [i for i in inits if i != "scratch" and i not in named]
+    if bad:
+        raise SonostreamError(f"unknown init(s) {bad}; use scratch or a name of --encoders "
+                              f"({', '.join(named) or 'none given'})")
+    for name in inits:
+        if name != "scratch" and not Path(named[name]).is_file():
+            raise SonostreamError(f"--encoders {name}={named[name]}: no such file (pretraining "
+                                  "writes RUN/encoder.pt)")
+    return inits, named
+
+
+def _amounts(fractions, patients) -> tuple[list, bool]:
+    if fractions is not None and patients is not None:
+        raise SonostreamError("--fractions and --patients both set the label amount; give one")
+    if patients is not None:
+        bad = [p for p in patients if isinstance(p, bool) or not isinstance(p, int) or p < 1]
+        if bad or not patients:
+            raise SonostreamError(f"--patients must be whole numbers >= 1, got {list(patients)}")
+        return sorted(set(patients)), True
+    fractions = list(FRACTIONS if fractions is None else fractions)
     for f in fractions:
         if not 0 < f <= 1:
             raise SonostreamError(f"label fractions must be in (0, 1], got {f}")
-    bad = set(inits) - set(INITS)
-    if bad:
-        raise SonostreamError(f"unknown init(s) {sorted(bad)}; use {', '.join(INITS)}")
-    jobs = [(i, m, f) for i in inits for m in modes for f in fractions]
+    return sorted(set(fractions)), False
+
+
+def _check_patients(data, split: str, most: int) -> None:
+    """Fail before the first run, not at the run that asks for more patients than there are."""
+    from pipeline.data.index import IndexView
+    from pipeline.data.segloader import select_frames
+    from pipeline.data.source import ShardSource
+    n = select_frames(IndexView(ShardSource(data).index), split, 1.0, 0, str(data)).total_patients
+    if most > n:
+        raise SonostreamError(f"--patients {most}: split {split!r} of {data} has only {n} patients "
+                              f"with masks; ask for at most {n}")
+
+
+def label_efficiency(data, out, *, encoder=None, encoders=None, config=None, overrides=(),
+                     fractions=None, patients=None, seeds: int = 1,
+                     modes=("supervised", "semi", "multitask"), inits=None, split="test",
+                     max_steps=None, quiet=True) -> list[dict]:
+    """Trains and evaluates every (init, mode, amount, seed); returns the rows of results.csv.
+    ``patients`` (numbers of labelled patients) and ``fractions`` are exclusive (neither: the
+    fractions 5, 10, 25, 100 %); ``encoders`` {name: encoder.pt} adds one arm each beside
+    ``encoder`` (the arm "pretrained")."""
+    out = Path(out)
+    inits, named = _arms(encoder, encoders, inits)
+    amounts, by_patients = _amounts(fractions, patients)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise SonostreamError(f"--seeds must be a whole number >= 1, got {seeds!r}")
+    from pipeline.train.finetuning import load_finetune_config
+    base = load_finetune_config(config, overrides)   # bad config: fail before any run
+    if by_patients:
+        _check_patients(data, base.data.split, max(amounts))
+    seed_list = [base.train.seed + s for s in range(seeds)]
+    jobs = [(i, m, a, s) for i in inits for m in modes for a in amounts for s in seed_list]
     results = []
-    for n, (init, mode, frac) in enumerate(jobs, 1):
-        name = run_name(init, mode, frac)
+    for n, (init, mode, amount, seed) in enumerate(jobs, 1):
+        name = run_name(init, mode, amount, seed, by_patients)
         print(f"[{n}/{len(jobs)}] {name}", flush=True)
-        row = run_one(data, out / "runs" / name, config, overrides, init, encoder, mode, frac,
-                      split, max_steps, quiet)
+        row = run_one(data, out / "runs" / name, config, overrides, init, named.get(init), mode,
+                      amount, seed, by_patients, split, max_steps, quiet)
         results.append(row)
-        print(f"    dice {_fmt(row['dice'])}  HC MAE {_fmt(row['hc_mae_mm'], 2)} mm", flush=True)
+        print(f"    dice (all frames) {_fmt(row['dice_all'])}  dice {_fmt(row['dice'])}  "
+              f"HC MAE {_fmt(row['hc_mae_mm'], 2)} mm", flush=True)
     write_results(out, results, split)
     return results
 
@@ -97,25 +195,111 @@ def _fmt(v, digits=3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _by_patients(results: list[dict]) -> bool:
+    return any(r["label_fraction"] is None for r in results)
+
+
+def _amount(r: dict, by_patients: bool):
+    return r["labelled_patients"] if by_patients else r["label_fraction"]
+
+
+def _amount_label(a, by_patients: bool) -> str:
+    return (f"{a} patient{'s' if a != 1 else ''}" if by_patients else f"{a:.0%} labels")
+
+
+def arm_stats(results: list[dict], key: str) -> dict:
+    """{(init, mode, amount): mean_ci over the seeds} for metric ``key``."""
+    by_p = _by_patients(results)
+    groups: dict = {}
+    for r in results:
+        groups.setdefault((r["init"], r["mode"], _amount(r, by_p)), []).append(r[key])
+    return {k: mean_ci(v) for k, v in groups.items()}
+
+
+def paired_stats(results: list[dict], key: str, baseline: str = "scratch") -> dict:
+    """{(init, mode, amount): paired_ci of init - baseline, matched by seed} for each init other
+    than ``baseline`` that has a baseline run of the same mode and amount."""
+    by_p = _by_patients(results)
+    value = {(r["init"], r["mode"], _amount(r, by_p), r["seed"]): r[key] for r in results}
+    out = {}
+    for init, mode, amount in dict.fromkeys(k[:3] for k in value):
+        if init == baseline:
+            continue
+        mine = {s: v for (i, m, a, s), v in value.items() if (i, m, a) == (init, mode, amount)}
+        base = {s: v for (i, m, a, s), v in value.items() if (i, m, a) == (baseline, mode, amount)}
+        if base:
+            out[(init, mode, amount)] = paired_ci(mine, base)
+    return out
+
+
+def _header(first: str, amounts, by_p) -> list[str]:
+    return [f"| {first} | mode | " + " | ".join(_amount_label(a, by_p) for a in amounts) + " |",
+            "|---|---|" + "---:|" * len(amounts)]
+
+
+def _arm_cell(ci, digits: int, seeds: int) -> str:
+    if ci is None:
+        return "n/a"
+    short = 1 < ci["n"] < seeds     # some seeds gave no value (e.g. no HC): say how many did
+    return fmt_ci(ci, digits) + (f" (n = {ci['n']})" if short else "")
+
+
 def table_markdown(results: list[dict], key: str, digits: int) -> str:
-    fractions = sorted({r["label_fraction"] for r in results})
+    by_p = _by_patients(results)
+    amounts = sorted({_amount(r, by_p) for r in results})
     arms = list(dict.fromkeys((r["init"], r["mode"]) for r in results))
-    cell = {(r["init"], r["mode"], r["label_fraction"]): r[key] for r in results}
-    lines = ["| encoder | mode | " + " | ".join(f"{f:.0%} labels" for f in fractions) + " |",
-             "|---|---|" + "---:|" * len(fractions)]
+    stats = arm_stats(results, key)
+    seeds = len({r["seed"] for r in results})
+    lines = _header("encoder", amounts, by_p)
     for init, mode in arms:
-        lines.append(f"| {init} | {mode} | " + " | ".join(
-            _fmt(cell.get((init, mode, f)), digits) for f in fractions) + " |")
+        cells = [_arm_cell(stats.get((init, mode, a)), digits, seeds) for a in amounts]
+        lines.append(f"| {init} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _paired_cell(ci, digits: int) -> str:
+    if ci is None or ci["mean"] is None:
+        return "n/a"
+    return fmt_ci(ci, digits, signed=True, interval=True) + f" (n = {ci['n']})"
+
+
+def paired_markdown(results: list[dict], key: str, digits: int) -> str | None:
+    by_p = _by_patients(results)
+    amounts = sorted({_amount(r, by_p) for r in results})
+    stats = paired_stats(results, key)
+    if not stats:
+        return None
+    lines = _header("encoder − scratch", amounts, by_p)
+    for init, mode in dict.fromkeys(k[:2] for k in stats):
+        cells = [_paired_cell(stats.get((init, mode, a)), digits) for a in amounts]
+        lines.append(f"| {init} − scratch | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_markdown(results: list[dict], split: str) -> str:
+    seeds = sorted({r["seed"] for r in results})
+    md = [f"# Label efficiency ({split} split)", "",
+          f"{len(results)} runs, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} per arm "
+          f"(seeds {', '.join(map(str, seeds))}; a seed fixes the labelled patients and the "
+          f"initial weights). Each cell: mean ± half-width of the 95 % t-interval over the seeds, "
+          f"mean ± t(0.975, n−1)·sd/√n; with one seed there is no interval.", ""]
+    for key, title, digits in METRICS:
+        md += [f"{title}:", "", table_markdown(results, key, digits), ""]
+    paired = [(title, paired_markdown(results, key, digits)) for key, title, digits in METRICS]
+    if any(p for _, p in paired):
+        md += ["Paired differences, each encoder − scratch, matched by seed (same labelled "
+               "patients): mean ± 95 % CI half-width [interval] (n pairs). An interval above 0 "
+               "(below 0 for false heads, HD95 and HC error) favours the encoder.", ""]
+        for title, p in paired:
+            if p:
+                md += [f"{title}, difference:", "", p, ""]
+    return "\n".join(md)
 
 
 def write_results(out: Path, results: list[dict], split: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "results.csv", fmt.csv_text(RESULT_COLUMNS, results))
-    md = (f"# Label efficiency ({split} split)\n\nDice (mean over {split} frames that show a head):\n\n"
-          + table_markdown(results, "dice", 3)
-          + "\n\nHC mean absolute error (mm):\n\n" + table_markdown(results, "hc_mae_mm", 2) + "\n")
-    atomic.write_text(out / "results.md", md)
+    atomic.write_text(out / "results.md", results_markdown(results, split))
     plot_results(results, out / "label_efficiency.png")
 
 
@@ -123,22 +307,38 @@ def plot_results(results: list[dict], path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    by_p = _by_patients(results)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     arms = list(dict.fromkeys((r["init"], r["mode"]) for r in results))
-    for init, mode in arms:
-        rs = sorted((r for r in results if (r["init"], r["mode"]) == (init, mode)),
-                    key=lambda r: r["label_fraction"])
-        style = "-" if init == "pretrained" else "--"
-        for ax, key in zip(axes, ("dice", "hc_mae_mm")):
-            xs = [r["label_fraction"] * 100 for r in rs if r[key] is not None]
-            ys = [r[key] for r in rs if r[key] is not None]
-            ax.plot(xs, ys, style, marker="o", label=f"{init} {mode}")
-    for ax, title in zip(axes, ("Dice (higher is better)", "HC MAE, mm (lower is better)")):
+    panels = (("dice_all", "Dice, all frames (higher is better)"),
+              ("hc_mae_mm", "HC MAE, mm (lower is better)"))
+    for j, (init, mode) in enumerate(arms):
+        shift = 1 + 0.04 * (j - (len(arms) - 1) / 2)   # side by side, so the bars do not hide
+        style = "--" if init == "scratch" else "-"
+        for ax, (key, _) in zip(axes, panels):
+            stats = arm_stats([r for r in results if (r["init"], r["mode"]) == (init, mode)], key)
+            pts = sorted((a, s) for (_, _, a), s in stats.items() if s["mean"] is not None)
+            xs = [a * (1 if by_p else 100) * shift for a, _ in pts]
+            ax.errorbar(xs, [s["mean"] for _, s in pts], yerr=[s["half"] or 0 for _, s in pts],
+                        fmt=style, marker="o", capsize=3, label=f"{init} {mode}")
+    seeds = len({r["seed"] for r in results})
+    ticks = sorted({_amount(r, by_p) * (1 if by_p else 100) for r in results})
+    for ax, (key, title) in zip(axes, panels):
         ax.set_xscale("log")
-        ax.set_xlabel("labelled patients, %")
-        ax.set_title(title)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled patients" if by_p else "labelled patients, %")
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
+        if not any(r[key] is not None for r in results):
+            ax.text(0.5, 0.5, "no values (no head found, or no pixel size)", ha="center",
+                    transform=ax.transAxes, fontsize=9)
+    axes[0].set_ylim(-0.02, 1.02)   # a Dice interval wider than [0, 1] is cut at the frame
+    if any(r["hc_mae_mm"] is not None for r in results):
+        axes[1].set_ylim(bottom=0)
     axes[0].legend(fontsize=8)
+    fig.suptitle(f"mean ± 95 % CI over {seeds} seed{'s' if seeds != 1 else ''}"
+                 + (" (one seed: no error bars)" if seeds == 1 else ""), fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -172,10 +172,16 @@ def _floors(ev: dict) -> list[str]:
     return lines
 
 
-def _label_efficiency(out: Path) -> list[str]:
+def _label_efficiency(out: Path, settings=None) -> list[str]:
     md = out / "label_efficiency" / "results.md"
     lines = ["## 4. Label efficiency (small)", ""]
     if md.is_file():
+        if settings is not None:
+            lines += [f"`sonostream experiment label-efficiency --patients "
+                      f"{','.join(map(str, settings.le_patients))} --seeds {settings.le_seeds} "
+                      f"--modes {','.join(settings.le_modes)}`: scratch vs the pretrained encoder, "
+                      f"{settings.le_steps} steps per run: it shows what the experiment writes; "
+                      "so few seeds and steps are no evidence of a gain either way.", ""]
         body = md.read_text().split("\n", 1)[1].strip()   # without its own title
         lines += [body, "", _img(out, "label_efficiency/label_efficiency.png", "label efficiency"), ""]
     else:
@@ -240,7 +246,7 @@ def write_report(out: Path, settings, results: dict, size: str) -> Path:
              f"{settings.size}px, on {_machine()}. Every number below was produced by this "
              "run; re-running `sonostream demo` skips finished stages.", ""]
     lines += _data(out, results) + _pretrain(out, results) + _finetune(out, results)
-    lines += _label_efficiency(out)
+    lines += _label_efficiency(out, settings)
     lines += ["## 5. Cine loops: `sonostream segment-video`", "",
               "Every frame segmented, the head's ellipse smoothed over time, the best frame picked "
               "(peak of the head's section area among good-quality frames).", ""]

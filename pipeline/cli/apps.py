@@ -10,10 +10,19 @@ from .common import log_level_chosen, setup_logging, write_json_result
 EXPERIMENT_EPILOG = """\
 example (the small CPU setting `make demo` runs):
   sonostream experiment label-efficiency --data runs/demo/shards --out runs/demo/label_efficiency \\
-      --encoder runs/demo/pretrain/encoder.pt --config launch/configs/debug/finetune.yaml
+      --encoder runs/demo/pretrain/encoder.pt --config launch/configs/debug/finetune.yaml \\
+      --patients 1,2 --seeds 3 --modes supervised
 
-Every (init, mode, fraction) run is trained with the same config and seed, then evaluated on
---split. Re-running skips finished runs and resumes unfinished ones.
+a pretext-task ablation (one arm per encoder; "scratch" is the no-encoder arm):
+  sonostream experiment label-efficiency --data D --out E --config launch/configs/debug/finetune.yaml \\
+      --encoders mir=runs/mir/encoder.pt,mir_pm=runs/mir_pm/encoder.pt,all=runs/all/encoder.pt \\
+      --patients 1,2,4,8 --seeds 3 --modes supervised
+
+Every (init, mode, amount, seed) run is trained with the same config, then evaluated on --split.
+Seed s (the config's train.seed, +1, ...) sets both the initial weights and which patients are
+labelled, so arms are compared on the same labelled patients; results.md gives mean +- 95 % CI
+over the seeds per arm, and each encoder - scratch paired by seed. Re-running skips finished runs
+and resumes unfinished ones.
 """
 
 
@@ -30,20 +39,34 @@ def add_parsers(sub) -> None:
     from pipeline.apps.demo import SIZES
     x = sub.add_parser("experiment", help="experiments that train and evaluate many runs")
     xsub = x.add_subparsers(dest="experiment", required=True, metavar="WHICH")
-    le = xsub.add_parser("label-efficiency", help="scratch vs pretrained x 3 modes x label fractions",
-                         description="Train and evaluate every (encoder init, mode, label fraction) "
-                         "and write E/results.md, E/results.csv and E/label_efficiency.png.",
+    le = xsub.add_parser("label-efficiency", help="encoder inits x modes x labelled patients (or "
+                         "fractions) x seeds, with 95 % CIs",
+                         description="Train and evaluate every (encoder init, mode, label amount, "
+                         "seed) and write E/results.md (mean +- 95 % CI per arm, paired "
+                         "differences against scratch), E/results.csv (one row per run) and "
+                         "E/label_efficiency.png (error bars).",
                          epilog=EXPERIMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     le.add_argument("--data", required=True, help="dataset folder written by `sonostream build`")
     le.add_argument("--out", required=True, help="experiment folder")
-    le.add_argument("--encoder", help="pretrained encoder.pt (needed by the pretrained arm)")
+    le.add_argument("--encoder", help="pretrained encoder.pt: the arm named 'pretrained'")
+    le.add_argument("--encoders", metavar="NAME=PATH,...",
+                    help="more encoder arms, one per encoder.pt, named in the init column (e.g. "
+                    "mir=a/encoder.pt,mir_pm=b/encoder.pt); scratch is the arm without one")
     le.add_argument("--config", help="fine-tuning config YAML shared by every run "
                     "(default: built-in defaults; launch/configs/debug/finetune.yaml for CPUs)")
     le.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one config value in every run (repeatable)")
-    le.add_argument("--fractions", default="0.05,0.1,0.25,1", help="label fractions (default 0.05,0.1,0.25,1)")
+    amount = le.add_mutually_exclusive_group()
+    amount.add_argument("--patients", metavar="N,...",
+                        help="numbers of labelled patients, e.g. 1,2,4,8 (data.label_patients)")
+    amount.add_argument("--fractions", metavar="F,...", help="label fractions of the patients "
+                        "(default, without --patients: 0.05,0.1,0.25,1)")
+    le.add_argument("--seeds", type=int, default=1, metavar="N",
+                    help="runs per arm: seed s sets the init and the labelled patients (default 1: "
+                    "no confidence intervals)")
     le.add_argument("--modes", default="supervised,semi,multitask", help="modes (default: all three)")
-    le.add_argument("--inits", default="scratch,pretrained", help="encoder inits (default scratch,pretrained)")
+    le.add_argument("--inits", help="arms to run: scratch and names of encoders (default: scratch "
+                    "and every encoder given; scratch,pretrained without encoders)")
     le.add_argument("--split", default="test", help="split scored (default test)")
     le.add_argument("--max-steps", type=int, help="steps per run (overrides train.steps)")
     le.add_argument("--verbose", action="store_true", help="progress bars and metrics of every run")
@@ -159,15 +182,24 @@ def add_parsers(sub) -> None:
 
 
 def cmd_experiment(args) -> int:
-    from pipeline.apps.experiment import label_efficiency
+    from pipeline.apps.experiment import label_efficiency, parse_encoders
+    from preprocessing.format import SonostreamError
     setup_logging()
     if not args.verbose and not log_level_chosen():   # one line per run, not every run's metrics
         logging.getLogger("sonostream.train").setLevel(logging.WARNING)
     split = lambda s: [v.strip() for v in s.split(",") if v.strip()]  # noqa: E731
-    label_efficiency(args.data, args.out, encoder=args.encoder, config=args.config,
-                     overrides=args.set, fractions=[float(f) for f in split(args.fractions)],
-                     modes=split(args.modes), inits=split(args.inits), split=args.split,
-                     max_steps=args.max_steps, quiet=not args.verbose)
+    def numbers(flag, text, kind):
+        try:
+            return None if text is None else [kind(v) for v in split(text)]
+        except ValueError:
+            raise SonostreamError(f"{flag} {text!r}: give {kind.__name__} values separated by "
+                                  "commas") from None
+    label_efficiency(args.data, args.out, encoder=args.encoder,
+                     encoders=parse_encoders(args.encoders), config=args.config,
+                     overrides=args.set, fractions=numbers("--fractions", args.fractions, float),
+                     patients=numbers("--patients", args.patients, int), seeds=args.seeds,
+                     modes=split(args.modes), inits=split(args.inits) if args.inits else None,
+                     split=args.split, max_steps=args.max_steps, quiet=not args.verbose)
     print(f"wrote {args.out}/results.md, results.csv, label_efficiency.png")
     return 0
 

@@ -1,9 +1,11 @@
 """SegLoader: batches of labelled frames (+ unlabelled ones for semi-supervised training).
 
-Which frames are labelled: :func:`labelled_patients` picks the label fraction *per patient* (a
-patient's frames are all labelled or all unlabelled, as when a clinic annotates some
-examinations), deterministically from (seed, patient id), and nested: the 5 % patients are among
-the 10 % ones, so a label-efficiency curve compares like with like.
+Which frames are labelled: :func:`labelled_patients` picks the label fraction (or a number of
+patients, ``data.label_patients``) *per patient* (a patient's frames are all labelled or all
+unlabelled, as when a clinic annotates some examinations), deterministically from (label seed,
+patient id), and nested: the 5 % patients are among the 10 % ones, the 1 patient among the 2, so a
+label-efficiency curve compares like with like. The label seed is ``data.label_seed``, or the
+run's seed when that is unset; another seed draws other patients.
 
     loader = SegLoader("data/shards", SegDataConfig(label_fraction=0.1), batch_size=8,
                        unlabelled_batch=8, seed=0, rank=acc.process_index,
@@ -39,6 +41,8 @@ STATE_VERSION = 1
 class SegDataConfig:
     split: str = "train"            # frames trained on
     label_fraction: float = 1.0     # share of the split's labelled patients whose masks are used
+    label_patients: int | None = None   # or this many of them (then label_fraction stays 1)
+    label_seed: int | None = None   # which patients are drawn (None: the run's train.seed)
     image_size: int | None = None   # None: as stored; must be a multiple of 32 for the UNet
     decode_threads: int = 2         # threads decoding a batch
     prefetch: int = 2               # batches decoded ahead of the training loop
@@ -47,6 +51,20 @@ class SegDataConfig:
         if not 0.0 < self.label_fraction <= 1.0:
             raise SonostreamError(f"data.label_fraction must be in (0, 1], got "
                                   f"{self.label_fraction}")
+        if self.label_patients is not None:
+            if isinstance(self.label_patients, bool) or not isinstance(self.label_patients, int) \
+                    or self.label_patients < 1:
+                raise SonostreamError(f"data.label_patients must be a whole number >= 1 (or unset), "
+                                      f"got {self.label_patients!r}")
+            if self.label_fraction < 1.0:
+                raise SonostreamError(f"data.label_patients ({self.label_patients}) and "
+                                      f"data.label_fraction ({self.label_fraction}) both choose the "
+                                      "labelled patients; set one (label_fraction 1 with "
+                                      "label_patients)")
+        if self.label_seed is not None and (isinstance(self.label_seed, bool)
+                                            or not isinstance(self.label_seed, int)):
+            raise SonostreamError(f"data.label_seed must be a whole number (or unset), got "
+                                  f"{self.label_seed!r}")
         if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
             raise SonostreamError(f"data.image_size must be a multiple of 32 (the UNet halves it 5 "
                                   f"times), got {self.image_size}")
@@ -76,14 +94,19 @@ class SegBatch:
                         mv(self.unlabelled), self.rows, self.epoch, self.step)
 
 
-def labelled_patients(patient_ids, fraction: float, seed: int = 0) -> list:
-    """The patients whose labels are used: ceil(fraction * n) of them (at least 1), ranked by a
-    hash of (seed, id). Nested in ``fraction`` and independent of which other patients exist."""
+def labelled_patients(patient_ids, fraction: float, seed: int = 0, count: int | None = None) -> list:
+    """The patients whose labels are used: ceil(fraction * n) of them (at least 1), or ``count``
+    of them, ranked by a hash of (seed, id). Nested in ``fraction`` and ``count``, and
+    independent of which other patients exist."""
     if not 0.0 < fraction <= 1.0:
         raise SonostreamError(f"label fraction must be in (0, 1], got {fraction}")
     ids = sorted(set(patient_ids))
+    if count is not None and not 1 <= count <= len(ids):
+        raise SonostreamError(f"{count} labelled patients asked for, but only {len(ids)} patients "
+                              "have masks; ask for at most that many (data.label_patients)")
     rank = sorted(ids, key=lambda p: hashlib.sha256(f"{seed}\x00labels\x00{p}".encode()).digest())
-    return rank[:max(1, math.ceil(fraction * len(ids) - 1e-9))] if ids else []
+    n = count if count is not None else max(1, math.ceil(fraction * len(ids) - 1e-9))
+    return rank[:n] if ids else []
 
 
 @dataclass
@@ -95,7 +118,8 @@ class Selection:
     total_patients: int
 
 
-def select_frames(view: IndexView, split: str, fraction: float, seed: int, where: str) -> Selection:
+def select_frames(view: IndexView, split: str, fraction: float, seed: int, where: str,
+                  count: int | None = None) -> Selection:
     rows = view.rows_of(split)
     masked = rows[view.has_mask[rows]]
     if len(masked) == 0:
@@ -103,7 +127,10 @@ def select_frames(view: IndexView, split: str, fraction: float, seed: int, where
                               "needs labelled frames (build from a frames CSV with a mask_path "
                               "column, e.g. `sonostream synth` or `sonostream import hc18`)")
     ids = view.patient_ids[np.unique(view.patient[masked])]
-    chosen = labelled_patients(ids.tolist(), fraction, seed)
+    try:
+        chosen = labelled_patients(ids.tolist(), fraction, seed, count)
+    except SonostreamError as e:
+        raise SonostreamError(f"{where}, split {split!r}: {e}") from None
     codes = np.flatnonzero(np.isin(view.patient_ids, chosen))
     labelled = masked[np.isin(view.patient[masked], codes)]
     return Selection(labelled=labelled, unlabelled=rows, patients=chosen, total_patients=len(ids))
@@ -131,8 +158,9 @@ class SegLoader:
         self.device = torch.device(device)
         self.source = ShardSource(data, cache_dir=cache_dir, shard_url=shard_url)
         self.view = IndexView(self.source.index)
+        self.label_seed = seed if self.cfg.label_seed is None else self.cfg.label_seed
         self.sel: Selection = select_frames(self.view, self.cfg.split, self.cfg.label_fraction,
-                                            seed, str(data))
+                                            self.label_seed, str(data), self.cfg.label_patients)
         s = self.cfg.image_size
         rows = self.sel.labelled
         if s is None:
@@ -198,6 +226,7 @@ class SegLoader:
                 "epoch": self.epoch_of(self.steps_done),
                 "position": self.steps_done * self.global_batch, "seed": self.seed,
                 "split": self.cfg.split, "label_fraction": self.cfg.label_fraction,
+                "label_patients": self.cfg.label_patients, "label_seed": self.label_seed,
                 "batch_size": self.B, "unlabelled_batch": self.Bu, "world_size": self.world_size,
                 "labelled_frames": int(len(self.sel.labelled))}
 
@@ -205,6 +234,9 @@ class SegLoader:
         mine = self.state_dict()
         differ = [k for k in ("seed", "split", "label_fraction", "labelled_frames")
                   if state.get(k) != mine[k]]
+        # checkpoints from before label_patients / label_seed drew with the run's seed
+        differ += [k for k, old in (("label_patients", None), ("label_seed", mine["seed"]))
+                   if state.get(k, old) != mine[k]]
         if differ:
             raise SonostreamError("cannot resume: the checkpoint's data used other " + ", ".join(
                 f"{k}={state.get(k)!r} (now {mine[k]!r})" for k in differ)
@@ -218,6 +250,7 @@ class SegLoader:
 
     def describe(self) -> dict:
         return {"split": self.cfg.split, "label_fraction": self.cfg.label_fraction,
+                "label_patients": self.cfg.label_patients, "label_seed": self.label_seed,
                 "labelled_patients": len(self.sel.patients), "patients": self.sel.total_patients,
                 "labelled_frames": int(len(self.sel.labelled)),
                 "unlabelled_frames": int(len(self.sel.unlabelled)) if self.Bu else 0,

@@ -71,8 +71,8 @@ class FinetuneConfig:
     # the task and model (the network built), the frames trained on and their size, the seed,
     # what the optimizer state keeps (OPTIM_KEPT). The rest may change on resume: loss weights
     # (semi, multitask), augment, the schedule's warm-up and length, batch size, logging.
-    RESUME_KEYS = ("task", "model", "data.split", "data.label_fraction", "data.image_size",
-                   "train.seed", *OPTIM_KEPT)
+    RESUME_KEYS = ("task", "model", "data.split", "data.label_fraction", "data.label_patients",
+                   "data.label_seed", "data.image_size", "train.seed", *OPTIM_KEPT)
     RESUME_FIX = ("start a new run with them in another --out, without --resume (--init "
                   "ENCODER.pt still starts its encoder from a pretraining run)")
 
@@ -81,11 +81,14 @@ class FinetuneConfig:
 
 
 def load_finetune_config(path, overrides=(), *, mode=None, init=None, label_fraction=None,
-                         max_steps=None) -> FinetuneConfig:
-    """YAML ``path`` + ``SECTION.KEY=VALUE`` overrides + the command-line shortcuts."""
+                         max_steps=None, label_patients=None, seed=None) -> FinetuneConfig:
+    """YAML ``path`` + ``SECTION.KEY=VALUE`` overrides + the command-line shortcuts. ``seed``
+    sets both ``train.seed`` and ``data.label_seed`` (the init and the labelled patients)."""
     overrides = list(overrides)
     for key, value in (("task.mode", mode), ("task.init", init),
-                       ("data.label_fraction", label_fraction), ("train.steps", max_steps)):
+                       ("data.label_fraction", label_fraction), ("train.steps", max_steps),
+                       ("data.label_patients", label_patients), ("train.seed", seed),
+                       ("data.label_seed", seed)):
         if value is not None:
             overrides.append(f"{key}={value}")
     return load_config(path, FinetuneConfig, overrides)

@@ -81,3 +81,47 @@ def test_no_masks_and_bad_masks_are_clear_errors(seg_shards, unlabelled_shards, 
         lo.decoder.mask(row)
     with pytest.raises(ValueError, match="multiple of 32"):
         SegDataConfig(image_size=48)
+
+
+def test_label_patients_picks_that_many_nested_and_other_ones_per_seed():
+    ids = [f"P{i:03d}" for i in range(40)]
+    picks = {n: labelled_patients(ids, 1.0, seed=3, count=n) for n in (1, 2, 4, 8)}
+    assert [len(picks[n]) for n in (1, 2, 4, 8)] == [1, 2, 4, 8]
+    assert set(picks[1]) < set(picks[2]) < set(picks[4]) < set(picks[8]) < set(ids)
+    assert labelled_patients(ids, 1.0, seed=3, count=2) == picks[2]            # deterministic
+    per_seed = [tuple(labelled_patients(ids, 1.0, seed=s, count=2)) for s in range(5)]
+    assert len(set(per_seed)) == 5                                              # other patients
+    assert len({p[0] for p in per_seed}) >= 4
+    with pytest.raises(ValueError, match="only 40 patients"):
+        labelled_patients(ids, 1.0, seed=0, count=41)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(label_patients=2, label_fraction=0.5), "both choose the labelled patients"),
+    (dict(label_patients=0), "label_patients must be a whole number >= 1"),
+    (dict(label_seed=1.5), "label_seed must be a whole number")])
+def test_label_patients_config_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SegDataConfig(**kw)
+
+
+def test_loader_draws_label_patients_with_the_label_seed(seg_shards):
+    def loader(**kw):
+        return SegLoader(seg_shards, SegDataConfig(prefetch=0, **kw), batch_size=4, seed=0)
+    ids = loader().sel.patients               # all 3 train patients (label_fraction 1)
+    sets = {}
+    for s in range(4):
+        lo = loader(label_patients=2, label_seed=s)
+        sets[s] = lo.sel.patients
+        assert sets[s] == labelled_patients(ids, 1.0, seed=s, count=2)
+        t = lo.view
+        rows = np.concatenate([lo.step_rows(step)[0] for step in range(10)])
+        assert {t.patient_ids[t.patient[r]] for r in rows} == set(sets[s])
+    assert len({tuple(v) for v in sets.values()}) >= 2      # another seed, other patients
+    assert loader(label_patients=2).sel.patients == sets[0]  # unset: the run's seed (0)
+    other = next(s for s in sets if sets[s] != sets[0])
+    state = loader(label_patients=2, label_seed=0).state_dict()
+    with pytest.raises(ValueError, match="label_seed"):
+        loader(label_patients=2, label_seed=other).load_state_dict(state)
+    with pytest.raises(ValueError, match="only 3 patients have masks; ask for at most"):
+        loader(label_patients=4)
