@@ -75,7 +75,9 @@ def _sonostream_features(arch, px):
     torch.manual_seed(0)
     model = PretrainModel(arch, clip_len=1, io_classes=1, tasks=("mir",)).eval()
     got = []
-    model.encoder.register_forward_hook(lambda mod, args, out: got.append(out))
+    # with the MIR decoder's skip map the encoder returns (last, skip): the last map is the feature
+    model.encoder.register_forward_hook(
+        lambda mod, args, out: got.append(out[0] if isinstance(out, tuple) else out))
     with torch.no_grad():
         model(to_unit(px).unsqueeze(1), None, None, None, None, noise_seed=0)
     return model.encoder, got[0]
