@@ -18,7 +18,8 @@ PRETRAIN_CONFIG = CONFIGS / "pretrain.yaml"
 FINETUNE_CONFIG = CONFIGS / "finetune.yaml"
 # The debug pretraining config made smaller still: 32x32 frames, 8 clips per step, every step logged.
 PRETRAIN_FAST = ["loader.image_size=32", "train.batch_size=8", "train.log_every=1",
-                 "train.figure_every=4", "train.checkpoint_every=4", "train.trackers=[]"]
+                 "train.figure_every=4", "train.checkpoint_every=4", "train.trackers=[]",
+                 "train.eval_every=0"]   # held-out validation: its own tests turn it on
 # The debug fine-tuning config at 32x32 with every step logged and checkpointed every 3 steps.
 FINETUNE_FAST = ["data.image_size=32", "train.batch_size=8", "train.log_every=1",
                  "train.checkpoint_every=3", "train.trackers=[]", "semi.rampup_steps=2",

@@ -145,8 +145,9 @@ class Demo:
         from pipeline.train.checkpoint import latest_checkpoint
         from pipeline.train.pretraining import load_pretrain_config, train
         run = self.out / "pretrain"
-        cfg = load_pretrain_config(CONFIGS / "pretrain.yaml", ["train.trackers=[]"],
-                                   self.s.pretrain_steps)
+        # smoke's 8-frame videos hold one clip each at the debug config's stride 3 (span 10)
+        sets = ["train.trackers=[]"] + (["loader.stride=1"] if self.size == "smoke" else [])
+        cfg = load_pretrain_config(CONFIGS / "pretrain.yaml", sets, self.s.pretrain_steps)
         summary = train(cfg, str(self.shards), run,
                         resume="latest" if latest_checkpoint(run) else None, quiet=self.quiet)
         return {"step": summary["step"], "last": summary.get("last"),

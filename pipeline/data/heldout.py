@@ -100,7 +100,8 @@ def heldout_set(data: str, cfg: LoaderConfig, clips: int, seed: int, *, cache_di
                 shard_url=None) -> HeldoutSet:
     """About ``clips`` clips of the val split (``clips // 3`` triplets, at least one), labelled
     for IO (``label_batch``), PM (:func:`triplet_pairs`) and MIR (the loader's own masks)."""
-    val = ClipLoader(data, replace(cfg, splits=("val",), loader="cpu", num_workers=0, batch_size=1),
+    val = ClipLoader(data, replace(cfg, splits=("val",), loader="cpu", num_workers=0, batch_size=1,
+                             patient_groups=1),   # the set makes its own triplets
                      seed=seed, device="cpu", cache_dir=cache_dir, shard_url=shard_url)
     ec = epoch_clips(val.table, val.cfg.clip, 0, seed)
     patient = val.table.patient[ec.video]
