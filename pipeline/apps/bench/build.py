@@ -36,6 +36,21 @@ from preprocessing.build import BuildOptions, build
 from preprocessing.format import SonostreamError
 
 
+def alternating_runs(arms, repeats: int, out_of, run) -> dict:
+    """{arm: [seconds per run]}: ``run(arm, out)`` timed ``repeats`` times per arm, the arms
+    alternating within each round (so a drift in the machine's speed hits every arm alike);
+    each run writes a fresh ``out_of(arm)``."""
+    times = {arm: [] for arm in arms}
+    for _ in range(repeats):
+        for arm in arms:
+            out = out_of(arm)
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            run(arm, out)
+            times[arm].append(time.perf_counter() - t0)
+    return times
+
+
 def stage_costs(csv_path: str, n: int = 256) -> dict:
     """Microseconds per frame of each codec step, on the first ``n`` rows, in this process.
 
@@ -87,16 +102,12 @@ def bench_build(frames: int = 4096, repeats: int = 3, workdir: str | None = None
                         frames_per_video=frames_per_video, size=256, seed=0,
                         workers=max(worker_counts), progress=False)
         opts = BuildOptions(image_size=256, codec="jpeg")
-        times: dict[int, list[float]] = {w: [] for w in worker_counts}
-        rows = 0
-        for _ in range(repeats):
-            for w in worker_counts:
-                out = root / f"shards-w{w}"
-                shutil.rmtree(out, ignore_errors=True)
-                t0 = time.perf_counter()
-                result = build(str(csv_path), str(out), opts, workers=w, progress=False)
-                times[w].append(time.perf_counter() - t0)
-                rows = result.rows
+        built = {}
+
+        def run(w, out):
+            built["rows"] = build(str(csv_path), str(out), opts, workers=w, progress=False).rows
+        times = alternating_runs(worker_counts, repeats, lambda w: root / f"shards-w{w}", run)
+        rows = built["rows"]
         fps = {str(w): round(rows / statistics.median(t), 1) for w, t in times.items()}
         out = {"frames_per_s": fps, "frames": rows,
                "seconds": {str(w): [round(x, 3) for x in t] for w, t in times.items()},
@@ -209,24 +220,22 @@ def bench_jpeg_sources(csv_path: Path, root: Path, repeats: int) -> dict:
     skipped = {}
     arms = {"build_1_worker": (1, False), "build_2_workers": (2, False),
             "build_1_worker_verify_decode": (1, True)}
-    times: dict[str, list[float]] = {a: [] for a in (*arms, "mds_writer")}
+    names = [*arms, "mds_writer"]
     why = missing("mosaic_streaming")
     if why:
         skipped["mds_writer"] = why
-        del times["mds_writer"]
-    rows = 0
-    for _ in range(repeats):
-        for arm in times:
-            out = root / f"jpeg-{arm}"
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            if arm == "mds_writer":
-                write_mds_files(paths, out)
-            else:
-                workers, verify = arms[arm]
-                opts = BuildOptions(image_size=256, codec="jpeg", verify_decode=verify)
-                rows = build(str(jpeg_csv), str(out), opts, workers=workers, progress=False).rows
-            times[arm].append(time.perf_counter() - t0)
+        names.remove("mds_writer")
+    built = {"rows": 0}
+
+    def run(arm, out):
+        if arm == "mds_writer":
+            write_mds_files(paths, out)
+            return
+        workers, verify = arms[arm]
+        opts = BuildOptions(image_size=256, codec="jpeg", verify_decode=verify)
+        built["rows"] = build(str(jpeg_csv), str(out), opts, workers=workers, progress=False).rows
+    times = alternating_runs(names, repeats, lambda arm: root / f"jpeg-{arm}", run)
+    rows = built["rows"]
     fps = {arm: round(len(paths) / statistics.median(t), 1) for arm, t in times.items()}
     result = {"frames_per_s": fps, "frames": len(paths), "rows": rows,
               "seconds": {arm: [round(x, 3) for x in t] for arm, t in times.items()},
