@@ -9,8 +9,8 @@ mode and no gradients (``loop.validate``):
   frame of *another video* of the same patient and whose negative is a frame of another
   patient (chance 0.5);
 * ``val_mir_sector_mse``: the reconstruction's squared error (in the model's -1..1 units) over
-  the hidden pixels inside the imaged sector (``tasks.sector_mask``: non-zero somewhere in the
-  clip), not on the black outside the fan where the target is always the same.
+  the hidden pixels inside the imaged sector (``tasks.sector_mask``, the fan training's MIR loss
+  uses), not on the black outside the fan where the target is always the same.
 
 The model is called through the task's own step (``pretraining.pretrain_forward``), so the
 held-out inputs (masks, the IO permutation) are made exactly as in training. Each rank scores
