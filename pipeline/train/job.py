@@ -34,8 +34,8 @@ from preprocessing.dataset import check_dataset_dir
 from .checkpoint import check_resume
 from .config import flat, saved_dict
 from .logs import plot_curves, read_metrics
-from .loop import (StopSignal, check_run_dir, fill_deepspeed_auto, fit, full_state_dict,
-                   make_accelerator, per_rank_batch)
+from .accel import fill_deepspeed_auto, make_accelerator, per_rank_batch
+from .loop import StopSignal, check_run_dir, fit, full_state_dict
 from .optim import build_optimizer, build_scheduler
 from .provenance import provenance, write_provenance
 
