@@ -7,9 +7,11 @@ Read top to bottom, one build is:
           order videos (split, then a seeded shuffle). Bad rows go to rejects here.
 2. resume if an earlier run of the same inputs was interrupted, keep its finished shards and
           skip every frame they hold.
-3. encode workers read, convert and encode segments of videos in parallel; the main process
-          takes the results in plan order, numbers the surviving frames of each video and
-          appends them to the shard writer, which is the only thing touching tar files.
+3. encode workers read, convert and encode segments of videos in parallel, and pack each
+          frame's members as its tar holds them (``packing``: index row, JSON, tar headers,
+          CRC-32s); the main process takes the results in plan order, checks the numbering of
+          the surviving frames of each video and appends their bytes to the shard writer,
+          which is the only thing touching tar files.
 4. finish index rows of every shard, in shard order -> index.parquet, written after
           rejects.csv, the wids shard lists and manifest.json: a dataset without an index is
           unfinished.
@@ -44,9 +46,10 @@ from . import atomic
 from . import format as fmt
 from .cpus import exit_with_parent
 from .dataset import read_manifest
-from .encode import Encoded, EncodeOptions, Rejected, encode_segment
-from .frames_csv import FrameRow, Plan, Video, plan_build, reject
+from .encode import EncodeOptions, Rejected, encode_segment
+from .frames_csv import Plan, Video, plan_build, reject
 from .lock import folder_lock
+from .packing import VideoInfo, pack_segment, renumber
 from .progress import progress_bar
 from .shards import ShardWriter, load_finished
 from .summary import count_reasons, read_rejects, single_frame_videos, split_counts
@@ -54,8 +57,6 @@ from .summary import count_reasons, read_rejects, single_frame_videos, split_cou
 SEGMENT_FRAMES = 64  # frames per worker task: small enough to balance, large enough to amortise
 BUILD_STATE = "build.json"
 PLAN_DIR = "plan"   # .work/plan/: the plan of a build split into parts (preprocessing.partition)
-META_SKIP = {"shard", "image_offset", "image_size", "mask_offset", "mask_size", "num_frames",
-             *fmt.CHECKSUM_COLUMNS}
 
 
 class BuildError(fmt.SonostreamError):
@@ -123,6 +124,8 @@ def build(csv_path: str, out_dir: str, opts: BuildOptions = BuildOptions(), work
           overwrite: bool = False, progress: bool = True) -> BuildResult:
     t0 = time.perf_counter()
     out = Path(out_dir)
+    if workers > 1:
+        pool_context(start=True)   # the workers' imports overlap the plan
     plan = plan_build(csv_path, opts.val_fraction, opts.test_fraction, opts.seed)
     fingerprint = {"format_version": fmt.FORMAT_VERSION, "csv_sha256": _sha256(csv_path),
                    "options": option_record(opts)}
@@ -254,43 +257,55 @@ def clear_out_dir(out: Path) -> None:
 
 def _encode_videos(videos: list[Video], enc: EncodeOptions,
                    workers: int) -> Iterator[tuple[Video, list]]:
-    """(video, per-frame results) in plan order; workers encode segments ahead of the writer."""
-    tasks = [(vi, video.frames[i:i + SEGMENT_FRAMES])
+    """(video, its segments' (blob, results)) in plan order; workers encode and pack segments
+    (``packing.pack_segment``) ahead of the writer."""
+    tasks = [(vi, VideoInfo.of(video), i, video.frames[i:i + SEGMENT_FRAMES])
              for vi, video in enumerate(videos)
              for i in range(0, len(video.frames), SEGMENT_FRAMES)]
     pending: dict[int, list] = collections.defaultdict(list)
-    remaining = collections.Counter(vi for vi, _ in tasks)
-    for vi, results in _ordered_map(tasks, enc, workers):
-        pending[vi].extend(results)
+    remaining = collections.Counter(vi for vi, *_ in tasks)
+    for vi, packed in _ordered_map(tasks, enc, workers):
+        pending[vi].append(packed)
         remaining[vi] -= 1
         if remaining[vi] == 0:
             yield videos[vi], pending.pop(vi)
 
 
-def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tuple[int, list]]:
+def pool_context(start: bool = False):
+    """The workers' multiprocessing context: a forkserver with the encoder preloaded (as cheap
+    as fork per worker, but never a fork of this process, whose OpenCV or tqdm threads could
+    deadlock a child), else spawn. ``start``: launch the forkserver now, so that its imports
+    (OpenCV, NumPy, PyArrow: ~0.4 s of a core) run while this process plans the build."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["preprocessing.packing", "preprocessing.cpus"])
+    if start:
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+    return ctx
+
+
+def _ordered_map(tasks: list, enc: EncodeOptions, workers: int) -> Iterator[tuple[int, tuple]]:
     if workers <= 1:
-        for vi, rows in tasks:
-            yield vi, encode_segment(rows, enc)
+        for vi, video, start, rows in tasks:
+            yield vi, pack_segment(rows, enc, video, start, encode_segment)
         return
-    # Workers come from a forkserver with the encoder preloaded: as cheap as fork per worker,
-    # but never a fork of this process, whose OpenCV or tqdm threads could deadlock a child.
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["preprocessing.encode", "preprocessing.cpus"])
-    else:
-        ctx = mp.get_context("spawn")
+    ctx = pool_context()
     window = 4 * workers  # bounded read-ahead: encoded bytes in flight stay bounded
     # Each worker exits when this process does, so a kill -9 of the build leaves no process.
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
+        def submit(task):
+            vi, video, start, rows = task
+            return vi, rows, pool.submit(pack_segment, rows, enc, video, start, encode_segment)
         it = iter(tasks)
-        queue = collections.deque((vi, rows, pool.submit(encode_segment, rows, enc))
-                                  for vi, rows in itertools.islice(it, window))
+        queue = collections.deque(map(submit, itertools.islice(it, window)))
         while queue:
             vi, rows, fut = queue[0]
             try:
-                for nvi, nrows in itertools.islice(it, 1):  # keep the window full
-                    queue.append((nvi, nrows, pool.submit(encode_segment, nrows, enc)))
+                for task in itertools.islice(it, 1):  # keep the window full
+                    queue.append(submit(task))
                 result = fut.result()
             except BrokenProcessPool:   # a worker was killed (SIGKILL, the OOM killer, a crash)
                 raise BuildError(_worker_died(list(queue), enc, workers)) from None
@@ -315,50 +330,35 @@ def _worker_died(queue: list, enc: EncodeOptions, workers: int) -> str:
             f"them")
 
 
-def _write_video(writer: ShardWriter, video: Video, results: list, opts: BuildOptions,
+def _write_video(writer: ShardWriter, video: Video, segments: list, opts: BuildOptions,
                  written: set, rejected_lines: set) -> None:
-    """Numbers the usable frames of one video 0..n-1 and appends those not yet in a shard."""
-    kept = [(row, r) for row, r in zip(video.frames, results) if isinstance(r, Encoded)]
-    failed = [(row, r.reason) for row, r in zip(video.frames, results) if isinstance(r, Rejected)]
+    """Numbers the usable frames of one video 0..n-1 and appends those not yet in a shard.
+    ``segments``: (blob, results) per segment, in order (``packing.pack_segment``)."""
+    results = [(blob, r) for blob, rs in segments for r in rs]
+    kept = [(row, blob, r) for row, (blob, r) in zip(video.frames, results)
+            if not isinstance(r, Rejected)]
+    failed = [(row, r.reason) for row, (_, r) in zip(video.frames, results)
+              if isinstance(r, Rejected)]
     if 0 < len(kept) < opts.min_video_frames:
         reason = (f"video has {len(kept)} usable frame(s), fewer than --min-video-frames "
                   f"{opts.min_video_frames}")
-        failed += [(row, reason) for row, _ in kept]
+        failed += [(row, reason) for row, *_ in kept]
         kept = []
     for row, reason in failed:
         if row.csv_line not in rejected_lines:
             writer.reject(reject(row.csv_line, row.frame_path, video.patient_id,
                                  video.video_name, row.frame_id, reason))
     samples = []
-    for index, (row, e) in enumerate(kept):
+    for index, (row, blob, p) in enumerate(kept):
         if (video.key, row.frame_id) in written:
             continue  # already in a shard an interrupted run finished
-        key = fmt.sample_key(video.key, index)
-        entry = _index_row(video, row, e, key, index)
-        meta = json.dumps({k: v for k, v in entry.items() if k not in META_SKIP},
-                          sort_keys=True, separators=(",", ":")).encode()
-        members = [(fmt.IMAGE_EXT[opts.codec], e.image), (fmt.META_EXT, meta)]
-        if e.mask is not None:
-            members.append((fmt.MASK_EXT, e.mask))
-        samples.append((key, members, entry))
+        if p.row["frame_index"] != index:   # a frame before it was rejected
+            blob, p = renumber(blob, p, index)
+        samples.append((blob, p))
     if samples:
-        writer.start_video(video.split, sum(ShardWriter.sample_bytes(m) for _, m, _ in samples))
-        for key, members, entry in samples:
-            writer.write(key, members, entry)
-
-
-def _index_row(video: Video, frame: FrameRow, e: Encoded, key: str, index: int) -> dict:
-    g = e.geometry
-    row = {"key": key, "mask_offset": None, "mask_size": None, "mask_crc32": None,
-           "patient_id": video.patient_id, "video_name": video.video_name,
-           "video_key": video.key, "frame_id": frame.frame_id, "frame_index": index,
-           "num_frames": 0, "split": video.split, "height": g.height, "width": g.width,
-           "src_height": g.src_h, "src_width": g.src_w, "scale": g.scale,
-           "pad_x": g.pad_x, "pad_y": g.pad_y, "has_mask": e.mask is not None,
-           "source_path": frame.frame_path}
-    row.update(e.labels)
-    row.update(frame.extras)
-    return row
+        writer.start_video(video.split, sum(p.budget for _, p in samples))
+        for blob, p in samples:
+            writer.append(blob, p)
 
 
 def _finish(out: Path, plan: Plan, opts: BuildOptions, fingerprint: dict,

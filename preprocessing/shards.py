@@ -25,6 +25,7 @@ import os
 import struct
 import tarfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,27 +37,51 @@ PARTS = "parts"
 
 
 class _HashingFile(io.RawIOBase):
-    """A write-only file that keeps a running sha256 and byte count of what passes through."""
+    """A write-only file that keeps a running sha256 and byte count of what passes through.
+
+    ``write_slice`` takes ``blob[start:end]`` without copying it, and joins slices that continue
+    each other in one blob (the samples of one encoded segment) into one write and one hash
+    update; ``size`` counts them at once."""
 
     def __init__(self, path: Path):
         self._f = open(path, "wb")
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self._run: tuple | None = None   # (blob, start, end) not yet written
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:
+        self._flush_run()
         self._f.write(b)
         self.sha256.update(b)
         self.size += len(b)
         return len(b)
+
+    def write_slice(self, blob, start: int, end: int) -> None:
+        run = self._run
+        if run is not None and run[0] is blob and run[2] == start:
+            self._run = (blob, run[1], end)
+        else:
+            self._flush_run()
+            self._run = (blob, start, end)
+        self.size += end - start
+
+    def _flush_run(self) -> None:
+        if self._run is not None:
+            blob, start, end = self._run
+            self._run = None
+            view = memoryview(blob)[start:end]
+            self._f.write(view)
+            self.sha256.update(view)
 
     def tell(self) -> int:
         return self.size
 
     def close(self) -> None:
         if not self._f.closed:
+            self._flush_run()
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
@@ -84,6 +109,46 @@ def tar_header(name: str, size: int) -> bytes:
 # name, mode, uid, gid, size, mtime, chksum, type, linkname, magic, version, uname, gname,
 # devmajor, devminor, prefix, padding; "s" fields are NUL-padded, as in tarfile
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12s")
+
+
+class Packed(NamedTuple):
+    """One sample laid out as its shard holds it: ``blob[start:start + size]`` is, per member, the
+    header, the data and the zero padding to 512 bytes (what ``tarfile.addfile`` writes).
+
+    ``members``: (name, data offset from ``start``, size) in tar order; ``budget``: the bytes
+    the shard boundary is decided by (``ShardWriter.sample_bytes``); ``row``: the index row,
+    with its sizes and CRC-32s, and ``image_offset`` / ``mask_offset`` counted from ``start``
+    until ``ShardWriter.append`` makes them offsets in the shard and fills in ``shard``."""
+    start: int
+    size: int
+    budget: int
+    members: tuple
+    row: dict
+
+
+def pack(key: str, members: list[tuple[str, bytes]], row: dict) -> tuple[bytes, Packed]:
+    """The bytes of one sample (``members``: (extension, data)) and its ``Packed`` at 0.
+
+    Pure, so an encode worker runs it and the main process only appends (``ShardWriter.append``);
+    the one place the layout of a sample's members is written down."""
+    fmt.check_key(key)
+    parts, names, pos = [], [], 0
+    for ext, data in members:
+        name = f"{key}.{ext}"
+        header = tar_header(name, len(data))
+        offset = pos + len(header)
+        names.append((name, offset, len(data)))
+        pad = bytes(-len(data) % tarfile.BLOCKSIZE)
+        parts += (header, data, pad)
+        pos = offset + len(data) + len(pad)
+        if ext == fmt.MASK_EXT:
+            row["mask_offset"], row["mask_size"] = offset, len(data)
+            row["mask_crc32"] = fmt.member_crc32(data)
+        elif ext in fmt.IMAGE_EXT.values():
+            row["image_offset"], row["image_size"] = offset, len(data)
+            row["image_crc32"] = fmt.member_crc32(data)
+    row.setdefault("mask_offset", None)
+    return b"".join(parts), Packed(0, pos, ShardWriter.sample_bytes(members), tuple(names), row)
 
 
 def parts_dir(out_dir: Path) -> Path:
@@ -138,36 +203,26 @@ class ShardWriter:
         self._split = split
 
     def write(self, key: str, members: list[tuple[str, bytes]], row: dict) -> None:
-        """Append one sample of the current video. ``members`` are (extension, bytes).
+        """Append one sample of the current video. ``members`` are (extension, bytes); ``row``
+        is the sample's index row (``pack`` and ``append`` fill in the shard, offsets, sizes and
+        CRC-32s)."""
+        self.append(*pack(key, members, row))
 
-        ``row`` is the sample's index row; ``shard``, ``image_offset``, ``image_size``,
-        ``image_crc32`` and the mask's ``mask_offset``/``mask_size``/``mask_crc32`` are filled in
-        here, from the bytes written.
-        """
-        fmt.check_key(key)
-        split = self._split
-        if self._rows and self._file.size + self.sample_bytes(members) + 1024 > self.max_bytes:
+    def append(self, blob, sample: "Packed") -> None:
+        """Append one sample packed beforehand (``pack``, in an encode worker): its bytes are
+        ``blob[sample.start:sample.start + sample.size]``. What is left here per sample is the
+        shard boundary, the offsets of its members in this shard, and the write."""
+        if self._rows and self._file.size + sample.budget + 1024 > self.max_bytes:
             self._finish_shard()
         if self._file is None:
-            self._open(split)
+            self._open(self._split)
+        base, row = self._file.size, sample.row
         row["shard"] = self._name
-        # Header, data, zero padding to 512 per member (what tarfile.addfile writes), joined
-        # into one write: this loop is the writer's hot path.
-        parts, pos = [], self._file.size
-        for ext, data in members:
-            header = tar_header(f"{key}.{ext}", len(data))
-            offset = pos + len(header)
-            self._members.append((f"{key}.{ext}", offset, len(data)))
-            pad = bytes(-len(data) % tarfile.BLOCKSIZE)
-            parts += (header, data, pad)
-            pos = offset + len(data) + len(pad)
-            if ext == fmt.MASK_EXT:
-                row["mask_offset"], row["mask_size"] = offset, len(data)
-                row["mask_crc32"] = fmt.member_crc32(data)
-            elif ext in fmt.IMAGE_EXT.values():
-                row["image_offset"], row["image_size"] = offset, len(data)
-                row["image_crc32"] = fmt.member_crc32(data)
-        self._file.write(b"".join(parts))
+        row["image_offset"] += base
+        if row["mask_offset"] is not None:
+            row["mask_offset"] += base
+        self._members.extend((name, base + offset, size) for name, offset, size in sample.members)
+        self._file.write_slice(blob, sample.start, sample.start + sample.size)
         self._rows.append(row)
 
     def reject(self, record: dict) -> None:

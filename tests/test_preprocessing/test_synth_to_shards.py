@@ -70,6 +70,9 @@ def test_bench_build_reports_the_promised_fields(tmp_path):
     assert result["scaling_2_vs_1"] == pytest.approx(
         result["frames_per_s"]["2"] / result["frames_per_s"]["1"], rel=1e-2)
     assert {"decode_frame_png", "encode_jpeg", "whole_build_1_worker"} <= set(result["per_frame_us"])
+    # the main process's CPU per frame: all of a 1-worker build, the unscaled part with 2
+    cpu = result["main_cpu_us_per_frame"]
+    assert set(cpu) == {"1", "2"} and all(v > 0 for v in cpu.values())
     parts = result["partitioned"]   # the arm of a build split into 2 parts (2 processes vs 1)
     assert parts["frames"] == {"1_part_alone": 32, "2_parts_at_once": 64}
     assert parts["scaling_2_parts_vs_1"] == pytest.approx(
@@ -80,5 +83,6 @@ def test_bench_build_reports_the_promised_fields(tmp_path):
     assert {"build_1_worker", "build_2_workers", "build_1_worker_verify_decode"} <= set(
         jpeg["frames_per_s"])
     assert ("mds_writer" in jpeg["frames_per_s"]) != ("mds_writer" in jpeg["skipped"])
+    assert set(jpeg["main_cpu_us_per_frame"]) == set(jpeg["frames_per_s"])
     assert verify(str(tmp_path / "jpeg-build_2_workers"), progress=False) == []
     json.dumps(result)

@@ -5,6 +5,9 @@ alternating 1-worker and 2-worker runs so that both see the same machine load; t
 each is reported. Frames/s counts CSV rows over the wall time of the whole build (plan, worker
 start-up, encode, shard writing, index), which is what a user waits for. ``per_frame_us``
 breaks one frame's cost into its codec steps (measured once, without masks remembered).
+``main_cpu_us_per_frame`` is the CPU of this (the build's main) process per frame, median per
+arm: with workers it is the part that does not scale (plan, appending, index), and CPU time
+stays meaningful on a loaded machine where wall times do not.
 
 ``partitioned`` is the arm of a build split into parts (``build --plan/--part/--merge``): the
 cohort planned into 2 parts, then part 0 built alone by one ``sonostream build --part`` process
@@ -36,19 +39,29 @@ from preprocessing.build import BuildOptions, build
 from preprocessing.format import SonostreamError
 
 
-def alternating_runs(arms, repeats: int, out_of, run) -> dict:
+def alternating_runs(arms, repeats: int, out_of, run, cpu: dict | None = None) -> dict:
     """{arm: [seconds per run]}: ``run(arm, out)`` timed ``repeats`` times per arm, the arms
     alternating within each round (so a drift in the machine's speed hits every arm alike);
-    each run writes a fresh ``out_of(arm)``."""
+    each run writes a fresh ``out_of(arm)``. ``cpu``: filled with {arm: [CPU seconds of this
+    process per run]} (``time.process_time``: the main process only, not its workers)."""
     times = {arm: [] for arm in arms}
     for _ in range(repeats):
         for arm in arms:
             out = out_of(arm)
             shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             run(arm, out)
             times[arm].append(time.perf_counter() - t0)
+            if cpu is not None:
+                cpu.setdefault(arm, []).append(time.process_time() - c0)
     return times
+
+
+def main_cpu_us(cpu: dict, frames: int) -> dict:
+    """Median CPU of the main process per frame, in microseconds, per arm: what a build's one
+    main process (plan, writing, index) costs, which more workers do not share; robust to a
+    loaded machine where wall times are not."""
+    return {str(arm): round(statistics.median(c) / frames * 1e6, 1) for arm, c in cpu.items()}
 
 
 def stage_costs(csv_path: str, n: int = 256) -> dict:
@@ -106,11 +119,13 @@ def bench_build(frames: int = 4096, repeats: int = 3, workdir: str | None = None
 
         def run(w, out):
             built["rows"] = build(str(csv_path), str(out), opts, workers=w, progress=False).rows
-        times = alternating_runs(worker_counts, repeats, lambda w: root / f"shards-w{w}", run)
+        cpu: dict = {}
+        times = alternating_runs(worker_counts, repeats, lambda w: root / f"shards-w{w}", run, cpu)
         rows = built["rows"]
         fps = {str(w): round(rows / statistics.median(t), 1) for w, t in times.items()}
         out = {"frames_per_s": fps, "frames": rows,
                "seconds": {str(w): [round(x, 3) for x in t] for w, t in times.items()},
+               "main_cpu_us_per_frame": main_cpu_us(cpu, rows),
                "setup": {"image_size": 256, "codec": "jpeg", "source": "PNG frames + PNG masks",
                          "repeats": repeats, "cpus": os.cpu_count(),
                          "python": platform.python_version(), "machine": platform.machine()}}
@@ -234,11 +249,13 @@ def bench_jpeg_sources(csv_path: Path, root: Path, repeats: int) -> dict:
         workers, verify = arms[arm]
         opts = BuildOptions(image_size=256, codec="jpeg", verify_decode=verify)
         built["rows"] = build(str(jpeg_csv), str(out), opts, workers=workers, progress=False).rows
-    times = alternating_runs(names, repeats, lambda arm: root / f"jpeg-{arm}", run)
+    cpu: dict = {}
+    times = alternating_runs(names, repeats, lambda arm: root / f"jpeg-{arm}", run, cpu)
     rows = built["rows"]
     fps = {arm: round(len(paths) / statistics.median(t), 1) for arm, t in times.items()}
     result = {"frames_per_s": fps, "frames": len(paths), "rows": rows,
               "seconds": {arm: [round(x, 3) for x in t] for arm, t in times.items()},
+              "main_cpu_us_per_frame": main_cpu_us(cpu, len(paths)),
               "skipped": skipped,
               "setup": "the cohort's frames as 256x256 gray JPEG q95 files, no masks; build "
                        "stores them as they are; MDSWriter (1 process) writes the same files, "
