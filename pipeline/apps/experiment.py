@@ -14,7 +14,8 @@ Seed s fixes both the initial weights (``train.seed``) and which patients are la
 (``data.label_seed``), so two arms with the same seed saw the same labelled frames and the paired
 difference removes the patient draw from the comparison. Seeds are the config's ``train.seed``,
 +1, ... A re-run skips runs that finished and were evaluated, and resumes unfinished ones, so an
-interrupted experiment continues where it stopped.
+interrupted experiment continues where it stopped. The three outputs are rewritten after every
+run (with the runs done so far), so a stopped experiment still leaves the table of its finished runs.
 """
 from __future__ import annotations
 
@@ -187,7 +188,8 @@ def label_efficiency(data, out, *, encoder=None, encoders=None, config=None, ove
         results.append(row)
         print(f"    dice (all frames) {_fmt(row['dice_all'])}  dice {_fmt(row['dice'])}  "
               f"HC MAE {_fmt(row['hc_mae_mm'], 2)} mm", flush=True)
-    write_results(out, results, split)
+        # after every run, so an experiment stopped part-way leaves the table of what finished
+        write_results(out, results, split)
     return results
 
 

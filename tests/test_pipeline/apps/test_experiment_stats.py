@@ -107,3 +107,28 @@ def test_parse_encoders():
     for bad, match in (("mir", "give NAME=PATH"), ("a=x,a=y", "twice")):
         with pytest.raises(ValueError, match=match):
             parse_encoders(bad)
+
+
+def test_results_are_written_after_every_run(tmp_path, monkeypatch):
+    """An experiment stopped part-way (a crash, SIGTERM, the deadline) leaves results.csv and
+    results.md of the runs that finished, not nothing."""
+    import csv
+    from pipeline.apps import experiment
+
+    def fake_run(data, out, config, overrides, init, encoder, mode, amount, seed, patients,
+                 split, max_steps, quiet):
+        if seed == 2:
+            raise KeyboardInterrupt    # stopped during the third run
+        return {"init": init, "mode": mode, "label_fraction": amount, "labelled_patients": 1,
+                "seed": seed, "steps": 1, "labelled_frames": 8, "encoder": "",
+                **{k: 0.5 + 0.1 * seed for k in experiment.EVAL_COLUMNS}}
+
+    monkeypatch.setattr(experiment, "run_one", fake_run)
+    out = tmp_path / "exp"
+    with pytest.raises(KeyboardInterrupt):
+        label_efficiency(tmp_path / "no-data", out, inits=["scratch"], fractions=[0.5], seeds=3,
+                         modes=("supervised",))
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["seed"], r["dice_all"]) for r in rows] == [("0", "0.5"), ("1", "0.6")]
+    assert "2 runs, 2 seeds per arm (seeds 0, 1;" in (out / "results.md").read_text()
