@@ -71,13 +71,18 @@ def parse_encoders(text: str | None) -> dict:
 def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, amount,
             seed: int, patients: bool, split: str, max_steps, quiet: bool) -> dict:
     from pipeline.eval.evaluate import evaluate
-    from pipeline.eval.quality import calibrate_finished_run
-    from pipeline.models.segmenter import load_segmenter
+    from pipeline.eval.quality import calibrate_finished_run, calibrate_segmenter
+    from pipeline.models.segmenter import load_segmenter, read_segmenter_blob
     from pipeline.train.checkpoint import latest_checkpoint
     from pipeline.train.finetuning import load_finetune_config, train
 
     seg, ev = out / "segmenter.pt", out / "eval" / "metrics.json"
-    done = seg.is_file() and load_segmenter(seg)[1].get("complete")
+    blob = read_segmenter_blob(seg) if seg.is_file() else {}
+    done = blob.get("complete")
+    if done and blob.get("quality_calibration") is None:
+        # stopped between training and calibration: calibrate now, or this run alone would be
+        # scored with the default quality floor
+        calibrate_segmenter(seg, data)
     if not done:
         # the amount named here wins over the config's: label_patients unset with fractions
         amount_set = (["data.label_fraction=1.0", f"data.label_patients={amount}"] if patients
