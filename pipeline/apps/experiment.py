@@ -7,7 +7,8 @@ E/runs/{init}-{mode}-p{N}-s{seed}/  one fine-tuning run each (segmenter.pt, metr
                                    ``{init}-{mode}-{fraction}-s{seed}`` with label fractions
 E/results.csv                     one row per run (long format)
 E/results.md                      per metric: mean ± 95 % CI per arm (rows: init x mode;
-                                  columns: label amount), and each encoder - scratch paired by seed
+                                  columns: label amount), each encoder - scratch paired by seed,
+                                  and each mode - supervised of one encoder paired by seed
 E/label_efficiency.png            all-frame Dice and HC error against the label amount, error bars
 
 Seed s fixes both the initial weights (``train.seed``) and which patients are labelled
@@ -223,19 +224,24 @@ def arm_stats(results: list[dict], key: str) -> dict:
     return {k: mean_ci(v) for k, v in groups.items()}
 
 
-def paired_stats(results: list[dict], key: str, baseline: str = "scratch") -> dict:
-    """{(init, mode, amount): paired_ci of init - baseline, matched by seed} for each init other
-    than ``baseline`` that has a baseline run of the same mode and amount."""
+def paired_stats(results: list[dict], key: str, baseline: str = "scratch",
+                 along: str = "init") -> dict:
+    """{(init, mode, amount): paired_ci of arm - its baseline arm, matched by seed}. ``along``
+    "init": each init - ``baseline`` (default scratch) of the same mode and amount; "mode": each
+    mode - ``baseline`` (e.g. supervised) of the same init and amount. Arms without a baseline
+    run are left out."""
     by_p = _by_patients(results)
+    j = {"init": 0, "mode": 1}[along]
     value = {(r["init"], r["mode"], _amount(r, by_p), r["seed"]): r[key] for r in results}
     out = {}
-    for init, mode, amount in dict.fromkeys(k[:3] for k in value):
-        if init == baseline:
+    for arm in dict.fromkeys(k[:3] for k in value):
+        if arm[j] == baseline:
             continue
-        mine = {s: v for (i, m, a, s), v in value.items() if (i, m, a) == (init, mode, amount)}
-        base = {s: v for (i, m, a, s), v in value.items() if (i, m, a) == (baseline, mode, amount)}
+        ref = (*arm[:j], baseline, *arm[j + 1:])
+        mine = {k[3]: v for k, v in value.items() if k[:3] == arm}
+        base = {k[3]: v for k, v in value.items() if k[:3] == ref}
         if base:
-            out[(init, mode, amount)] = paired_ci(mine, base)
+            out[arm] = paired_ci(mine, base)
     return out
 
 
@@ -270,16 +276,20 @@ def _paired_cell(ci, digits: int) -> str:
     return fmt_ci(ci, digits, signed=True, interval=True) + f" (n = {ci['n']})"
 
 
-def paired_markdown(results: list[dict], key: str, digits: int) -> str | None:
+def paired_markdown(results: list[dict], key: str, digits: int,
+                    along: str = "init") -> str | None:
+    """Encoder - scratch per mode (``along`` "init"), or mode - supervised per encoder ("mode")."""
     by_p = _by_patients(results)
     amounts = sorted({_amount(r, by_p) for r in results})
-    stats = paired_stats(results, key)
+    base = "scratch" if along == "init" else "supervised"
+    stats = paired_stats(results, key, base, along)
     if not stats:
         return None
-    lines = _header("encoder − scratch", amounts, by_p)
+    lines = _header("encoder − scratch" if along == "init" else "encoder", amounts, by_p)
     for init, mode in dict.fromkeys(k[:2] for k in stats):
         cells = [_paired_cell(stats.get((init, mode, a)), digits) for a in amounts]
-        lines.append(f"| {init} − scratch | {mode} | " + " | ".join(cells) + " |")
+        arm = f"{init} − scratch | {mode}" if along == "init" else f"{init} | {mode} − supervised"
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -298,6 +308,15 @@ def results_markdown(results: list[dict], split: str) -> str:
                "patients): mean ± 95 % CI half-width [interval] (n pairs). An interval above 0 "
                "(below 0 for false heads, HD95 and HC error) favours the encoder.", ""]
         for title, p in paired:
+            if p:
+                md += [f"{title}, difference:", "", p, ""]
+    by_mode = [(title, paired_markdown(results, key, digits, "mode"))
+               for key, title, digits in METRICS]
+    if any(p for _, p in by_mode):
+        md += ["Paired differences, each mode − supervised of the same encoder, matched by seed: "
+               "mean ± 95 % CI half-width [interval] (n pairs). An interval above 0 (below 0 for "
+               "false heads, HD95 and HC error) favours the mode.", ""]
+        for title, p in by_mode:
             if p:
                 md += [f"{title}, difference:", "", p, ""]
     return "\n".join(md)

@@ -21,8 +21,9 @@ a pretext-task ablation (one arm per encoder; "scratch" is the no-encoder arm):
 Every (init, mode, amount, seed) run is trained with the same config, then evaluated on --split.
 Seed s (the config's train.seed, +1, ...) sets both the initial weights and which patients are
 labelled, so arms are compared on the same labelled patients; results.md gives mean +- 95 % CI
-over the seeds per arm, and each encoder - scratch paired by seed. Re-running skips finished runs
-and resumes unfinished ones.
+over the seeds per arm, each encoder - scratch and each mode - supervised (same encoder) paired
+by seed. The tables are rewritten after every run; re-running skips finished runs and resumes
+unfinished ones.
 """
 
 
@@ -43,7 +44,8 @@ def add_parsers(sub) -> None:
                          "fractions) x seeds, with 95 % CIs",
                          description="Train and evaluate every (encoder init, mode, label amount, "
                          "seed) and write E/results.md (mean +- 95 % CI per arm, paired "
-                         "differences against scratch), E/results.csv (one row per run) and "
+                         "differences against scratch and against supervised), E/results.csv "
+                         "(one row per run) and "
                          "E/label_efficiency.png (error bars).",
                          epilog=EXPERIMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     le.add_argument("--data", required=True, help="dataset folder written by `sonostream build`")

@@ -132,3 +132,21 @@ def test_results_are_written_after_every_run(tmp_path, monkeypatch):
         rows = list(csv.DictReader(fh))
     assert [(r["seed"], r["dice_all"]) for r in rows] == [("0", "0.5"), ("1", "0.6")]
     assert "2 runs, 2 seeds per arm (seeds 0, 1;" in (out / "results.md").read_text()
+
+
+def test_mode_minus_supervised_is_paired_within_one_encoder():
+    """The goal "pretrained + semi not worse than pretrained supervised" is a paired difference
+    within one encoder, not against scratch."""
+    rows = [r for r in _rows() if r["labelled_patients"] == 1]
+    for seed, d in zip((0, 1, 2), (-0.02, 0.01, 0.04)):        # mir semi = mir supervised + d
+        sup = next(r for r in rows if (r["init"], r["seed"]) == ("mir", seed))
+        rows.append({**sup, "mode": "semi", "dice_all": sup["dice_all"] + d})
+    stats = paired_stats(rows, "dice_all", "supervised", along="mode")
+    assert set(stats) == {("mir", "semi", 1)}                  # scratch has no semi run
+    d = stats[("mir", "semi", 1)]
+    assert d["pairs"] == [0, 1, 2] and d["mean"] == pytest.approx(0.01)
+    assert d["half"] == pytest.approx(4.302653 * 0.03 / 3 ** .5)
+    md = results_markdown(rows, "test")
+    assert "each mode − supervised of the same encoder" in md
+    assert "| mir | semi − supervised | +0.010 ± 0.075 [-0.065, +0.085] (n = 3) |" in md
+    assert "| mir − scratch | semi |" not in md                # no scratch semi to pair with
