@@ -49,6 +49,16 @@ METRICS = (("dice_all", "Dice over all test frames (an empty prediction of a fra
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
+class ExperimentStopped(Exception):
+    """A run was stopped by a signal before its last step (it is checkpointed): the experiment
+    stops there, its finished runs in the tables; re-running continues that run."""
+
+    def __init__(self, run: str, signal, step):
+        self.run, self.signal, self.step = run, signal, step
+        super().__init__(f"stopped by {signal or 'a signal'} in run {run} at step {step} "
+                         "(checkpoint saved); rerun the same command to continue")
+
+
 def run_name(init: str, mode: str, amount, seed: int, patients: bool) -> str:
     return f"{init}-{mode}-{'p' if patients else ''}{amount:g}-s{seed}"
 
@@ -93,6 +103,9 @@ def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, a
                                    max_steps=max_steps, seed=seed)
         summary = train(cfg, str(data), out, resume="latest" if latest_checkpoint(out) else None,
                         quiet=quiet)
+        if not summary.get("complete"):
+            # SIGTERM / SIGINT (checkpointed): stop the experiment; a half-trained run is no row
+            raise ExperimentStopped(out.name, summary.get("signal"), summary.get("step"))
         calibrate_finished_run(summary, data)
     if not (ev.is_file() and ev.stat().st_mtime >= seg.stat().st_mtime):
         evaluate(seg, data, split, out / "eval", overlays=4, quiet=quiet)

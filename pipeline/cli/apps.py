@@ -184,7 +184,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_experiment(args) -> int:
-    from pipeline.apps.experiment import label_efficiency, parse_encoders
+    from pipeline.apps.experiment import ExperimentStopped, label_efficiency, parse_encoders
     from preprocessing.format import SonostreamError
     setup_logging()
     if not args.verbose and not log_level_chosen():   # one line per run, not every run's metrics
@@ -196,12 +196,16 @@ def cmd_experiment(args) -> int:
         except ValueError:
             raise SonostreamError(f"{flag} {text!r}: give {kind.__name__} values separated by "
                                   "commas") from None
-    label_efficiency(args.data, args.out, encoder=args.encoder,
-                     encoders=parse_encoders(args.encoders), config=args.config,
-                     overrides=args.set, fractions=numbers("--fractions", args.fractions, float),
-                     patients=numbers("--patients", args.patients, int), seeds=args.seeds,
-                     modes=split(args.modes), inits=split(args.inits) if args.inits else None,
-                     split=args.split, max_steps=args.max_steps, quiet=not args.verbose)
+    try:
+        label_efficiency(args.data, args.out, encoder=args.encoder,
+                         encoders=parse_encoders(args.encoders), config=args.config,
+                         overrides=args.set, fractions=numbers("--fractions", args.fractions, float),
+                         patients=numbers("--patients", args.patients, int), seeds=args.seeds,
+                         modes=split(args.modes), inits=split(args.inits) if args.inits else None,
+                         split=args.split, max_steps=args.max_steps, quiet=not args.verbose)
+    except ExperimentStopped as e:
+        print(f"{e}; {args.out}/results.md has the runs finished before it", flush=True)
+        return 130 if e.signal == "SIGINT" else 0   # as pretrain/finetune: Ctrl-C gives 130
     print(f"wrote {args.out}/results.md, results.csv, label_efficiency.png")
     return 0
 

@@ -150,3 +150,28 @@ def test_mode_minus_supervised_is_paired_within_one_encoder():
     assert "each mode − supervised of the same encoder" in md
     assert "| mir | semi − supervised | +0.010 ± 0.075 [-0.065, +0.085] (n = 3) |" in md
     assert "| mir − scratch | semi |" not in md                # no scratch semi to pair with
+
+
+def test_a_signal_stops_the_experiment_not_only_the_run(tmp_path, monkeypatch):
+    """SIGTERM during a run (checkpointed, step < steps) ends the experiment: the half-trained run
+    is neither evaluated nor a row, and no later run starts."""
+    from pipeline.apps import experiment
+    from pipeline.eval import evaluate as ev_mod
+    from pipeline.train import finetuning
+
+    started = []
+
+    def fake_train(cfg, data, out, resume=None, quiet=False):
+        started.append(out.name)
+        return {"complete": False, "signal": "SIGTERM", "step": 3, "stopped_by": "signal"}
+
+    def no_eval(*a, **k):
+        raise AssertionError("a stopped run was evaluated")
+
+    monkeypatch.setattr(finetuning, "train", fake_train)
+    monkeypatch.setattr(ev_mod, "evaluate", no_eval)
+    with pytest.raises(experiment.ExperimentStopped, match="SIGTERM in run scratch-supervised-0.5-s0"):
+        label_efficiency(tmp_path / "no-data", tmp_path / "exp", inits=["scratch"],
+                         fractions=[0.5], seeds=2, modes=("supervised",))
+    assert started == ["scratch-supervised-0.5-s0"]
+    assert not (tmp_path / "exp" / "results.csv").exists()
