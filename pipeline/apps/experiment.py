@@ -7,14 +7,16 @@ E/runs/{init}-{mode}-p{N}-s{seed}/  one fine-tuning run each (segmenter.pt, metr
                                    ``{init}-{mode}-{fraction}-s{seed}`` with label fractions
 E/results.csv                     one row per run (long format)
 E/results.md                      per metric: mean ± 95 % CI per arm (rows: init x mode;
-                                  columns: label amount), and each encoder - scratch paired by seed
+                                  columns: label amount), each encoder - scratch paired by seed,
+                                  and each mode - supervised of one encoder paired by seed
 E/label_efficiency.png            all-frame Dice and HC error against the label amount, error bars
 
 Seed s fixes both the initial weights (``train.seed``) and which patients are labelled
 (``data.label_seed``), so two arms with the same seed saw the same labelled frames and the paired
 difference removes the patient draw from the comparison. Seeds are the config's ``train.seed``,
 +1, ... A re-run skips runs that finished and were evaluated, and resumes unfinished ones, so an
-interrupted experiment continues where it stopped.
+interrupted experiment continues where it stopped. The three outputs are rewritten after every
+run (with the runs done so far), so a stopped experiment still leaves the table of its finished runs.
 """
 from __future__ import annotations
 
@@ -47,6 +49,16 @@ METRICS = (("dice_all", "Dice over all test frames (an empty prediction of a fra
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
+class ExperimentStopped(Exception):
+    """A run was stopped by a signal before its last step (it is checkpointed): the experiment
+    stops there, its finished runs in the tables; re-running continues that run."""
+
+    def __init__(self, run: str, signal, step):
+        self.run, self.signal, self.step = run, signal, step
+        super().__init__(f"stopped by {signal or 'a signal'} in run {run} at step {step} "
+                         "(checkpoint saved); rerun the same command to continue")
+
+
 def run_name(init: str, mode: str, amount, seed: int, patients: bool) -> str:
     return f"{init}-{mode}-{'p' if patients else ''}{amount:g}-s{seed}"
 
@@ -70,13 +82,18 @@ def parse_encoders(text: str | None) -> dict:
 def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, amount,
             seed: int, patients: bool, split: str, max_steps, quiet: bool) -> dict:
     from pipeline.eval.evaluate import evaluate
-    from pipeline.eval.quality import calibrate_finished_run
-    from pipeline.models.segmenter import load_segmenter
+    from pipeline.eval.quality import calibrate_finished_run, calibrate_segmenter
+    from pipeline.models.segmenter import load_segmenter, read_segmenter_blob
     from pipeline.train.checkpoint import latest_checkpoint
     from pipeline.train.finetuning import load_finetune_config, train
 
     seg, ev = out / "segmenter.pt", out / "eval" / "metrics.json"
-    done = seg.is_file() and load_segmenter(seg)[1].get("complete")
+    blob = read_segmenter_blob(seg) if seg.is_file() else {}
+    done = blob.get("complete")
+    if done and blob.get("quality_calibration") is None:
+        # stopped between training and calibration: calibrate now, or this run alone would be
+        # scored with the default quality floor
+        calibrate_segmenter(seg, data)
     if not done:
         # the amount named here wins over the config's: label_patients unset with fractions
         amount_set = (["data.label_fraction=1.0", f"data.label_patients={amount}"] if patients
@@ -86,6 +103,9 @@ def run_one(data, out: Path, config, overrides, init: str, encoder, mode: str, a
                                    max_steps=max_steps, seed=seed)
         summary = train(cfg, str(data), out, resume="latest" if latest_checkpoint(out) else None,
                         quiet=quiet)
+        if not summary.get("complete"):
+            # SIGTERM / SIGINT (checkpointed): stop the experiment; a half-trained run is no row
+            raise ExperimentStopped(out.name, summary.get("signal"), summary.get("step"))
         calibrate_finished_run(summary, data)
     if not (ev.is_file() and ev.stat().st_mtime >= seg.stat().st_mtime):
         evaluate(seg, data, split, out / "eval", overlays=4, quiet=quiet)
@@ -187,7 +207,8 @@ def label_efficiency(data, out, *, encoder=None, encoders=None, config=None, ove
         results.append(row)
         print(f"    dice (all frames) {_fmt(row['dice_all'])}  dice {_fmt(row['dice'])}  "
               f"HC MAE {_fmt(row['hc_mae_mm'], 2)} mm", flush=True)
-    write_results(out, results, split)
+        # after every run, so an experiment stopped part-way leaves the table of what finished
+        write_results(out, results, split)
     return results
 
 
@@ -216,19 +237,24 @@ def arm_stats(results: list[dict], key: str) -> dict:
     return {k: mean_ci(v) for k, v in groups.items()}
 
 
-def paired_stats(results: list[dict], key: str, baseline: str = "scratch") -> dict:
-    """{(init, mode, amount): paired_ci of init - baseline, matched by seed} for each init other
-    than ``baseline`` that has a baseline run of the same mode and amount."""
+def paired_stats(results: list[dict], key: str, baseline: str = "scratch",
+                 along: str = "init") -> dict:
+    """{(init, mode, amount): paired_ci of arm - its baseline arm, matched by seed}. ``along``
+    "init": each init - ``baseline`` (default scratch) of the same mode and amount; "mode": each
+    mode - ``baseline`` (e.g. supervised) of the same init and amount. Arms without a baseline
+    run are left out."""
     by_p = _by_patients(results)
+    j = {"init": 0, "mode": 1}[along]
     value = {(r["init"], r["mode"], _amount(r, by_p), r["seed"]): r[key] for r in results}
     out = {}
-    for init, mode, amount in dict.fromkeys(k[:3] for k in value):
-        if init == baseline:
+    for arm in dict.fromkeys(k[:3] for k in value):
+        if arm[j] == baseline:
             continue
-        mine = {s: v for (i, m, a, s), v in value.items() if (i, m, a) == (init, mode, amount)}
-        base = {s: v for (i, m, a, s), v in value.items() if (i, m, a) == (baseline, mode, amount)}
+        ref = (*arm[:j], baseline, *arm[j + 1:])
+        mine = {k[3]: v for k, v in value.items() if k[:3] == arm}
+        base = {k[3]: v for k, v in value.items() if k[:3] == ref}
         if base:
-            out[(init, mode, amount)] = paired_ci(mine, base)
+            out[arm] = paired_ci(mine, base)
     return out
 
 
@@ -263,16 +289,20 @@ def _paired_cell(ci, digits: int) -> str:
     return fmt_ci(ci, digits, signed=True, interval=True) + f" (n = {ci['n']})"
 
 
-def paired_markdown(results: list[dict], key: str, digits: int) -> str | None:
+def paired_markdown(results: list[dict], key: str, digits: int,
+                    along: str = "init") -> str | None:
+    """Encoder - scratch per mode (``along`` "init"), or mode - supervised per encoder ("mode")."""
     by_p = _by_patients(results)
     amounts = sorted({_amount(r, by_p) for r in results})
-    stats = paired_stats(results, key)
+    base = "scratch" if along == "init" else "supervised"
+    stats = paired_stats(results, key, base, along)
     if not stats:
         return None
-    lines = _header("encoder − scratch", amounts, by_p)
+    lines = _header("encoder − scratch" if along == "init" else "encoder", amounts, by_p)
     for init, mode in dict.fromkeys(k[:2] for k in stats):
         cells = [_paired_cell(stats.get((init, mode, a)), digits) for a in amounts]
-        lines.append(f"| {init} − scratch | {mode} | " + " | ".join(cells) + " |")
+        arm = f"{init} − scratch | {mode}" if along == "init" else f"{init} | {mode} − supervised"
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -291,6 +321,15 @@ def results_markdown(results: list[dict], split: str) -> str:
                "patients): mean ± 95 % CI half-width [interval] (n pairs). An interval above 0 "
                "(below 0 for false heads, HD95 and HC error) favours the encoder.", ""]
         for title, p in paired:
+            if p:
+                md += [f"{title}, difference:", "", p, ""]
+    by_mode = [(title, paired_markdown(results, key, digits, "mode"))
+               for key, title, digits in METRICS]
+    if any(p for _, p in by_mode):
+        md += ["Paired differences, each mode − supervised of the same encoder, matched by seed: "
+               "mean ± 95 % CI half-width [interval] (n pairs). An interval above 0 (below 0 for "
+               "false heads, HD95 and HC error) favours the mode.", ""]
+        for title, p in by_mode:
             if p:
                 md += [f"{title}, difference:", "", p, ""]
     return "\n".join(md)

@@ -21,8 +21,9 @@ a pretext-task ablation (one arm per encoder; "scratch" is the no-encoder arm):
 Every (init, mode, amount, seed) run is trained with the same config, then evaluated on --split.
 Seed s (the config's train.seed, +1, ...) sets both the initial weights and which patients are
 labelled, so arms are compared on the same labelled patients; results.md gives mean +- 95 % CI
-over the seeds per arm, and each encoder - scratch paired by seed. Re-running skips finished runs
-and resumes unfinished ones.
+over the seeds per arm, each encoder - scratch and each mode - supervised (same encoder) paired
+by seed. The tables are rewritten after every run; re-running skips finished runs and resumes
+unfinished ones.
 """
 
 
@@ -43,7 +44,8 @@ def add_parsers(sub) -> None:
                          "fractions) x seeds, with 95 % CIs",
                          description="Train and evaluate every (encoder init, mode, label amount, "
                          "seed) and write E/results.md (mean +- 95 % CI per arm, paired "
-                         "differences against scratch), E/results.csv (one row per run) and "
+                         "differences against scratch and against supervised), E/results.csv "
+                         "(one row per run) and "
                          "E/label_efficiency.png (error bars).",
                          epilog=EXPERIMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     le.add_argument("--data", required=True, help="dataset folder written by `sonostream build`")
@@ -182,7 +184,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_experiment(args) -> int:
-    from pipeline.apps.experiment import label_efficiency, parse_encoders
+    from pipeline.apps.experiment import ExperimentStopped, label_efficiency, parse_encoders
     from preprocessing.format import SonostreamError
     setup_logging()
     if not args.verbose and not log_level_chosen():   # one line per run, not every run's metrics
@@ -194,12 +196,16 @@ def cmd_experiment(args) -> int:
         except ValueError:
             raise SonostreamError(f"{flag} {text!r}: give {kind.__name__} values separated by "
                                   "commas") from None
-    label_efficiency(args.data, args.out, encoder=args.encoder,
-                     encoders=parse_encoders(args.encoders), config=args.config,
-                     overrides=args.set, fractions=numbers("--fractions", args.fractions, float),
-                     patients=numbers("--patients", args.patients, int), seeds=args.seeds,
-                     modes=split(args.modes), inits=split(args.inits) if args.inits else None,
-                     split=args.split, max_steps=args.max_steps, quiet=not args.verbose)
+    try:
+        label_efficiency(args.data, args.out, encoder=args.encoder,
+                         encoders=parse_encoders(args.encoders), config=args.config,
+                         overrides=args.set, fractions=numbers("--fractions", args.fractions, float),
+                         patients=numbers("--patients", args.patients, int), seeds=args.seeds,
+                         modes=split(args.modes), inits=split(args.inits) if args.inits else None,
+                         split=args.split, max_steps=args.max_steps, quiet=not args.verbose)
+    except ExperimentStopped as e:
+        print(f"{e}; {args.out}/results.md has the runs finished before it", flush=True)
+        return 130 if e.signal == "SIGINT" else 0   # as pretrain/finetune: Ctrl-C gives 130
     print(f"wrote {args.out}/results.md, results.csv, label_efficiency.png")
     return 0
 

@@ -148,3 +148,24 @@ def test_experiment_shows_every_runs_metrics_only_when_verbose(monkeypatch, tmp_
     finally:
         train_log.setLevel(before)
     assert seen == [shown]
+
+
+@pytest.mark.parametrize("sig, rc", [("SIGTERM", 0), ("SIGINT", 130)])
+def test_experiment_stopped_by_a_signal_says_so(monkeypatch, tmp_path, capsys, sig, rc):
+    """A signal inside a run ends the experiment with the pretrain/finetune exit statuses and the
+    way to continue, not 'wrote ...' as if it had finished."""
+    import logging
+    import pipeline.apps.experiment as experiment
+
+    def fake(*args, **kw):
+        raise experiment.ExperimentStopped("scratch-supervised-p1-s0", sig, 7)
+    monkeypatch.setattr(experiment, "label_efficiency", fake)
+    train_log = logging.getLogger("sonostream.train")
+    before = train_log.level
+    try:
+        assert main(["experiment", "label-efficiency", "--data", "d", "--out", str(tmp_path)]) == rc
+    finally:
+        train_log.setLevel(before)
+    out = capsys.readouterr().out
+    assert f"stopped by {sig} in run scratch-supervised-p1-s0 at step 7" in out
+    assert "rerun the same command to continue" in out and "wrote" not in out

@@ -107,3 +107,71 @@ def test_parse_encoders():
     for bad, match in (("mir", "give NAME=PATH"), ("a=x,a=y", "twice")):
         with pytest.raises(ValueError, match=match):
             parse_encoders(bad)
+
+
+def test_results_are_written_after_every_run(tmp_path, monkeypatch):
+    """An experiment stopped part-way (a crash, SIGTERM, the deadline) leaves results.csv and
+    results.md of the runs that finished, not nothing."""
+    import csv
+    from pipeline.apps import experiment
+
+    def fake_run(data, out, config, overrides, init, encoder, mode, amount, seed, patients,
+                 split, max_steps, quiet):
+        if seed == 2:
+            raise KeyboardInterrupt    # stopped during the third run
+        return {"init": init, "mode": mode, "label_fraction": amount, "labelled_patients": 1,
+                "seed": seed, "steps": 1, "labelled_frames": 8, "encoder": "",
+                **{k: 0.5 + 0.1 * seed for k in experiment.EVAL_COLUMNS}}
+
+    monkeypatch.setattr(experiment, "run_one", fake_run)
+    out = tmp_path / "exp"
+    with pytest.raises(KeyboardInterrupt):
+        label_efficiency(tmp_path / "no-data", out, inits=["scratch"], fractions=[0.5], seeds=3,
+                         modes=("supervised",))
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["seed"], r["dice_all"]) for r in rows] == [("0", "0.5"), ("1", "0.6")]
+    assert "2 runs, 2 seeds per arm (seeds 0, 1;" in (out / "results.md").read_text()
+
+
+def test_mode_minus_supervised_is_paired_within_one_encoder():
+    """The goal "pretrained + semi not worse than pretrained supervised" is a paired difference
+    within one encoder, not against scratch."""
+    rows = [r for r in _rows() if r["labelled_patients"] == 1]
+    for seed, d in zip((0, 1, 2), (-0.02, 0.01, 0.04)):        # mir semi = mir supervised + d
+        sup = next(r for r in rows if (r["init"], r["seed"]) == ("mir", seed))
+        rows.append({**sup, "mode": "semi", "dice_all": sup["dice_all"] + d})
+    stats = paired_stats(rows, "dice_all", "supervised", along="mode")
+    assert set(stats) == {("mir", "semi", 1)}                  # scratch has no semi run
+    d = stats[("mir", "semi", 1)]
+    assert d["pairs"] == [0, 1, 2] and d["mean"] == pytest.approx(0.01)
+    assert d["half"] == pytest.approx(4.302653 * 0.03 / 3 ** .5)
+    md = results_markdown(rows, "test")
+    assert "each mode − supervised of the same encoder" in md
+    assert "| mir | semi − supervised | +0.010 ± 0.075 [-0.065, +0.085] (n = 3) |" in md
+    assert "| mir − scratch | semi |" not in md                # no scratch semi to pair with
+
+
+def test_a_signal_stops_the_experiment_not_only_the_run(tmp_path, monkeypatch):
+    """SIGTERM during a run (checkpointed, step < steps) ends the experiment: the half-trained run
+    is neither evaluated nor a row, and no later run starts."""
+    from pipeline.apps import experiment
+    from pipeline.eval import evaluate as ev_mod
+    from pipeline.train import finetuning
+
+    started = []
+
+    def fake_train(cfg, data, out, resume=None, quiet=False):
+        started.append(out.name)
+        return {"complete": False, "signal": "SIGTERM", "step": 3, "stopped_by": "signal"}
+
+    def no_eval(*a, **k):
+        raise AssertionError("a stopped run was evaluated")
+
+    monkeypatch.setattr(finetuning, "train", fake_train)
+    monkeypatch.setattr(ev_mod, "evaluate", no_eval)
+    with pytest.raises(experiment.ExperimentStopped, match="SIGTERM in run scratch-supervised-0.5-s0"):
+        label_efficiency(tmp_path / "no-data", tmp_path / "exp", inits=["scratch"],
+                         fractions=[0.5], seeds=2, modes=("supervised",))
+    assert started == ["scratch-supervised-0.5-s0"]
+    assert not (tmp_path / "exp" / "results.csv").exists()

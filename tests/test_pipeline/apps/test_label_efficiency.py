@@ -1,6 +1,7 @@
 """The label-efficiency experiment at its smallest: every arm trains, evaluates and lands in
 the table; a re-run skips finished runs; --patients/--seeds/--encoders give one row per run."""
 import csv
+import json
 
 import pytest
 import torch
@@ -35,6 +36,16 @@ def test_table_plot_and_rerun(seg_shards, tmp_path):
     stamp = seg.stat().st_mtime_ns
     label_efficiency(seg_shards, out, **kw)
     assert seg.stat().st_mtime_ns == stamp      # finished runs are not trained again
+    # stopped after training, before calibration: the re-run calibrates it like the others
+    blob = torch.load(seg, weights_only=True)
+    calibrated = {k: blob.pop(k) for k in ("min_quality", "quality_calibration")}
+    torch.save(blob, seg)
+    label_efficiency(seg_shards, out, **kw)
+    again = torch.load(seg, weights_only=True)
+    assert again["quality_calibration"]["source"] == calibrated["quality_calibration"]["source"]
+    assert again["min_quality"] == calibrated["min_quality"]
+    ev = json.loads((seg.parent / "eval" / "metrics.json").read_text())
+    assert ev["quality_calibration"] == again["quality_calibration"]   # and it was re-scored
     with pytest.raises(ValueError, match="--encoder"):
         label_efficiency(seg_shards, out, **{**kw, "encoder": None})
 
