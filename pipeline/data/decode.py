@@ -168,10 +168,11 @@ class FrameDecoder:
             self._arrays = [*self._arrays, a][-_KEEP_ARRAYS:]
             return a
 
-    def decode_clips(self, clip_rows: np.ndarray, size: tuple[int, int]):
-        """(frames uint8 [B', K, H, W], kept [B] bool, faults): corrupt clips are left out."""
-        b, k = clip_rows.shape
-        frames = self._batch_array((b, k, *size))
+    def decode_into(self, clip_rows: np.ndarray, frames: np.ndarray):
+        """Decode the clips of ``clip_rows`` [B, K] into ``frames`` [B, K, H, W] (uint8, any
+        writable array: a recycled one, or a slot of the shared ring); (kept [B] bool, faults).
+        A clip with a corrupt member is left as it is in ``frames`` and reported, not logged."""
+        b = clip_rows.shape[0]
         jobs = self._reads(clip_rows)
         # one task per thread (a run of clips), not one per clip: fewer hand-offs
         bounds = np.linspace(0, b, min(self.threads, b) + 1).astype(int).tolist()
@@ -179,7 +180,13 @@ class FrameDecoder:
                                            for i, j in zip(bounds[:-1], bounds[1:])])
         results = [r for run in runs for r in run]
         faults = [r for r in results if r is not None]
-        kept = np.array([r is None for r in results], bool)
+        return np.array([r is None for r in results], bool), faults
+
+    def decode_clips(self, clip_rows: np.ndarray, size: tuple[int, int]):
+        """(frames uint8 [B', K, H, W], kept [B] bool, faults): corrupt clips are left out."""
+        b, k = clip_rows.shape
+        frames = self._batch_array((b, k, *size))
+        kept, faults = self.decode_into(clip_rows, frames)
         for fault in faults:
             log.warning("skipped a corrupt member: shard %s, key %s (%s)", *fault)
         return (frames if not faults else frames[kept]), kept, faults

@@ -36,6 +36,7 @@ from .tasks import MASK_MODES, PM_POSITIVES, clip_masks, io_classes
 
 log = logging.getLogger("sonostream.loader")
 LOADERS = ("auto", "cpu", "dali")
+TRANSPORTS = ("ring", "dataloader")
 RESIZES = ("auto", "batch", "frame")
 STATE_VERSION = 1
 _ORDER_KEYS = ("seed", "clip_len", "stride", "short_videos", "splits", "shuffle_window",
@@ -67,8 +68,13 @@ class LoaderConfig:
     io_reverse: str = "same"              # IO: a permutation and its reverse are one class
     pm_positive: str = "patient"          # PM: positive = a frame of another video of the
                                           # patient ("patient") or of the same clip ("video")
-    num_workers: int = 0                  # CPU path: DataLoader worker processes (0: threads)
-    decode_threads: int = 2               # CPU path: threads decoding a batch's clips
+    num_workers: int = 2                  # CPU path: decode worker processes (0: decode in
+                                          # threads of the training process)
+    transport: str = "ring"               # CPU path, num_workers > 0: "ring" = forked workers
+                                          # write batches into a shared ring of batch slots;
+                                          # "dataloader" = torch DataLoader workers (a shared-
+                                          # memory segment per batch: slower)
+    decode_threads: int = 2               # CPU path, num_workers = 0: threads decoding a batch
     prefetch: int = 2                     # batches prefetched per worker
     loader: str = "auto"                  # "cpu", "dali", or "auto" (DALI when CUDA + DALI)
     dali_threads: int = 4
@@ -83,6 +89,12 @@ class LoaderConfig:
                                   f"{self.mask_mode!r}")
         if self.loader not in LOADERS:
             raise SonostreamError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.transport not in TRANSPORTS:
+            raise SonostreamError(f"loader.transport must be one of {TRANSPORTS}, got "
+                                  f"{self.transport!r}")
+        if self.num_workers < 0:
+            raise SonostreamError(f"loader.num_workers must be >= 0 (0: decode threads), got "
+                                  f"{self.num_workers}")
         if self.resize not in RESIZES:
             raise SonostreamError(f"loader.resize must be one of {RESIZES}, got {self.resize!r}")
         if self.batch_size < 1:
@@ -156,6 +168,7 @@ class ClipLoader:
                                   f"frames")
         self.decoder = FrameDecoder(self.source, self.view, self.cfg.decode_threads)
         self.faults: list = []
+        self._ring = None
         g = self.cfg.patient_groups
         if g > 1 and self.cfg.batch_size % g:
             log.warning("loader.patient_groups=%d orders clips in groups of %d of one patient, but "
@@ -189,7 +202,23 @@ class ClipLoader:
         on_host = self.device.type == "cpu"   # resized in the background; else after the copy
         return cpu_batches(plan, self.decoder, num_workers=self.cfg.num_workers,
                            prefetch=self.cfg.prefetch, pin_memory=self.device.type == "cuda",
-                           decode_size=self.decode_size, resize_on_host=on_host)
+                           decode_size=self.decode_size, resize_on_host=on_host,
+                           ring=self._slot_ring(on_host))
+
+    def _slot_ring(self, on_host: bool):
+        """The shared ring of batch slots for ``transport="ring"`` (None for the other CPU
+        transports, or where ``fork`` is missing: DataLoader workers then). Made once, at the
+        batches' output size, and kept across epochs: its pages are faulted in once."""
+        from .ring import HELD, SlotRing, ring_available
+        c = self.cfg
+        if c.num_workers == 0 or c.transport != "ring" or not ring_available():
+            return None
+        size = self.image_size if on_host else self.decode_size
+        shape = (c.batch_size, c.clip_len, *size)
+        slots = c.num_workers * max(1, c.prefetch) + HELD
+        if self._ring is None or (self._ring.shape, self._ring.slots) != (shape, slots):
+            self._ring = SlotRing(slots, shape)
+        return self._ring
 
     def __iter__(self):
         plan = self.plan()
