@@ -192,3 +192,10 @@ def test_a_worker_that_dies_is_reported(dataset):
         for _ in it:
             pass
     assert children() == before
+
+
+@pytest.mark.parametrize("resize", ["batch", "frame"])
+def test_resized_batches_are_those_of_the_threads_path(dataset, resize):
+    """Frames stored at 32 and asked at 24: resized in the workers exactly as in the threads."""
+    ring = run(ClipLoader(dataset, cfg(image_size=24, resize=resize), seed=5))
+    assert ring == run(ClipLoader(dataset, cfg(image_size=24, resize=resize, num_workers=0), seed=5))
