@@ -60,17 +60,15 @@ class _DecodeBatch:
 
 def cpu_batches(plan: EpochPlan, decoder: FrameDecoder, num_workers: int = 2, prefetch: int = 2,
                 pin_memory: bool = False, decode_size=None, resize_on_host: bool = True,
-                ring=None):
+                pool=None):
     """An iterable of this rank's ClipBatches for the plan's epoch, in step order. Frames are
     decoded at ``decode_size`` (default: the plan's size) and resized to the plan's size here
-    when ``resize_on_host``, else left at ``decode_size`` for the caller to resize. ``ring``
-    (a ``SlotRing`` of batch slots of the output size): decode in ``num_workers`` forked
-    processes into it instead of DataLoader workers."""
-    if ring is not None and num_workers > 0:
+    when ``resize_on_host``, else left at ``decode_size`` for the caller to resize. ``pool``
+    (a ``ring.DecodePool``, made for these sizes): its processes decode into its shared ring
+    instead of DataLoader workers."""
+    if pool is not None:
         from .ring import ring_batches
-        size = tuple(decode_size or plan.image_size)
-        resize = resize_on_host and size != plan.image_size
-        return ring_batches(plan, decoder, ring, num_workers, prefetch, size, resize)
+        return ring_batches(plan, pool, prefetch)
     pipeline = wds.DataPipeline(_Steps(plan.steps), wds.map(_DecodeBatch(plan, decoder, decode_size,
                                                                          resize_on_host)))
     if num_workers == 0:

@@ -18,6 +18,7 @@ a broken dataset never trains on what is left of it.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -168,7 +169,7 @@ class ClipLoader:
                                   f"frames")
         self.decoder = FrameDecoder(self.source, self.view, self.cfg.decode_threads)
         self.faults: list = []
-        self._ring = None
+        self._pool = None
         g = self.cfg.patient_groups
         if g > 1 and self.cfg.batch_size % g:
             log.warning("loader.patient_groups=%d orders clips in groups of %d of one patient, but "
@@ -203,22 +204,34 @@ class ClipLoader:
         return cpu_batches(plan, self.decoder, num_workers=self.cfg.num_workers,
                            prefetch=self.cfg.prefetch, pin_memory=self.device.type == "cuda",
                            decode_size=self.decode_size, resize_on_host=on_host,
-                           ring=self._slot_ring(on_host))
+                           pool=self._decode_pool(on_host))
 
-    def _slot_ring(self, on_host: bool):
-        """The shared ring of batch slots for ``transport="ring"`` (None for the other CPU
-        transports, or where ``fork`` is missing: DataLoader workers then). Made once, at the
-        batches' output size, and kept across epochs: its pages are faulted in once."""
-        from .ring import HELD, SlotRing, ring_available
+    def _decode_pool(self, on_host: bool):
+        """The decode processes and their shared ring of batch slots for ``transport="ring"``
+        (None for the other CPU transports, or where ``fork`` is missing: DataLoader workers
+        then). Made at the first epoch, at the batches' output size, and kept across epochs
+        (the ring's pages are faulted in once, the processes forked once) until ``close``."""
+        from .ring import HELD, DecodePool, SlotRing, ring_available
         c = self.cfg
         if c.num_workers == 0 or c.transport != "ring" or not ring_available():
             return None
         size = self.image_size if on_host else self.decode_size
         shape = (c.batch_size, c.clip_len, *size)
         slots = c.num_workers * max(1, c.prefetch) + HELD
-        if self._ring is None or (self._ring.shape, self._ring.slots) != (shape, slots):
-            self._ring = SlotRing(slots, shape)
-        return self._ring
+        pool = self._pool
+        if pool is None or pool.closed or (pool.ring.shape, pool.ring.slots) != (shape, slots):
+            self.close()
+            self._pool = DecodePool(self.decoder, SlotRing(slots, shape), c.num_workers,
+                                    self.decode_size, size)
+            self._pool_finalizer = weakref.finalize(self, self._pool.close)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the CPU path's decode processes (a later epoch starts them again)."""
+        if self._pool is not None:
+            self._pool_finalizer.detach()
+            self._pool.close()
+            self._pool = None
 
     def __iter__(self):
         plan = self.plan()

@@ -6,12 +6,13 @@ worker processes hand each batch over in a fresh shared-memory segment (its page
 about half a decode). Here:
 
 * the ring is one anonymous shared mapping (``mmap(-1)``, ``MAP_SHARED``) of ``slots`` batch
-  slots, made once per loader and touched once; worker processes are forked from the loader
-  at the start of each epoch, so they share it (and inherit the epoch's plan: nothing is
-  pickled but the small messages). It has no name, so nothing can be left in ``/dev/shm``;
+  slots, made once per loader and touched once; the worker processes are forked from the
+  loader once, at its first epoch, and kept (a fork of a training process costs tens of ms),
+  so they share the mapping. It has no name, so nothing can be left in ``/dev/shm``;
 * worker ``w`` of ``n`` decodes the steps ``w, w+n, ...`` (as DataLoader workers would); the
-  main process sends it ``(step, slot)`` on a pipe and gets back ``(step, slot, kept, faults)``;
-  it labels the batch itself (labels are a few numpy operations: no need to pickle them);
+  main process sends it ``(step, slot, clip rows)`` on a pipe (1 kB) and gets back ``(step,
+  slot, kept, faults)``; it labels the batch itself (a few numpy operations). A loop that
+  stops mid-epoch waits for the steps in flight, so the next epoch starts clean;
 * a batch's frames are a zero-copy view of its slot. A slot is lent again only once every
   tensor made from it is gone (``weakref.finalize`` on the slot's numpy view, which the tensor
   keeps alive). At most ``slots - depth`` slots are lent at once; beyond that (a caller keeping
@@ -20,8 +21,9 @@ about half a decode). Here:
   that is still held;
 * an error in a worker is raised in the trainer, naming the worker, step and shard files (a
   ``SonostreamError`` keeps its type; anything else is a RuntimeError carrying the worker's
-  traceback); a worker that dies is reported with its exit code. Workers exit when the epoch
-  ends, when the iterator is closed, and when the main process dies (their task pipe closes).
+  traceback); a worker that dies is reported with its exit code. Workers exit after an error,
+  on ``ClipLoader.close()`` (or when the loader is garbage-collected), and when the main
+  process dies (their task pipe closes).
 """
 from __future__ import annotations
 
@@ -98,8 +100,9 @@ def _error(e: BaseException) -> tuple:
     return blob, tb
 
 
-def _worker(w: int, plan, decoder, ring: SlotRing, decode_size, resize: bool, conns) -> None:
-    """Decode the steps the main process sends into their slots until the pipe closes."""
+def _worker(w: int, decoder, ring: SlotRing, decode_size, out_size, conns) -> None:
+    """Decode the ``(step, slot, clip rows)`` the main process sends into their slots until
+    its pipe closes (or a ``None``)."""
     tasks, results = conns[w][0], conns[w][3]
     for i, (t_recv, t_send, r_recv, r_send) in enumerate(conns):   # keep only our two ends
         t_send.close()
@@ -111,6 +114,7 @@ def _worker(w: int, plan, decoder, ring: SlotRing, decode_size, resize: bool, co
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     decoder.threads = 1                     # one process decodes one batch: no thread pool
+    resize = tuple(decode_size) != tuple(out_size)
     while True:
         try:
             msg = tasks.recv()
@@ -118,15 +122,14 @@ def _worker(w: int, plan, decoder, ring: SlotRing, decode_size, resize: bool, co
             break
         if msg is None:
             break
-        step, slot = msg
+        step, slot, rows = msg
         try:
-            rows = plan.clip_rows(step)
             out = ring.array(slot)
             if resize:
                 tmp = np.empty((*rows.shape, *decode_size), np.uint8)
                 kept, faults = decoder.decode_into(rows, tmp)
                 nk = int(kept.sum())
-                small = resize_frames(torch.from_numpy(tmp[kept]).unsqueeze(2), plan.image_size)
+                small = resize_frames(torch.from_numpy(tmp[kept]).unsqueeze(2), out_size)
                 out[:nk] = small.squeeze(2).numpy()
             else:
                 kept, faults = decoder.decode_into(rows, out[:len(rows)])
@@ -139,6 +142,73 @@ def _worker(w: int, plan, decoder, ring: SlotRing, decode_size, resize: bool, co
                 results.send((step, slot, None, None, _error(e)))
             finally:
                 break
+
+
+class DecodePool:
+    """``workers`` decode processes forked once (at the first epoch) and kept, like DataLoader's
+    ``persistent_workers``: a fork of a large training process costs tens of ms. They stop
+    with :meth:`close` (the ClipLoader's ``close``, or when it is garbage-collected), after an
+    error, and when the main process dies (their task pipe closes)."""
+
+    def __init__(self, decoder, ring: SlotRing, workers: int, decode_size, out_size):
+        self.ring, self.n = ring, max(1, workers)
+        ctx = mp.get_context("fork")
+        self.conns = [(*ctx.Pipe(duplex=False), *ctx.Pipe(duplex=False)) for _ in range(self.n)]
+        self.procs = [ctx.Process(target=_worker, name=f"sonostream-decode-{w}", daemon=True,
+                                  args=(w, decoder, ring, tuple(decode_size), tuple(out_size),
+                                        self.conns))
+                      for w in range(self.n)]
+        self.closed = False
+        try:
+            for p in self.procs:
+                p.start()
+        finally:
+            for t_recv, _, _, r_send in self.conns:   # ours: task send ends, result recv ends
+                t_recv.close()
+                r_send.close()
+
+    def send(self, step: int, slot: int, rows: np.ndarray) -> None:
+        self.conns[step % self.n][1].send((step, slot, rows))
+
+    def recv(self, plan, step: int):
+        """The worker's reply for ``step`` (its next one); raises if the worker failed or died."""
+        w = step % self.n
+        conn, proc = self.conns[w][2], self.procs[w]
+        while not conn.poll():
+            if proc.sentinel in wait([conn, proc.sentinel]) and not conn.poll():
+                proc.join(timeout=1)
+                raise RuntimeError(
+                    f"decode worker {w} (pid {proc.pid}) exited with code {proc.exitcode} on "
+                    f"epoch {plan.epoch}, step {step}, reading {', '.join(_shards_of(plan, step))}")
+        got, slot, kept, faults, error = conn.recv()
+        if error is not None:
+            _raise_worker_error(w, proc.pid, plan, got, error)
+        if got != step:
+            raise RuntimeError(f"decode worker {w} returned step {got}, expected {step}")
+        return slot, kept, faults
+
+    def close(self) -> None:
+        """Close the task pipes (a worker exits at its next read), then join; terminate late
+        ones. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for _, t_send, r_recv, _ in self.conns:
+            for c in (t_send, r_recv):
+                try:
+                    c.close()
+                except OSError:
+                    pass
+        for p in self.procs:
+            if p.pid is None:
+                continue
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=2)
+            if p.is_alive():
+                os.kill(p.pid, 9)
+                p.join()
 
 
 def _raise_worker_error(w: int, pid: int, plan, step: int, error: tuple):
@@ -158,51 +228,23 @@ def _raise_worker_error(w: int, pid: int, plan, step: int, error: tuple):
     raise RuntimeError(msg)
 
 
-def ring_batches(plan, decoder, ring: SlotRing, workers: int, prefetch: int, decode_size,
-                 resize: bool):
-    """This rank's ClipBatches of ``plan`` in step order, decoded by ``workers`` forked
-    processes into ``ring``'s slots, ``prefetch`` steps ahead per worker. ``decode_size``:
-    the size frames are decoded at; ``resize``: resize them to the plan's size in the worker
-    (antialiased bilinear, as ``_DecodeBatch`` does)."""
-    steps = plan.steps
-    if steps == 0:
-        return
-    n = max(1, min(workers, steps))
+def ring_batches(plan, pool: DecodePool, prefetch: int):
+    """This rank's ClipBatches of ``plan`` in step order, decoded by ``pool``'s processes into
+    its ring's slots, ``prefetch`` steps ahead per worker."""
+    ring, n = pool.ring, pool.n
     depth = n * max(1, prefetch)
     if ring.slots < depth + 1:
         raise ValueError(f"a ring of {ring.slots} slots cannot keep {depth} steps in flight")
-    ctx = mp.get_context("fork")
-    conns = [(*ctx.Pipe(duplex=False), *ctx.Pipe(duplex=False)) for _ in range(n)]
-    procs = [ctx.Process(target=_worker, name=f"sonostream-decode-{w}", daemon=True,
-                         args=(w, plan, decoder, ring, tuple(decode_size), resize, conns))
-             for w in range(n)]
     inflight: dict[int, int] = {}           # step -> slot, sent and not yet handed out
     try:
-        for p in procs:
-            p.start()
-        for t_recv, _, _, r_send in conns:  # ours: the task send ends and the result recv ends
-            t_recv.close()
-            r_send.close()
         sent = 0
-        for s in range(steps):
-            while sent < steps and sent < s + depth and ring.free:
+        for s in range(plan.steps):
+            while sent < plan.steps and sent < s + depth and ring.free:
                 slot = ring.free.popleft()
                 inflight[sent] = slot
-                conns[sent % n][1].send((sent, slot))
+                pool.send(sent, slot, plan.clip_rows(sent))
                 sent += 1
-            w = s % n
-            conn, proc = conns[w][2], procs[w]
-            while not conn.poll():
-                if proc.sentinel in wait([conn, proc.sentinel]) and not conn.poll():
-                    proc.join(timeout=1)
-                    raise RuntimeError(
-                        f"decode worker {w} (pid {proc.pid}) exited with code {proc.exitcode} on "
-                        f"epoch {plan.epoch}, step {s}, reading {', '.join(_shards_of(plan, s))}")
-            step, slot, kept, faults, error = conn.recv()
-            if error is not None:
-                _raise_worker_error(w, proc.pid, plan, step, error)
-            if step != s or inflight.get(s) != slot:
-                raise RuntimeError(f"decode worker {w} returned step {step}, expected {s}")
+            slot, kept, faults = pool.recv(plan, s)
             del inflight[s]
             nk = int(kept.sum())
             if len(ring.lent) < ring.slots - depth:
@@ -214,26 +256,18 @@ def ring_batches(plan, decoder, ring: SlotRing, workers: int, prefetch: int, dec
                 log.warning("skipped a corrupt member: shard %s, key %s (%s)", *fault)
             yield plan.batch(s, torch.from_numpy(frames).unsqueeze(2), kept, faults)
             del frames
+    except GeneratorExit:                   # left mid-epoch: wait for the steps in flight
+        try:
+            for s in sorted(inflight):
+                pool.recv(plan, s)
+                ring.free.append(inflight.pop(s))
+        except BaseException:  # noqa: BLE001 - a worker failed or died: stop them all
+            pool.close()
+        raise
+    except BaseException:                   # an error here or in a worker: stop them all
+        pool.close()
+        raise
     finally:
-        _stop(procs, conns)
-        ring.free.extend(inflight.values())  # no worker left to write them
-
-
-def _stop(procs, conns) -> None:
-    """Close the task pipes (a worker exits at its next read), then join; terminate late ones."""
-    for _, t_send, r_recv, _ in conns:
-        for c in (t_send, r_recv):
-            try:
-                c.close()
-            except OSError:
-                pass
-    for p in procs:
-        if p.pid is None:
-            continue
-        p.join(timeout=5)
-        if p.is_alive():
-            p.terminate()
-            p.join(timeout=2)
-        if p.is_alive():
-            os.kill(p.pid, 9)
-            p.join()
+        if inflight:
+            pool.close()                    # no worker left to write these slots
+            ring.free.extend(inflight.values())

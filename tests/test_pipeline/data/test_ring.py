@@ -85,8 +85,8 @@ def test_held_batches_keep_their_frames_while_the_ring_is_reused(dataset):
     for _ in range(2):
         for b in loader:
             held.append(b)
-            lent.append(len(loader._ring.lent))
-    ring = loader._ring
+            lent.append(len(loader._pool.ring.lent))
+    ring = loader._pool.ring
     assert len(held) == len(ref) > 3 * ring.slots
     assert max(lent) <= ring.slots - 2 * 2
     for i, b in enumerate(held):
@@ -98,29 +98,37 @@ def test_a_dropped_batch_gives_its_slot_back(dataset):
     views = set()
     for b in loader:                      # the loop keeps one batch at a time
         views.add(b.frames.data_ptr())
-        assert len(loader._ring.lent) <= HELD
+        assert len(loader._pool.ring.lent) <= HELD
     del b
-    ring = loader._ring
+    ring = loader._pool.ring
     assert not ring.lent and sorted(ring.free) == list(range(ring.slots))
     assert len(views) <= ring.slots       # the frames came from the slots, zero-copy
 
 
-def test_workers_stop_with_the_epoch_and_when_the_loop_breaks(dataset):
+def test_workers_live_as_long_as_the_loader_and_a_broken_loop_leaves_a_clean_ring(dataset):
     before_shm, before = named_shm(), children()
     loader = ClipLoader(dataset, cfg(), seed=1)
-    for i, b in enumerate(loader):
-        if i == 0:
-            assert len(children() - before) == 2
-    assert children() == before
+    first = run(loader, epochs=2)
+    workers = children() - before
+    assert len(workers) == 2                # forked once, kept across epochs
     it = iter(loader)
     next(it)
     next(it)
-    it.close()                            # the loop broke mid-epoch
-    assert children() == before
+    it.close()                              # the loop broke mid-epoch: steps in flight drained
+    ring = loader._pool.ring
+    assert sorted(ring.free) == list(range(ring.slots))
+    assert children() - before == workers
     assert named_shm() - before_shm == set()   # the ring has no name: nothing in /dev/shm
-    ring = loader._ring
-    del b
-    assert sorted(ring.free) == list(range(ring.slots))   # in-flight slots came back too
+    again = ClipLoader(dataset, cfg(), seed=1)
+    assert run(again, epochs=2) == first    # (a fresh loader, same batches)
+    again.close()
+    loader.close()
+    assert children() == before
+    assert len(run(loader, steps=1)) == 1 and len(children() - before) == 2   # started again
+    del loader, it
+    import gc
+    gc.collect()
+    assert children() == before             # a loader that is garbage-collected stops them
 
 
 def test_workers_exit_when_the_training_process_is_killed(dataset, tmp_path):
@@ -177,7 +185,7 @@ def test_an_error_in_a_worker_is_raised_in_the_trainer_naming_the_file(missing_s
         for _ in loader:
             pass
     assert shard in str(e.value) and "decode worker" in str(e.value)
-    assert children() == before
+    assert children() == before             # the workers were stopped
 
 
 def test_a_worker_that_dies_is_reported(dataset):
