@@ -69,13 +69,15 @@ class LoaderConfig:
     io_reverse: str = "same"              # IO: a permutation and its reverse are one class
     pm_positive: str = "patient"          # PM: positive = a frame of another video of the
                                           # patient ("patient") or of the same clip ("video")
-    num_workers: int = 2                  # CPU path: decode worker processes (0: decode in
-                                          # threads of the training process)
-    transport: str = "ring"               # CPU path, num_workers > 0: "ring" = forked workers
+    num_workers: int | None = None        # CPU path: decode worker processes; None: one per
+                                          # decode_threads (where fork exists, else 0); 0:
+                                          # decode in threads of the training process
+    transport: str = "ring"               # CPU path, workers > 0: "ring" = forked workers
                                           # write batches into a shared ring of batch slots;
                                           # "dataloader" = torch DataLoader workers (a shared-
                                           # memory segment per batch: slower)
-    decode_threads: int = 2               # CPU path, num_workers = 0: threads decoding a batch
+    decode_threads: int = 2               # CPU path: decoding cores (worker processes unless
+                                          # num_workers says otherwise; threads with 0)
     prefetch: int = 2                     # batches prefetched per worker
     loader: str = "auto"                  # "cpu", "dali", or "auto" (DALI when CUDA + DALI)
     dali_threads: int = 4
@@ -93,7 +95,7 @@ class LoaderConfig:
         if self.transport not in TRANSPORTS:
             raise SonostreamError(f"loader.transport must be one of {TRANSPORTS}, got "
                                   f"{self.transport!r}")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise SonostreamError(f"loader.num_workers must be >= 0 (0: decode threads), got "
                                   f"{self.num_workers}")
         if self.resize not in RESIZES:
@@ -111,6 +113,14 @@ class LoaderConfig:
                                   f"{self.pm_positive!r}")
         if self.clip_len >= 2:
             io_classes(self.clip_len, self.io_reverse)  # raises a clear error for bad K / reverse
+
+    @property
+    def workers(self) -> int:
+        """Decode worker processes of the CPU path (``num_workers``, resolved)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        from .ring import ring_available
+        return max(1, self.decode_threads) if ring_available() else 0
 
     @property
     def clip(self) -> ClipConfig:
@@ -201,7 +211,7 @@ class ClipLoader:
             return dali_batches(plan, self.decoder, device=self.device, threads=self.cfg.dali_threads)
         from .cpu import cpu_batches
         on_host = self.device.type == "cpu"   # resized in the background; else after the copy
-        return cpu_batches(plan, self.decoder, num_workers=self.cfg.num_workers,
+        return cpu_batches(plan, self.decoder, num_workers=self.cfg.workers,
                            prefetch=self.cfg.prefetch, pin_memory=self.device.type == "cuda",
                            decode_size=self.decode_size, resize_on_host=on_host,
                            pool=self._decode_pool(on_host))
@@ -213,15 +223,15 @@ class ClipLoader:
         (the ring's pages are faulted in once, the processes forked once) until ``close``."""
         from .ring import HELD, DecodePool, SlotRing, ring_available
         c = self.cfg
-        if c.num_workers == 0 or c.transport != "ring" or not ring_available():
+        if c.workers == 0 or c.transport != "ring" or not ring_available():
             return None
         size = self.image_size if on_host else self.decode_size
         shape = (c.batch_size, c.clip_len, *size)
-        slots = c.num_workers * max(1, c.prefetch) + HELD
+        slots = c.workers * max(1, c.prefetch) + HELD
         pool = self._pool
         if pool is None or pool.closed or (pool.ring.shape, pool.ring.slots) != (shape, slots):
             self.close()
-            self._pool = DecodePool(self.decoder, SlotRing(slots, shape), c.num_workers,
+            self._pool = DecodePool(self.decoder, SlotRing(slots, shape), c.workers,
                                     self.decode_size, size)
             self._pool_finalizer = weakref.finalize(self, self._pool.close)
         return self._pool

@@ -1,6 +1,6 @@
 """Decode worker processes that write whole batches straight into a shared ring of batch slots.
 
-The CPU path's default (``num_workers > 0``, ``worker_transport="ring"``). Why: decode threads
+The CPU path's default (``num_workers > 0``, ``transport="ring"``). Why: decode threads
 share one GIL with the training loop (the Python between decodes waits for it), and DataLoader
 worker processes hand each batch over in a fresh shared-memory segment (its page faults cost
 about half a decode). Here:

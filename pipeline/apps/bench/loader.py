@@ -123,7 +123,7 @@ def raw_decode(ds: Path, workers: int, seconds: float) -> Timing:
 
 # --- ours ------------------------------------------------------------------------------------
 MODES = {   # how ours spreads decoding over ``workers`` cores: LoaderConfig fields
-    "default": lambda w: {"num_workers": w},                         # forked workers + ring
+    "default": lambda w: {"decode_threads": w},                      # forked workers + ring
     "threads": lambda w: {"num_workers": 0, "decode_threads": w},    # the default before
     "dataloader": lambda w: {"num_workers": w, "transport": "dataloader", "decode_threads": 1},
 }

@@ -104,7 +104,7 @@ def test_bench_loader_runs_ours_at_a_configs_loader_settings(dataset, tmp_path, 
             "ours_config_stored_size_1k"}
     assert arms <= set(r["frames_per_s"]) and all(r["timed"][a]["frames"] > 0 for a in arms)
     assert r["setup"]["config_loader"] == {"image_size": 24, "clip_len": 3, "decode_threads": 2,
-                                           "prefetch": 1, "num_workers": 2, "resize": "auto"}
+                                           "prefetch": 1, "num_workers": None, "resize": "auto"}
     configured = [s for s in seen if s]
     assert [(s["image_size"], s["resize"]) for s in configured] == [
         (24, "auto"), (24, "batch"), (24, "frame"), (None, "auto")]
