@@ -174,13 +174,17 @@ class DecodePool:
         """The worker's reply for ``step`` (its next one); raises if the worker failed or died."""
         w = step % self.n
         conn, proc = self.conns[w][2], self.procs[w]
-        while not conn.poll():
-            if proc.sentinel in wait([conn, proc.sentinel]) and not conn.poll():
-                proc.join(timeout=1)
-                raise RuntimeError(
-                    f"decode worker {w} (pid {proc.pid}) exited with code {proc.exitcode} on "
-                    f"epoch {plan.epoch}, step {step}, reading {', '.join(_shards_of(plan, step))}")
-        got, slot, kept, faults, error = conn.recv()
+        try:
+            while not conn.poll():
+                if proc.sentinel in wait([conn, proc.sentinel]) and not conn.poll():
+                    raise EOFError
+            got, slot, kept, faults, error = conn.recv()   # EOFError: it died (pipe closed)
+        except (EOFError, OSError):
+            proc.join(timeout=5)
+            raise RuntimeError(
+                f"decode worker {w} (pid {proc.pid}) exited with code {proc.exitcode} on "
+                f"epoch {plan.epoch}, step {step}, reading {', '.join(_shards_of(plan, step))}"
+            ) from None
         if error is not None:
             _raise_worker_error(w, proc.pid, plan, got, error)
         if got != step:
