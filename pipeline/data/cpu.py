@@ -2,9 +2,10 @@
 
 Three ways to spread the decoding over cores (same batches, bit for bit, in the same order):
 
-* ``num_workers > 0``, ``transport="ring"`` (the default): forked decode processes write each
-  batch straight into a slot of a shared ring that lives as long as the loader (``ring.py``):
-  no GIL shared with the training loop, no shared-memory segment per batch.
+* ``num_workers > 0``, ``transport="ring"`` (the default, with ``decode_threads`` processes):
+  forked decode processes write each batch straight into a slot of a shared ring that lives as
+  long as the loader (``ring.py``): no GIL shared with the training loop, no shared-memory
+  segment per batch. Measured the fastest of the three on 2 cores (BENCHMARKS.md).
 * ``num_workers > 0``, ``transport="dataloader"``: DataLoader worker processes. Worker ``w`` of
   ``n`` produces the steps ``w, w+n, ...`` of its rank's plan and the DataLoader reads workers
   round-robin, so batches arrive in step order. Each batch crosses to the trainer through a

@@ -8,7 +8,10 @@ Every member's bytes are checked against the index's CRC-32 as they are read (``
 single-frame reads), so a member corrupted in place, which may still decode to garbage, is a
 fault like one that does not decode; ``zlib.crc32`` releases the GIL, so threads stay parallel.
 One thread pool serves them all: OpenCV releases the GIL while it decodes, so threads decode a
-batch in parallel without copying it between processes.
+batch in parallel without copying it between processes. ``decode_into`` decodes into any
+array: a recycled batch array here, or a slot of the shared ring that the CPU path's worker
+processes write (``ring.py``). Where simplejpeg is installed, JPEG members are decoded straight
+into that array (``decode_gray_into``; OpenCV decodes into an array of its own, then a copy).
 """
 from __future__ import annotations
 
