@@ -230,9 +230,10 @@ class ClipLoader:
         slots = c.workers * max(1, c.prefetch) + HELD
         pool = self._pool
         if pool is None or pool.closed or (pool.ring.shape, pool.ring.slots) != (shape, slots):
-            self.close()
-            self._pool = DecodePool(self.decoder, SlotRing(slots, shape), c.workers,
-                                    self.decode_size, size)
+            same = pool is not None and (pool.ring.shape, pool.ring.slots) == (shape, slots)
+            self.close()            # (after an error: its slots in flight were given back)
+            ring = pool.ring if same else SlotRing(slots, shape)
+            self._pool = DecodePool(self.decoder, ring, c.workers, self.decode_size, size)
             self._pool_finalizer = weakref.finalize(self, self._pool.close)
         return self._pool
 

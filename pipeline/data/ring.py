@@ -50,7 +50,7 @@ HELD = 2          # slots a caller may hold zero-copy beyond the in-flight ones 
 
 
 def ring_available() -> bool:
-    """The ring needs ``fork`` (workers share the mapping and the plan by inheritance)."""
+    """The ring needs ``fork``: the workers share its mapping (and the decoder) by inheritance."""
     return "fork" in mp.get_all_start_methods()
 
 
