@@ -207,3 +207,21 @@ def test_resized_batches_are_those_of_the_threads_path(dataset, resize):
     """Frames stored at 32 and asked at 24: resized in the workers exactly as in the threads."""
     ring = run(ClipLoader(dataset, cfg(image_size=24, resize=resize), seed=5))
     assert ring == run(ClipLoader(dataset, cfg(image_size=24, resize=resize, num_workers=0), seed=5))
+
+
+def test_workers_ignore_the_stop_signals_the_trainer_handles(dataset):
+    """Slurm's SIGTERM / SIGUSR1 and Ctrl-C reach every process of the job: the workers keep
+    serving, so the trainer can finish its step and checkpoint."""
+    before = children()
+    ref = run(ClipLoader(dataset, cfg(num_workers=0), seed=0))
+    loader = ClipLoader(dataset, cfg(), seed=0)
+    it = iter(loader)
+    got = [fingerprint(next(it))]
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        for pid in children() - before:
+            os.kill(pid, sig)
+    time.sleep(0.2)
+    got += [fingerprint(b) for b in it]
+    assert got == ref
+    loader.close()
+    assert children() == before
