@@ -17,8 +17,10 @@ def add_parsers(sub) -> None:
     lo.add_argument("--clip-len", type=int, default=4, help="frames per clip (default 4)")
     lo.add_argument("--stride", type=int, default=1, help="frames between clip frames (default 1)")
     lo.add_argument("--split", default="train", help="split(s), comma-separated (default train)")
-    lo.add_argument("--workers", type=int, default=0, help="DataLoader processes (default 0: threads)")
-    lo.add_argument("--threads", type=int, default=2, help="decode threads (default 2)")
+    lo.add_argument("--workers", type=int, help="CPU path: decode worker processes writing "
+                    "into a shared ring of batch slots (default: --threads of them; 0: decode "
+                    "in threads of this process)")
+    lo.add_argument("--threads", type=int, default=2, help="CPU path: decoding cores (default 2)")
     lo.add_argument("--epochs", type=int, default=1, help="epochs to stream (default 1)")
     lo.add_argument("--max-steps", type=int, help="stop after this many batches")
     lo.add_argument("--max-fault-share", type=float, default=0.01,

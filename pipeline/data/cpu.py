@@ -1,14 +1,18 @@
 """The CPU path: a WebDataset pipeline that decodes whole clip batches.
 
-Two ways to spread the decoding over cores (same batches either way):
+Three ways to spread the decoding over cores (same batches, bit for bit, in the same order):
 
-* ``num_workers > 0``: DataLoader worker processes. Worker ``w`` of ``n`` produces the steps
-  ``w, w+n, ...`` of its rank's plan and the DataLoader reads workers round-robin, so batches
-  arrive in step order. Each batch crosses to the trainer through shared memory.
-* ``num_workers = 0`` and ``decode_threads > 1``: one background thread runs the pipeline ahead
-  of the training loop (``prefetch`` batches), and a pool of threads decodes the clips of a
-  batch in parallel (OpenCV releases the GIL). No inter-process copy at all: on a 2-core machine
-  this is the faster choice (see BENCHMARKS.md).
+* ``num_workers > 0``, ``transport="ring"`` (the default, with ``decode_threads`` processes):
+  forked decode processes write each batch straight into a slot of a shared ring that lives as
+  long as the loader (``ring.py``): no GIL shared with the training loop, no shared-memory
+  segment per batch. Measured the fastest of the three on 2 cores (BENCHMARKS.md).
+* ``num_workers > 0``, ``transport="dataloader"``: DataLoader worker processes. Worker ``w`` of
+  ``n`` produces the steps ``w, w+n, ...`` of its rank's plan and the DataLoader reads workers
+  round-robin, so batches arrive in step order. Each batch crosses to the trainer through a
+  fresh shared-memory segment (its page faults cost ~half a decode: the slowest of the three).
+* ``num_workers = 0``: one background thread runs the pipeline ahead of the training loop
+  (``prefetch`` batches), and ``decode_threads`` threads decode the clips of a batch in parallel
+  (OpenCV releases the GIL, but the Python between decodes shares it with the loop).
 """
 from __future__ import annotations
 
@@ -56,10 +60,16 @@ class _DecodeBatch:
 
 
 def cpu_batches(plan: EpochPlan, decoder: FrameDecoder, num_workers: int = 2, prefetch: int = 2,
-                pin_memory: bool = False, decode_size=None, resize_on_host: bool = True):
+                pin_memory: bool = False, decode_size=None, resize_on_host: bool = True,
+                pool=None):
     """An iterable of this rank's ClipBatches for the plan's epoch, in step order. Frames are
     decoded at ``decode_size`` (default: the plan's size) and resized to the plan's size here
-    when ``resize_on_host``, else left at ``decode_size`` for the caller to resize."""
+    when ``resize_on_host``, else left at ``decode_size`` for the caller to resize. ``pool``
+    (a ``ring.DecodePool``, made for these sizes): its processes decode into its shared ring
+    instead of DataLoader workers."""
+    if pool is not None:
+        from .ring import ring_batches
+        return ring_batches(plan, pool, prefetch)
     pipeline = wds.DataPipeline(_Steps(plan.steps), wds.map(_DecodeBatch(plan, decoder, decode_size,
                                                                          resize_on_host)))
     if num_workers == 0:

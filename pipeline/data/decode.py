@@ -8,7 +8,10 @@ Every member's bytes are checked against the index's CRC-32 as they are read (``
 single-frame reads), so a member corrupted in place, which may still decode to garbage, is a
 fault like one that does not decode; ``zlib.crc32`` releases the GIL, so threads stay parallel.
 One thread pool serves them all: OpenCV releases the GIL while it decodes, so threads decode a
-batch in parallel without copying it between processes.
+batch in parallel without copying it between processes. ``decode_into`` decodes into any
+array: a recycled batch array here, or a slot of the shared ring that the CPU path's worker
+processes write (``ring.py``). Where simplejpeg is installed, JPEG members are decoded straight
+into that array (``decode_gray_into``; OpenCV decodes into an array of its own, then a copy).
 """
 from __future__ import annotations
 
@@ -51,6 +54,34 @@ def decode_gray(data: bytes) -> np.ndarray | None:
     return img if img is not None and img.ndim == 2 else None
 
 
+def _simplejpeg():
+    """simplejpeg (``pip install 'sonostream[fast]'``), which decodes a JPEG straight into a
+    batch's memory (OpenCV decodes into an array of its own, then a copy: ~8 % of a frame's
+    time), or None. Both are libjpeg-turbo's default (islow) decoder, so the pixels are the
+    same; :class:`FrameDecoder` still checks that once per process on the first frame."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+_SJ = _simplejpeg()
+
+
+def decode_gray_into(data, out: np.ndarray) -> bool:
+    """Decode an 8-bit gray JPEG member into ``out`` (H, W), C-contiguous, of the frame's size,
+    with simplejpeg; False (``out`` then undefined) where it cannot: not a JPEG, another size,
+    a JPEG it rejects (OpenCV then decides, as without it), or simplejpeg not installed."""
+    if _SJ is None or bytes(data[:2]) != _JPEG_SOI or not out.flags.c_contiguous:
+        return False
+    try:
+        img = _SJ.decode_jpeg(data, "GRAY", buffer=out)
+    except Exception:  # noqa: BLE001 - corrupt or unusual: OpenCV's decode is the reference
+        return False
+    return img.shape[:2] == out.shape and img.ctypes.data == out.ctypes.data
+
+
 def fit(img: np.ndarray, size: tuple[int, int] | None, interp=cv2.INTER_AREA) -> np.ndarray:
     """``img`` resized to ``size`` (H, W) when one is given and differs."""
     if size is None or img.shape == tuple(size):
@@ -69,6 +100,10 @@ class FrameDecoder:
         self._executor, self._pid = None, None
         self._arrays: list[np.ndarray] = []
         self._arrays_lock = threading.Lock()
+        # JPEGs decoded straight into the batch with simplejpeg where installed; its first
+        # frame in each process is compared with OpenCV's (see _check_direct)
+        self.direct = _SJ is not None
+        self._pid_direct = None
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None or self._pid != os.getpid():   # not shared across a fork
@@ -141,6 +176,9 @@ class FrameDecoder:
             return fault
         h, w = out.shape[1:]
         for j, (row, data) in enumerate(zip(job[0], datas)):
+            if self.direct and decode_gray_into(data, out[j]) and (
+                    self._pid_direct == os.getpid() or self._check_direct(data, out[j])):
+                continue
             img = decode_gray(data)
             if img is None:
                 return self.fault(row, "image does not decode")
@@ -149,6 +187,17 @@ class FrameDecoder:
             else:
                 cv2.resize(img, (w, h), dst=out[j], interpolation=cv2.INTER_AREA)
         return None
+
+    def _check_direct(self, data, frame: np.ndarray) -> bool:
+        """Once per process, on its first frame: simplejpeg's pixels must equal OpenCV's bit
+        for bit, or it is not used (the batches of every path stay OpenCV's)."""
+        self._pid_direct = os.getpid()
+        ref = decode_gray(data)
+        if ref is not None and np.array_equal(ref, frame):
+            return True
+        log.warning("simplejpeg decodes a frame unlike OpenCV here; decoding with OpenCV")
+        self.direct = False
+        return False
 
     def _decode_run(self, run) -> list:
         jobs, frames = run
@@ -168,10 +217,11 @@ class FrameDecoder:
             self._arrays = [*self._arrays, a][-_KEEP_ARRAYS:]
             return a
 
-    def decode_clips(self, clip_rows: np.ndarray, size: tuple[int, int]):
-        """(frames uint8 [B', K, H, W], kept [B] bool, faults): corrupt clips are left out."""
-        b, k = clip_rows.shape
-        frames = self._batch_array((b, k, *size))
+    def decode_into(self, clip_rows: np.ndarray, frames: np.ndarray):
+        """Decode the clips of ``clip_rows`` [B, K] into ``frames`` [B, K, H, W] (uint8, any
+        writable array: a recycled one, or a slot of the shared ring); (kept [B] bool, faults).
+        A clip with a corrupt member is left as it is in ``frames`` and reported, not logged."""
+        b = clip_rows.shape[0]
         jobs = self._reads(clip_rows)
         # one task per thread (a run of clips), not one per clip: fewer hand-offs
         bounds = np.linspace(0, b, min(self.threads, b) + 1).astype(int).tolist()
@@ -179,7 +229,13 @@ class FrameDecoder:
                                            for i, j in zip(bounds[:-1], bounds[1:])])
         results = [r for run in runs for r in run]
         faults = [r for r in results if r is not None]
-        kept = np.array([r is None for r in results], bool)
+        return np.array([r is None for r in results], bool), faults
+
+    def decode_clips(self, clip_rows: np.ndarray, size: tuple[int, int]):
+        """(frames uint8 [B', K, H, W], kept [B] bool, faults): corrupt clips are left out."""
+        b, k = clip_rows.shape
+        frames = self._batch_array((b, k, *size))
+        kept, faults = self.decode_into(clip_rows, frames)
         for fault in faults:
             log.warning("skipped a corrupt member: shard %s, key %s (%s)", *fault)
         return (frames if not faults else frames[kept]), kept, faults

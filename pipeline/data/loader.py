@@ -18,6 +18,7 @@ a broken dataset never trains on what is left of it.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ from .tasks import MASK_MODES, PM_POSITIVES, clip_masks, io_classes
 
 log = logging.getLogger("sonostream.loader")
 LOADERS = ("auto", "cpu", "dali")
+TRANSPORTS = ("ring", "dataloader")
 RESIZES = ("auto", "batch", "frame")
 STATE_VERSION = 1
 _ORDER_KEYS = ("seed", "clip_len", "stride", "short_videos", "splits", "shuffle_window",
@@ -67,8 +69,15 @@ class LoaderConfig:
     io_reverse: str = "same"              # IO: a permutation and its reverse are one class
     pm_positive: str = "patient"          # PM: positive = a frame of another video of the
                                           # patient ("patient") or of the same clip ("video")
-    num_workers: int = 0                  # CPU path: DataLoader worker processes (0: threads)
-    decode_threads: int = 2               # CPU path: threads decoding a batch's clips
+    num_workers: int | None = None        # CPU path: decode worker processes; None: one per
+                                          # decode_threads (where fork exists, else 0); 0:
+                                          # decode in threads of the training process
+    transport: str = "ring"               # CPU path, workers > 0: "ring" = forked workers
+                                          # write batches into a shared ring of batch slots;
+                                          # "dataloader" = torch DataLoader workers (a shared-
+                                          # memory segment per batch: slower)
+    decode_threads: int = 2               # CPU path: decoding cores (worker processes unless
+                                          # num_workers says otherwise; threads with 0)
     prefetch: int = 2                     # batches prefetched per worker
     loader: str = "auto"                  # "cpu", "dali", or "auto" (DALI when CUDA + DALI)
     dali_threads: int = 4
@@ -83,6 +92,12 @@ class LoaderConfig:
                                   f"{self.mask_mode!r}")
         if self.loader not in LOADERS:
             raise SonostreamError(f"loader must be one of {LOADERS}, got {self.loader!r}")
+        if self.transport not in TRANSPORTS:
+            raise SonostreamError(f"loader.transport must be one of {TRANSPORTS}, got "
+                                  f"{self.transport!r}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise SonostreamError(f"loader.num_workers must be >= 0 (0: decode threads), got "
+                                  f"{self.num_workers}")
         if self.resize not in RESIZES:
             raise SonostreamError(f"loader.resize must be one of {RESIZES}, got {self.resize!r}")
         if self.batch_size < 1:
@@ -98,6 +113,14 @@ class LoaderConfig:
                                   f"{self.pm_positive!r}")
         if self.clip_len >= 2:
             io_classes(self.clip_len, self.io_reverse)  # raises a clear error for bad K / reverse
+
+    @property
+    def workers(self) -> int:
+        """Decode worker processes of the CPU path (``num_workers``, resolved)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        from .ring import ring_available
+        return max(1, self.decode_threads) if ring_available() else 0
 
     @property
     def clip(self) -> ClipConfig:
@@ -156,6 +179,7 @@ class ClipLoader:
                                   f"frames")
         self.decoder = FrameDecoder(self.source, self.view, self.cfg.decode_threads)
         self.faults: list = []
+        self._pool = None
         g = self.cfg.patient_groups
         if g > 1 and self.cfg.batch_size % g:
             log.warning("loader.patient_groups=%d orders clips in groups of %d of one patient, but "
@@ -187,9 +211,38 @@ class ClipLoader:
             return dali_batches(plan, self.decoder, device=self.device, threads=self.cfg.dali_threads)
         from .cpu import cpu_batches
         on_host = self.device.type == "cpu"   # resized in the background; else after the copy
-        return cpu_batches(plan, self.decoder, num_workers=self.cfg.num_workers,
+        return cpu_batches(plan, self.decoder, num_workers=self.cfg.workers,
                            prefetch=self.cfg.prefetch, pin_memory=self.device.type == "cuda",
-                           decode_size=self.decode_size, resize_on_host=on_host)
+                           decode_size=self.decode_size, resize_on_host=on_host,
+                           pool=self._decode_pool(on_host))
+
+    def _decode_pool(self, on_host: bool):
+        """The decode processes and their shared ring of batch slots for ``transport="ring"``
+        (None for the other CPU transports, or where ``fork`` is missing: DataLoader workers
+        then). Made at the first epoch, at the batches' output size, and kept across epochs
+        (the ring's pages are faulted in once, the processes forked once) until ``close``."""
+        from .ring import HELD, DecodePool, SlotRing, ring_available
+        c = self.cfg
+        if c.workers == 0 or c.transport != "ring" or not ring_available():
+            return None
+        size = self.image_size if on_host else self.decode_size
+        shape = (c.batch_size, c.clip_len, *size)
+        slots = c.workers * max(1, c.prefetch) + HELD
+        pool = self._pool
+        if pool is None or pool.closed or (pool.ring.shape, pool.ring.slots) != (shape, slots):
+            same = pool is not None and (pool.ring.shape, pool.ring.slots) == (shape, slots)
+            self.close()            # (after an error: its slots in flight were given back)
+            ring = pool.ring if same else SlotRing(slots, shape)
+            self._pool = DecodePool(self.decoder, ring, c.workers, self.decode_size, size)
+            self._pool_finalizer = weakref.finalize(self, self._pool.close)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the CPU path's decode processes (a later epoch starts them again)."""
+        if self._pool is not None:
+            self._pool_finalizer.detach()
+            self._pool.close()
+            self._pool = None
 
     def __iter__(self):
         plan = self.plan()

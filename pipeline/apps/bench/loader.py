@@ -3,9 +3,12 @@
 All three run in one process tree, on the same JPEG bytes and the same CPU budget
 (``workers`` processes each), measured alternately so they see the same machine load:
 
-* **ours**: ``ClipLoader`` (CPU path, ``workers`` DataLoader workers), batches of B clips x K
-  frames with IO/PM labels and MIR masks; frames/s = frames delivered to the training loop.
-  **ours, crc off**: the same with the per-member CRC-32 check off (what the check costs).
+* **ours**: ``ClipLoader`` (CPU path as configured by default: ``workers`` decode processes
+  writing into the shared ring of batch slots), batches of B clips x K frames with IO/PM labels
+  and MIR masks; frames/s = frames delivered to the training loop. **ours, crc off**: the same
+  with the per-member CRC-32 check off (what the check costs). **ours, threads**: ``workers``
+  decode threads in the loop's process (the default before the ring); **ours, dataloader**:
+  ``workers`` DataLoader worker processes (a shared-memory segment per batch).
 * **seed-style**: what the seed encoder's loader does: one image file per sample, and for every
   sample a DataFrame scan for its patient (a PM pair: 2 more images) and for its video (an IO
   sequence: K more images). frames/s counts every image it decodes (generous to it).
@@ -119,14 +122,22 @@ def raw_decode(ds: Path, workers: int, seconds: float) -> Timing:
 
 
 # --- ours ------------------------------------------------------------------------------------
+MODES = {   # how ours spreads decoding over ``workers`` cores: LoaderConfig fields
+    "default": lambda w: {"decode_threads": w},                      # forked workers + ring
+    "threads": lambda w: {"num_workers": 0, "decode_threads": w},    # the default before
+    "dataloader": lambda w: {"num_workers": w, "transport": "dataloader", "decode_threads": 1},
+}
+
+
 def ours(ds: Path, workers: int, seconds: float, batch: int, k: int, warmup: int = 2,
-         processes: bool = False, checksums: bool = True, settings: dict | None = None) -> Timing:
-    """Threads (the default: ``workers`` decode threads) or ``workers`` DataLoader processes;
-    ``checksums=False`` skips the per-member CRC-32 check (only to measure its cost);
-    ``settings``: LoaderConfig fields that replace these (a config's loader section)."""
+         mode: str = "default", checksums: bool = True, settings: dict | None = None) -> Timing:
+    """Ours as configured by default (``workers`` decode processes writing into the shared
+    ring), ``mode="threads"`` (``workers`` decode threads in this process) or ``"dataloader"``
+    (``workers`` DataLoader processes); ``checksums=False`` skips the per-member CRC-32 check
+    (only to measure its cost); ``settings``: LoaderConfig fields that replace these (a
+    config's loader section)."""
     from pipeline.data import ClipLoader, LoaderConfig
-    cfg = LoaderConfig(**{"batch_size": batch, "clip_len": k, "num_workers": workers if processes
-                          else 0, "decode_threads": 1 if processes else workers, "prefetch": 4,
+    cfg = LoaderConfig(**{"batch_size": batch, "clip_len": k, "prefetch": 4, **MODES[mode](workers),
                           **(settings or {}), "loader": "cpu"})
     loader = ClipLoader(ds, cfg, seed=0)
     loader.decoder.checksums = checksums and loader.view.has_checksums
@@ -241,8 +252,10 @@ def bench_loader(workdir: str | None = None, sizes=(20_000, 200_000), seconds: f
             runs[f"ours_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len)
             runs[f"ours_crc_off_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
                                                   checksums=False)
-            runs[f"ours_processes_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
-                                                    processes=True)
+            runs[f"ours_threads_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size, clip_len,
+                                                  mode="threads")
+            runs[f"ours_dataloader_{tag(n)}"] = ours(sets[n], workers, seconds, batch_size,
+                                                     clip_len, mode="dataloader")
             runs[f"seed_style_{tag(n)}"] = seed_style(sets[n], files, workers, seconds, clip_len)
         if settings:
             runs.update({f"{k}_{tag(small)}": t for k, t in
@@ -253,7 +266,8 @@ def bench_loader(workdir: str | None = None, sizes=(20_000, 200_000), seconds: f
         ratios = {"ours_vs_raw": fps[f"ours_{tag(large)}"] / fps["raw_decode"],
                   f"ours_vs_seed_style_{tag(large)}": fps[f"ours_{tag(large)}"] / fps[f"seed_style_{tag(large)}"],
                   f"ours_{tag(large)}_vs_{tag(small)}": fps[f"ours_{tag(large)}"] / fps[f"ours_{tag(small)}"],
-                  f"ours_crc_on_vs_off_{tag(large)}": fps[f"ours_{tag(large)}"] / fps[f"ours_crc_off_{tag(large)}"]}
+                  f"ours_crc_on_vs_off_{tag(large)}": fps[f"ours_{tag(large)}"] / fps[f"ours_crc_off_{tag(large)}"],
+                  f"ours_vs_threads_{tag(large)}": fps[f"ours_{tag(large)}"] / fps[f"ours_threads_{tag(large)}"]}
         return {"frames_per_s": fps, "ratios": {k: round(v, 3) for k, v in ratios.items()},
                 "vs_raw_decode": {k: round(v / fps["raw_decode"], 3) for k, v in fps.items()},
                 "timed": {k: v.record() for k, v in runs.items()},

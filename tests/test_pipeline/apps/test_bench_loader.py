@@ -21,7 +21,8 @@ def test_bench_parts_run_and_scale_the_index(dataset, tmp_path):
     assert len(list(files.iterdir())) == base_rows
     # every arm runs for the seconds asked, though one epoch of 108 tiny frames is far shorter
     for t in (raw_decode(big, 1, 0.2), ours(dataset, 2, 0.2, 2, 3, warmup=1),
-              ours(dataset, 1, 0.2, 2, 3, warmup=1, processes=True),
+              ours(dataset, 1, 0.2, 2, 3, warmup=1, mode="dataloader"),
+              ours(dataset, 2, 0.2, 2, 3, warmup=1, mode="threads"),
               ours(dataset, 2, 0.2, 2, 3, warmup=1, checksums=False),
               seed_style(dataset, files, 1, 0.2, 3, warmup=1),
               peers.webdataset_arm(dataset, 1, 0.2, 6, warmup=1)):
@@ -77,11 +78,11 @@ def test_bench_loader_json_keeps_its_keys_and_adds_the_peers(dataset, tmp_path, 
                  "--batch-size", "2", "--clip-len", "3", "--workdir", str(tmp_path / "w"),
                  "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    old = {"raw_decode"} | {f"{a}_{n}" for a in ("ours", "ours_crc_off", "ours_processes",
-                                                  "seed_style") for n in ("1k", "2k")}
+    old = {"raw_decode"} | {f"{a}_{n}" for a in ("ours", "ours_crc_off", "ours_threads",
+                                                  "ours_dataloader", "seed_style") for n in ("1k", "2k")}
     assert set(r["frames_per_s"]) == old | {"webdataset_opencv_1k"}
     assert set(r["ratios"]) == {"ours_vs_raw", "ours_vs_seed_style_2k", "ours_2k_vs_1k",
-                                "ours_crc_on_vs_off_2k"}
+                                "ours_crc_on_vs_off_2k", "ours_vs_threads_2k"}
     assert set(r["vs_raw_decode"]) == set(r["frames_per_s"]) == set(r["timed"])
     assert all(t["seconds"] >= 0.2 and t["frames"] > 0 for t in r["timed"].values())
     assert r["peers_skipped"] == {"mosaic_streaming": "mosaic_streaming: no", "litdata": "litdata: no"}
@@ -103,7 +104,7 @@ def test_bench_loader_runs_ours_at_a_configs_loader_settings(dataset, tmp_path, 
             "ours_config_stored_size_1k"}
     assert arms <= set(r["frames_per_s"]) and all(r["timed"][a]["frames"] > 0 for a in arms)
     assert r["setup"]["config_loader"] == {"image_size": 24, "clip_len": 3, "decode_threads": 2,
-                                           "prefetch": 1, "num_workers": 0, "resize": "auto"}
+                                           "prefetch": 1, "num_workers": None, "resize": "auto"}
     configured = [s for s in seen if s]
     assert [(s["image_size"], s["resize"]) for s in configured] == [
         (24, "auto"), (24, "batch"), (24, "frame"), (None, "auto")]

@@ -85,3 +85,37 @@ def test_both_resizes_give_the_same_labels_and_close_frames(dataset):
 def test_a_bad_resize_setting_names_the_choices():
     with pytest.raises(SonostreamError, match="loader.resize must be one of"):
         LoaderConfig(resize="area")
+
+
+def test_simplejpeg_decodes_the_frames_of_opencv_into_the_batch(dataset):
+    pytest.importorskip("simplejpeg")
+    fast = ClipLoader(dataset, cfg(decode_threads=1, prefetch=0), seed=6)
+    assert fast.decoder.direct
+    slow = ClipLoader(dataset, cfg(decode_threads=1, prefetch=0), seed=6)
+    slow.decoder.direct = False
+    n = 0
+    for a, b in zip(fast, slow):
+        assert torch.equal(a.frames, b.frames)
+        assert np.array_equal(a.frames[:, :, 0].numpy(), stored_frames(dataset, fast, a))
+        n += 1
+    assert n > 0 and fast.decoder.direct       # the first frame's check passed
+
+
+def test_a_direct_decoder_unlike_opencv_is_dropped_after_its_first_frame(dataset, monkeypatch):
+    """A stand-in for simplejpeg that gets pixels wrong: the check on the first frame turns it
+    off, and every batch (that first frame included) is OpenCV's."""
+    from pipeline.data import decode
+
+    class Wrong:
+        @staticmethod
+        def decode_jpeg(data, colorspace, buffer):
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+            buffer[:] = 255 - img
+            return buffer[..., None]
+
+    monkeypatch.setattr(decode, "_SJ", Wrong)
+    loader = ClipLoader(dataset, cfg(decode_threads=1, prefetch=0), seed=6)
+    assert loader.decoder.direct
+    for b in loader:
+        assert np.array_equal(b.frames[:, :, 0].numpy(), stored_frames(dataset, loader, b))
+    assert loader.decoder.direct is False
