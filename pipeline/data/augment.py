@@ -105,7 +105,12 @@ class ClipAugmentConfig(AugmentConfig):
 def augment_clips(frames: torch.Tensor, cfg: ClipAugmentConfig, g: torch.Generator) -> torch.Tensor:
     """uint8 frames [B, K, 1, H, W] -> the same, one draw per clip from ``g`` (on the frames'
     device). Intensity first, on the stored pixels (the fan is exactly the non-zero ones), then
-    the geometry (one affine per clip; outside the frame reads black)."""
+    the geometry (one affine per clip; outside the frame reads black).
+
+    Black inside the fan (fluid, echoes below the display floor) stays black too, so a draw that
+    lifts the floor leaves those pixels as dark holes: a scanner would lift those just below the
+    floor with it. The clip's ``tasks.sector_mask`` is no better fan here: uneroded, its fill
+    also lights blocks outside a dark clip's fan (seen on the hard cohort)."""
     b, k, c, h, w = frames.shape
     dev = frames.device
     x = frames.reshape(b * k, c, h, w).float() / 255.0
