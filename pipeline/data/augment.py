@@ -71,3 +71,63 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> t
     if cfg.speckle > 0:
         x = x * (1 + cfg.speckle * torch.randn(images.shape, generator=g, device=dev))
     return x.clamp(0, 1)
+
+
+# -- pretraining: one draw per clip ------------------------------------------------------------
+
+@dataclass
+class ClipAugmentConfig(AugmentConfig):
+    """Pretraining's augmentation (the ``augment:`` section of a pretrain config), drawn once per
+    clip: the K frames of a clip share one geometry and one intensity draw, so IO's ordering
+    signal (the anatomy moving) survives, while two clips (the two sides of a PM pair, from two
+    videos) get two draws. ``enabled: false`` leaves the batch untouched (today's batches).
+
+    On top of the fine-tuning geometry and gain/gamma, the display window of a log-compressed
+    B-mode image, which scanner presets set per patient: ``level`` shifts the grey (a gain
+    change in dB: ``x + u``, u in [-level, level]) and ``dyn_range`` scales it about white (a
+    wider or narrower dynamic range: ``1 + (x - 1) * r``, ln r in [-ln(1+d), ln(1+d)]). Black
+    outside the fan stays black (MIR's sector is derived from it). ``speckle`` here draws one
+    noise field per clip (shared by its frames)."""
+    enabled: bool = False
+    gain: float = 0.1
+    gamma: float = 0.2
+    speckle: float = 0.0
+    level: float = 0.1
+    dyn_range: float = 0.3
+
+    def __post_init__(self):
+        super().__post_init__()
+        for k in ("level", "dyn_range"):
+            if not 0 <= getattr(self, k) < 1:
+                raise SonostreamError(f"augment.{k} must be in [0, 1), got {getattr(self, k)}")
+
+
+def augment_clips(frames: torch.Tensor, cfg: ClipAugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """uint8 frames [B, K, 1, H, W] -> the same, one draw per clip from ``g`` (on the frames'
+    device). Intensity first, on the stored pixels (the fan is exactly the non-zero ones), then
+    the geometry (one affine per clip; outside the frame reads black).
+
+    Black inside the fan (fluid, echoes below the display floor) stays black too, so a draw that
+    lifts the floor leaves those pixels as dark holes: a scanner would lift those just below the
+    floor with it. The clip's ``tasks.sector_mask`` is no better fan here: uneroded, its fill
+    also lights blocks outside a dark clip's fan (seen on the hard cohort)."""
+    b, k, c, h, w = frames.shape
+    dev = frames.device
+    x = frames.reshape(b * k, c, h, w).float() / 255.0
+
+    def per_clip(t):   # [B] -> [B*K, 1, 1, 1]
+        return t.repeat_interleave(k).view(b * k, 1, 1, 1)
+
+    gain = per_clip(1 + _uniform(b, cfg.gain, g, dev))
+    gamma = per_clip(torch.exp(_uniform(b, math.log1p(cfg.gamma), g, dev)))
+    level = per_clip(_uniform(b, cfg.level, g, dev))
+    span = per_clip(torch.exp(_uniform(b, math.log1p(cfg.dyn_range), g, dev)))
+    y = 1 + (x.pow(gamma) * gain - 1) * span + level
+    if cfg.speckle > 0:
+        noise = torch.randn((b, 1, c, h, w), generator=g, device=dev).expand(b, k, c, h, w)
+        y = y * (1 + cfg.speckle * noise.reshape(b * k, c, h, w))
+    y = torch.where(x > 0, y.clamp(0, 1), torch.zeros_like(y))
+    theta = affine(b, cfg, g, dev).repeat_interleave(k, 0)
+    grid = F.affine_grid(theta, [b * k, c, h, w], align_corners=False)
+    y = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (y * 255.0).round_().clamp_(0, 255).to(torch.uint8).view(b, k, c, h, w)

@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.data import ClipLoader, LoaderConfig
+from pipeline.data.augment import ClipAugmentConfig, augment_clips
 from pipeline.data.tasks import io_classes, sector_mask
 from pipeline.models import EncoderConfig, HeadsConfig, PretrainModel, export_encoder
 from pipeline.models.inputs import to_unit
@@ -29,7 +31,7 @@ from .logs import plot_reconstruction
 from .loop import TrainConfig, noise_seed
 from .optim import OPTIM_KEPT, OptimConfig
 
-__all__ = ["PretrainConfig", "Pretraining", "build_model", "load_pretrain_config",
+__all__ = ["PretrainConfig", "Pretraining", "augment_batch", "build_model", "load_pretrain_config",
            "pretrain_forward", "train"]
 
 
@@ -39,6 +41,7 @@ class PretrainConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    augment: ClipAugmentConfig = field(default_factory=ClipAugmentConfig)   # off by default
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -109,6 +112,7 @@ class Pretraining:
         tasks, k = cfg.tasks, cfg.loader.clip_len
 
         def step(model, batch, step, micro_step):
+            batch = augment_batch(batch, cfg.augment, tc.seed)
             return pretrain_forward(model, batch, tasks, step,
                                     noise_seed(tc.seed, micro_step, acc.process_index))
 
@@ -151,6 +155,21 @@ def build_model(cfg: PretrainConfig) -> PretrainModel:
     k, active = cfg.loader.clip_len, cfg.tasks.active
     classes = len(io_classes(k, cfg.loader.io_reverse)) if "io" in active else 0
     return PretrainModel(cfg.model.arch, k, classes, cfg.heads, active, cfg.model.in_chans)
+
+
+def augment_batch(batch, cfg: ClipAugmentConfig, seed: int):
+    """The batch with its clips augmented (one draw per clip, ``augment_clips``) before the
+    encoder, so MIR's target is the augmented clean frame; ``cfg.enabled`` false: the batch as
+    it came. The draw is seeded from (seed, epoch, the batch's first clip position), on the
+    training device: a pure function of what the loader state fixes, so a resumed run draws
+    the same augmentations as an uninterrupted one without a generator state to save, and the
+    ranks (other positions) draw apart. Held-out validation scores clean clips."""
+    if not cfg.enabled:
+        return batch
+    key = int(batch.position[0]) if batch.batch_size else 0
+    s = int(np.random.SeedSequence([seed, batch.epoch, key + 1, 0x4155]).generate_state(1)[0])
+    g = torch.Generator(device=batch.frames.device).manual_seed(s)
+    return replace(batch, frames=augment_clips(batch.frames, cfg, g))
 
 
 def pretrain_forward(model, batch, tasks: TasksConfig, step: int, seed: int | None):

@@ -28,7 +28,7 @@ def test_run_config_loads(path):
     from pipeline.train.pretraining import load_pretrain_config
     cfg = load_pretrain_config(path)
     raw = yaml.safe_load(path.read_text())
-    assert set(raw) <= {"model", "heads", "tasks", "loader", "optim", "train"}
+    assert set(raw) <= {"model", "heads", "tasks", "loader", "augment", "optim", "train"}
     assert "batch_size" not in raw.get("loader", {})
     assert cfg.train.batch_size == raw["train"]["batch_size"]   # the file's values, not defaults
 
