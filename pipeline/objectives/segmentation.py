@@ -39,7 +39,12 @@ class SemiConfig:
     # (share of p > 0.5 pixels) ranks in that lowest share of the last ``prior_window`` scores
     # are "no head" (target 0), whatever their area. 0: off (the area rule alone).
     prior_window: int = 256
-    teacher_eval: bool = True        # the teacher labels in eval mode (BatchNorm's running statistics)
+    teacher_eval: bool = False       # the teacher labels in eval mode (BatchNorm's running statistics)
+    # The gate: every ``gate_every`` optimizer steps teacher and student are scored (all-frame
+    # Dice, eval mode) on the ``val_frames`` val frames; until the next check the unlabelled
+    # term is on only if the teacher scored at least as well as the student. Off, a semi step
+    # is the supervised step. 0: no gate (always on).
+    gate_every: int = 10
 
     def __post_init__(self):
         if self.consistency not in CONSISTENCY:
@@ -59,9 +64,9 @@ class SemiConfig:
                                   f"{self.min_head_pixels}")
         if (self.alpha < 0 or (self.rampup_steps is not None and self.rampup_steps < 0)
                 or self.unlabelled_per_labelled <= 0 or self.val_frames < 0
-                or self.prior_window < 0):
-            raise SonostreamError("semi.alpha, semi.rampup_steps, semi.val_frames and "
-                                  "semi.prior_window must be >= 0, "
+                or self.prior_window < 0 or self.gate_every < 0):
+            raise SonostreamError("semi.alpha, semi.rampup_steps, semi.val_frames, "
+                                  "semi.prior_window and semi.gate_every must be >= 0, "
                                   "semi.unlabelled_per_labelled > 0")
 
     def rampup_length(self, total_steps: int) -> int:
@@ -123,7 +128,7 @@ def head_score(teacher: torch.Tensor) -> torch.Tensor:
 
 
 def empty_by_prior(scores: torch.Tensor, window: torch.Tensor, empty_share: float) -> torch.Tensor:
-    """[N] bool: the frames whose score is at or below the ``empty_share`` quantile of
+    """[N] bool: the frames whose score is below the ``empty_share`` quantile of
     ``window`` (recent scores, these included). With one or two labelled patients the teacher
     marks false heads on most empty frames; ranking its scores against the labelled frames'
     empty share (distribution alignment) still calls the right share of frames empty, as long
@@ -131,7 +136,7 @@ def empty_by_prior(scores: torch.Tensor, window: torch.Tensor, empty_share: floa
     if empty_share <= 0 or window.numel() == 0:
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     tau = torch.quantile(window.float(), min(float(empty_share), 1.0))
-    return scores <= tau
+    return scores < tau   # strictly: frames tied at 0 (no head seen) are the area rule's anyway
 
 
 def consistency(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",

@@ -112,6 +112,12 @@ class MeanTeacher:
         self.window = int(window)
         self.seen = torch.zeros(2, dtype=torch.float64)    # labelled frames, of them without a head
         self.scores = torch.zeros(0)                       # the last ``window`` teacher head scores
+        self.gate = 1.0                                    # 1: the unlabelled term on (``gate_check``)
+
+    def gate_check(self, student: torch.nn.Module, frames: torch.Tensor, masks: torch.Tensor) -> None:
+        """Score teacher and student (all-frame Dice, eval mode) on val ``frames``/``masks``: the
+        unlabelled term stays on only while the teacher is at least as good as the student."""
+        self.gate = float(dice_all(self.module, frames, masks) >= dice_all(student, frames, masks))
 
     def empty_share(self) -> float:
         return float(self.seen[1] / self.seen[0]) if self.seen[0] > 0 else 0.0
@@ -142,21 +148,24 @@ class MeanTeacher:
 
     def state_dict(self):
         return {**self.module.state_dict(), UPDATES_KEY: torch.tensor(self.updates),
-                SEEN_KEY: self.seen.clone(), SCORES_KEY: self.scores.clone()}
+                SEEN_KEY: self.seen.clone(), SCORES_KEY: self.scores.clone(),
+                GATE_KEY: torch.tensor(self.gate)}
 
     def load_state_dict(self, state):
         state = dict(state)
         updates = state.pop(UPDATES_KEY, None)   # absent in checkpoints of earlier versions
         seen, scores = state.pop(SEEN_KEY, None), state.pop(SCORES_KEY, None)
+        gate = state.pop(GATE_KEY, None)
         self.module.load_state_dict(state)
         self.updates = int(updates) if updates is not None else 0
         self.seen = seen.clone() if seen is not None else torch.zeros(2, dtype=torch.float64)
         self.scores = scores.clone() if scores is not None else torch.zeros(0)
+        self.gate = float(gate) if gate is not None else 1.0
 
 
 UPDATES_KEY = "__teacher_updates__"
-SEEN_KEY, SCORES_KEY = "__prior_seen__", "__prior_scores__"
-TEACHER_EXTRA = (UPDATES_KEY, SEEN_KEY, SCORES_KEY)   # not weights
+SEEN_KEY, SCORES_KEY, GATE_KEY = "__prior_seen__", "__prior_scores__", "__gate__"
+TEACHER_EXTRA = (UPDATES_KEY, SEEN_KEY, SCORES_KEY, GATE_KEY)   # not weights
 
 
 def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Generator,
@@ -178,7 +187,8 @@ def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Ge
         # Only the frames with a pixel to teach reach the student: one the teacher is unsure of
         # would change nothing but the student's BatchNorm statistics (and the result, with one
         # labelled patient): with nothing to teach, semi is the supervised step.
-        alpha = sc.alpha * rampup(step, sc.rampup_length(cfg.train.steps))
+        gate = getattr(teacher, "gate", 1.0)
+        alpha = sc.alpha * rampup(step, sc.rampup_length(cfg.train.steps)) * gate
         keep = (pseudo_targets(t_logits, sc.threshold, sc.min_head_pixels, empty)[1]
                 .flatten(1).any(1) if sc.consistency == "pseudo"
                 else torch.ones(u.shape[0], dtype=torch.bool, device=u.device)) & (alpha > 0)
@@ -197,6 +207,7 @@ def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Ge
         loss = loss + alpha * cons
         logs.update(loss_cons=cons.detach(), alpha=torch.tensor(alpha, device=x.device),
                     cons_pixels=used.detach(), cons_frames=keep.float().mean(),
+                    gate=torch.tensor(gate, device=x.device),
                     prior_empty=(empty.float().mean() if empty is not None
                                  else torch.zeros((), device=x.device)),
                     ema_decay=torch.tensor(sc.decay_at(step, cfg.train.steps), device=x.device))
@@ -244,8 +255,16 @@ class Finetuning:
                 noise_seed(tc.seed, micro_step, acc.process_index))
             return finetune_forward(model, batch, cfg, step, gen, teacher, acc.autocast)
 
+        gate_rows = val_rows(loader, cfg.semi.val_frames) if mode == "semi" and cfg.semi.gate_every else []
+        if len(gate_rows):
+            f, m = loader.decoder.images(gate_rows, loader.image_size, masks=True)
+            gate_frames = torch.from_numpy(f).unsqueeze(1).to(acc.device)
+            gate_masks = torch.from_numpy(m).unsqueeze(1).to(acc.device)
+
         def on_step(model):
             teacher.update(acc.unwrap_model(model), cfg.semi.decay_at(teacher.updates, tc.steps))
+            if len(gate_rows) and teacher.updates % cfg.semi.gate_every == 0:
+                teacher.gate_check(acc.unwrap_model(model), gate_frames, gate_masks)
 
         banner = (f"({mode}) a {cfg.model.arch} UNet, encoder "
                   f"{'from ' + str(init) if init else 'from scratch'} | {loader.describe()}")
@@ -304,9 +323,11 @@ def val_rows(loader: SegLoader, n: int) -> np.ndarray:
 @torch.no_grad()
 def dice_all(model: torch.nn.Module, frames: torch.Tensor, masks: torch.Tensor) -> float:
     """Mean hard Dice over all frames (p > 0.5; a frame without a head counts 1 when none is
-    predicted, 0 otherwise), in eval mode."""
+    predicted, 0 otherwise), in eval mode (the model's mode is restored after)."""
+    was = model.training
     model.eval()
     pred = torch.sigmoid(model(to_unit(frames))[0].float()) > 0.5
+    model.train(was)
     t = masks > 0
     inter = (pred & t).flatten(1).sum(1).float()
     total = (pred.flatten(1).sum(1) + t.flatten(1).sum(1)).float()

@@ -174,3 +174,28 @@ def test_the_labelled_empty_share_calls_the_lowest_scoring_frames_empty(tiny):
     assert again.empty_share() == 0.5 and torch.equal(again.scores, teacher.scores)
     off = MeanTeacher(tiny, 0.99, window=0)
     assert not bool(off.observe(masks, t).any())     # semi.prior_window 0: the area rule alone
+
+
+def test_the_gate_turns_the_unlabelled_term_off_while_the_teacher_is_worse(tiny):
+    sd = {k: v.clone() for k, v in tiny.state_dict().items()}
+    bias = "segmentation_head.0.bias"
+    empty = {**sd, bias: torch.full_like(sd[bias], -50.0)}   # predicts no head anywhere
+    full = {**sd, bias: torch.full_like(sd[bias], 50.0)}     # a head everywhere
+    student, teacher = copy.deepcopy(tiny), MeanTeacher(tiny, 0.99)
+    student.train()
+    frames = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    masks = torch.zeros(4, 1, 32, 32, dtype=torch.uint8)     # val frames without a head
+    student.load_state_dict(empty)
+    teacher.module.load_state_dict(full)
+    teacher.gate_check(student, frames, masks)
+    assert teacher.gate == 0.0 and student.training          # worse teacher: off; mode kept
+    c = semi_cfg()
+    logs = finetune_forward(student, batch(), c, 80, torch.Generator().manual_seed(0), teacher,
+                            contextlib.nullcontext)[1]
+    assert float(logs["alpha"]) == 0.0 and float(logs["cons_frames"]) == 0.0
+    again = MeanTeacher(tiny, 0.99)
+    again.load_state_dict(teacher.state_dict())              # the gate resumes with the run
+    assert again.gate == 0.0
+    teacher.module.load_state_dict(empty)                    # as good as the student: on
+    teacher.gate_check(student, frames, masks)
+    assert teacher.gate == 1.0
