@@ -37,8 +37,8 @@ class SemiConfig:
     # Distribution alignment of the frame-level decision: the share of labelled frames without
     # a head (counted along the run) is the prior; the unlabelled frames whose teacher head score
     # (share of p > 0.5 pixels) ranks in that lowest share of the last ``prior_window`` scores
-    # are "no head" (target 0), whatever their area. 0 (the default): off, the area rule alone.
-    prior_window: int = 0
+    # are "no head" (target 0), whatever their area. 0: off, the area rule alone.
+    prior_window: int = 256
     teacher_eval: bool = False       # the teacher labels in eval mode (BatchNorm's running statistics)
     # The gate: every ``gate_every`` optimizer steps teacher and student are scored (all-frame
     # Dice, eval mode) on the ``val_frames`` val frames; until the next check the unlabelled
