@@ -34,6 +34,17 @@ class SemiConfig:
     min_head_pixels: float = 0.01    # pseudo: a head is this share of the frame (p > 0.5; p > t: a sure one)
     unlabelled_per_labelled: float = 1.0   # unlabelled frames per labelled frame in a batch
     val_frames: int = 64             # val frames on which student and teacher are scored at the end (0: off)
+    # Distribution alignment of the frame-level decision: the share of labelled frames without
+    # a head (counted along the run) is the prior; the unlabelled frames whose teacher head score
+    # (share of p > 0.5 pixels) ranks in that lowest share of the last ``prior_window`` scores
+    # are "no head" (target 0), whatever their area. 0: off, the area rule alone.
+    prior_window: int = 256
+    teacher_eval: bool = False       # the teacher labels in eval mode (BatchNorm's running statistics)
+    # The gate: every ``gate_every`` optimizer steps teacher and student are scored (all-frame
+    # Dice, eval mode) on the ``val_frames`` val frames; until the next check the unlabelled
+    # term is on only if the teacher scored at least as well as the student. Off, a semi step
+    # is the supervised step. 0: no gate (always on).
+    gate_every: int = 10
 
     def __post_init__(self):
         if self.consistency not in CONSISTENCY:
@@ -52,8 +63,10 @@ class SemiConfig:
             raise SonostreamError(f"semi.min_head_pixels is a share of the frame, in [0, 1); got "
                                   f"{self.min_head_pixels}")
         if (self.alpha < 0 or (self.rampup_steps is not None and self.rampup_steps < 0)
-                or self.unlabelled_per_labelled <= 0 or self.val_frames < 0):
-            raise SonostreamError("semi.alpha, semi.rampup_steps and semi.val_frames must be >= 0, "
+                or self.unlabelled_per_labelled <= 0 or self.val_frames < 0
+                or self.prior_window < 0 or self.gate_every < 0):
+            raise SonostreamError("semi.alpha, semi.rampup_steps, semi.val_frames, "
+                                  "semi.prior_window and semi.gate_every must be >= 0, "
                                   "semi.unlabelled_per_labelled > 0")
 
     def rampup_length(self, total_steps: int) -> int:
@@ -108,9 +121,27 @@ def rampup(step: int, length: int) -> float:
 _RAMP0 = math.exp(-5.0)
 
 
+def head_score(teacher: torch.Tensor) -> torch.Tensor:
+    """Teacher logits [N, 1, H, W] -> [N] the share of pixels with p > 0.5: the frame-level
+    "head present" score that :func:`empty_by_prior` ranks."""
+    return (teacher.float() > 0).float().flatten(1).mean(1)
+
+
+def empty_by_prior(scores: torch.Tensor, window: torch.Tensor, empty_share: float) -> torch.Tensor:
+    """[N] bool: the frames whose score is below the ``empty_share`` quantile of
+    ``window`` (recent scores, these included). With one or two labelled patients the teacher
+    marks false heads on most empty frames; ranking its scores against the labelled frames'
+    empty share (distribution alignment) still calls the right share of frames empty, as long
+    as the teacher ranks empty frames below head frames more often than not."""
+    if empty_share <= 0 or window.numel() == 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    tau = torch.quantile(window.float(), min(float(empty_share), 1.0))
+    return scores < tau   # strictly: frames tied at 0 (no head seen) are the area rule's anyway
+
+
 def consistency(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
-                threshold: float = 0.9, min_head_pixels: float = 0.0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                threshold: float = 0.9, min_head_pixels: float = 0.0,
+                empty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, share of pixels used) between student and teacher logits [N, 1, H, W].
 
     ``mse``: squared error of the probabilities on every pixel. ``pseudo``: BCE of the student
@@ -118,20 +149,36 @@ def consistency(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
     p < 1 - t), with the teacher's head-or-not decision per frame: a frame where fewer than
     ``min_head_pixels`` (a share) of the pixels have p > 0.5 is "no head" and its target is 0
     everywhere (a confident speck is not a head to learn); a frame with a head but fewer than
-    that share of confident (p > t) head pixels is unsure and left out. The loss is a mean over the pixels used; with
+    that share of confident (p > t) head pixels is unsure and left out. ``empty`` ([N] bool,
+    :func:`empty_by_prior`) marks frames called "no head" by the prior whatever the teacher's
+    area: target 0 on its confident pixels (a confident false head is taught away), never left
+    out as unsure. The loss is a mean over the pixels used; with
     none used it is 0 (and still depends on the student)."""
     p_t = torch.sigmoid(teacher.float()).detach()
     if kind == "mse":
         return F.mse_loss(torch.sigmoid(student.float()), p_t), torch.ones((), device=student.device)
+    hard, confident = pseudo_targets(teacher, threshold, min_head_pixels, empty)
+    bce = F.binary_cross_entropy_with_logits(student.float(), hard, reduction="none")
+    used = confident.sum() / max(1, confident.numel())   # no frame kept: 0, not nan
+    return (bce * confident).sum() / confident.sum().clamp_min(1.0), used
+
+
+@torch.no_grad()
+def pseudo_targets(teacher: torch.Tensor, threshold: float = 0.9, min_head_pixels: float = 0.0,
+                   empty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher logits [N, 1, H, W] -> (hard targets, pixels used), both [N, 1, H, W] floats:
+    the ``pseudo`` rule of :func:`consistency`. A frame with no pixel used teaches nothing."""
+    p_t = torch.sigmoid(teacher.float())
     hard = (p_t > 0.5).float()
     confident = ((p_t > threshold) | (p_t < 1 - threshold)).float()
     m = max(min_head_pixels, 1e-12)
     head = hard.flatten(1).mean(1) >= m                                 # [N] the teacher sees a head
+    if empty is not None:
+        head = head & ~empty.to(head.device)                            # ... the prior says no
     unsure = head & ((p_t > threshold).float().flatten(1).mean(1) < m)  # ... but not a confident one
     hard = hard * head.view(-1, 1, 1, 1).float()                      # "no head": all-zero target
     confident = confident * (~unsure).view(-1, 1, 1, 1).float()       # unsure frames left out
-    bce = F.binary_cross_entropy_with_logits(student.float(), hard, reduction="none")
-    return (bce * confident).sum() / confident.sum().clamp_min(1.0), confident.mean()
+    return hard, confident
 
 
 def plane_loss(logits: torch.Tensor, plane: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,8 @@ from pipeline.models.inputs import to_unit
 from pipeline.models.segmenter import (PLANES, SegmenterConfig, build_segmenter, export_segmenter,
                                        load_pretrained_encoder)
 from pipeline.objectives.segmentation import (MODES, MultitaskConfig, SemiConfig, consistency,
-                                              dice_bce, plane_loss, rampup)
+                                              dice_bce, empty_by_prior, head_score, plane_loss,
+                                              pseudo_targets, rampup)
 from preprocessing.format import SonostreamError
 
 from .config import load_config, pick
@@ -96,14 +97,43 @@ def load_finetune_config(path, overrides=(), *, mode=None, init=None, label_frac
 
 class MeanTeacher:
     """The EMA teacher of semi-supervised mode; checkpointed with the run (state_dict, with the
-    number of updates so far, which sets its decay schedule)."""
+    number of updates so far, which sets its decay schedule, and the prior of the frame-level
+    decision: labelled frames seen and how many held no head, the last ``window`` head scores).
+    Under several ranks each rank keeps its own counts and window; the main rank's are saved."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, window: int = 0, eval_mode: bool = False):
         self.module = copy.deepcopy(model)
         for p in self.module.parameters():
             p.requires_grad_(False)
+        if eval_mode:
+            self.module.eval()
         self.decay = decay
         self.updates = 0
+        self.window = int(window)
+        self.seen = torch.zeros(2, dtype=torch.float64)    # labelled frames, of them without a head
+        self.scores = torch.zeros(0)                       # the last ``window`` teacher head scores
+        self.gate = 1.0                                    # 1: the unlabelled term on (``gate_check``)
+
+    def gate_check(self, student: torch.nn.Module, frames: torch.Tensor, masks: torch.Tensor) -> None:
+        """Score teacher and student (all-frame Dice, eval mode) on val ``frames``/``masks``: the
+        unlabelled term stays on only while the teacher is at least as good as the student."""
+        self.gate = float(dice_all(self.module, frames, masks) >= dice_all(student, frames, masks))
+
+    def empty_share(self) -> float:
+        return float(self.seen[1] / self.seen[0]) if self.seen[0] > 0 else 0.0
+
+    @torch.no_grad()
+    def observe(self, masks: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+        """Count the labelled ``masks`` [B, 1, H, W] without a head, add the teacher's head scores
+        of ``t_logits`` [N, 1, H, W] to the window; returns [N] bool, the frames the prior calls
+        empty (none with ``window`` 0)."""
+        score = head_score(t_logits)
+        if self.window <= 0:
+            return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
+        self.seen += torch.tensor([masks.shape[0], int((masks.flatten(1) == 0).all(1).sum())],
+                                  dtype=torch.float64)
+        self.scores = torch.cat([self.scores, score.detach().cpu()])[-self.window:]
+        return empty_by_prior(score, self.scores.to(score.device), self.empty_share())
 
     @torch.no_grad()
     def update(self, student: torch.nn.Module, decay: float | None = None) -> None:
@@ -117,16 +147,25 @@ class MeanTeacher:
         self.updates += 1
 
     def state_dict(self):
-        return {**self.module.state_dict(), UPDATES_KEY: torch.tensor(self.updates)}
+        return {**self.module.state_dict(), UPDATES_KEY: torch.tensor(self.updates),
+                SEEN_KEY: self.seen.clone(), SCORES_KEY: self.scores.clone(),
+                GATE_KEY: torch.tensor(self.gate)}
 
     def load_state_dict(self, state):
         state = dict(state)
         updates = state.pop(UPDATES_KEY, None)   # absent in checkpoints of earlier versions
+        seen, scores = state.pop(SEEN_KEY, None), state.pop(SCORES_KEY, None)
+        gate = state.pop(GATE_KEY, None)
         self.module.load_state_dict(state)
         self.updates = int(updates) if updates is not None else 0
+        self.seen = seen.clone() if seen is not None else torch.zeros(2, dtype=torch.float64)
+        self.scores = scores.clone() if scores is not None else torch.zeros(0)
+        self.gate = float(gate) if gate is not None else 1.0
 
 
 UPDATES_KEY = "__teacher_updates__"
+SEEN_KEY, SCORES_KEY, GATE_KEY = "__prior_seen__", "__prior_scores__", "__gate__"
+TEACHER_EXTRA = (UPDATES_KEY, SEEN_KEY, SCORES_KEY, GATE_KEY)   # not weights
 
 
 def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Generator,
@@ -139,10 +178,21 @@ def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Ge
     x = intensity(x, cfg.augment, gen)
     b = x.shape[0]
     if teacher is not None:
+        sc = cfg.semi
         u, _ = geometric(to_unit(batch.unlabelled), None, cfg.augment, gen)
         with torch.no_grad(), autocast():
             t_logits, _ = teacher.module(u)   # the teacher sees the frame without intensity noise
-        x = torch.cat([x, intensity(u, cfg.augment, gen)])
+        u = intensity(u, cfg.augment, gen)
+        empty = teacher.observe(batch.masks, t_logits) if hasattr(teacher, "observe") else None
+        # Only the frames with a pixel to teach reach the student: one the teacher is unsure of
+        # would change nothing but the student's BatchNorm statistics (and the result, with one
+        # labelled patient): with nothing to teach, semi is the supervised step.
+        gate = getattr(teacher, "gate", 1.0)
+        alpha = sc.alpha * rampup(step, sc.rampup_length(cfg.train.steps)) * gate
+        keep = (pseudo_targets(t_logits, sc.threshold, sc.min_head_pixels, empty)[1]
+                .flatten(1).any(1) if sc.consistency == "pseudo"
+                else torch.ones(u.shape[0], dtype=torch.bool, device=u.device)) & (alpha > 0)
+        x = torch.cat([x, u[keep]])
     logits, plane_logits = model(x)
     seg, dice = dice_bce(logits[:b], y)
     loss, logs = seg, {"loss_seg": seg.detach(), "dice_soft": dice}
@@ -151,13 +201,15 @@ def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Ge
         loss = loss + cfg.multitask.beta * pl
         logs.update(loss_plane=pl.detach(), acc_plane=acc)
     if teacher is not None:
-        sc = cfg.semi
-        cons, used = consistency(logits[b:], t_logits, sc.consistency, sc.threshold,
-                                 sc.min_head_pixels)
-        alpha = sc.alpha * rampup(step, sc.rampup_length(cfg.train.steps))
+        cons, used = consistency(logits[b:], t_logits[keep], sc.consistency, sc.threshold,
+                                 sc.min_head_pixels, None if empty is None else empty[keep])
+        used = used * keep.float().mean()   # the share of all unlabelled pixels
         loss = loss + alpha * cons
         logs.update(loss_cons=cons.detach(), alpha=torch.tensor(alpha, device=x.device),
-                    cons_pixels=used.detach(),
+                    cons_pixels=used.detach(), cons_frames=keep.float().mean(),
+                    gate=torch.tensor(gate, device=x.device),
+                    prior_empty=(empty.float().mean() if empty is not None
+                                 else torch.zeros((), device=x.device)),
                     ema_decay=torch.tensor(sc.decay_at(step, cfg.train.steps), device=x.device))
     return loss, logs, {"logits": logits[:b]}
 
@@ -193,7 +245,8 @@ class Finetuning:
         init = _init_path(cfg)
         model = build_segmenter(cfg.model, planes=len(planes))
         init_meta = load_pretrained_encoder(model, init, cfg.model.arch, cfg.model.in_chans) if init else None
-        teacher = MeanTeacher(model, cfg.semi.ema_decay) if mode == "semi" else None
+        teacher = (MeanTeacher(model, cfg.semi.ema_decay, cfg.semi.prior_window, cfg.semi.teacher_eval)
+                   if mode == "semi" else None)
         if teacher is not None:
             teacher.module.to(acc.device)
 
@@ -202,8 +255,16 @@ class Finetuning:
                 noise_seed(tc.seed, micro_step, acc.process_index))
             return finetune_forward(model, batch, cfg, step, gen, teacher, acc.autocast)
 
+        gate_rows = val_rows(loader, cfg.semi.val_frames) if mode == "semi" and cfg.semi.gate_every else []
+        if len(gate_rows):
+            f, m = loader.decoder.images(gate_rows, loader.image_size, masks=True)
+            gate_frames = torch.from_numpy(f).unsqueeze(1).to(acc.device)
+            gate_masks = torch.from_numpy(m).unsqueeze(1).to(acc.device)
+
         def on_step(model):
             teacher.update(acc.unwrap_model(model), cfg.semi.decay_at(teacher.updates, tc.steps))
+            if len(gate_rows) and teacher.updates % cfg.semi.gate_every == 0:
+                teacher.gate_check(acc.unwrap_model(model), gate_frames, gate_masks)
 
         banner = (f"({mode}) a {cfg.model.arch} UNet, encoder "
                   f"{'from ' + str(init) if init else 'from scratch'} | {loader.describe()}")
@@ -262,9 +323,11 @@ def val_rows(loader: SegLoader, n: int) -> np.ndarray:
 @torch.no_grad()
 def dice_all(model: torch.nn.Module, frames: torch.Tensor, masks: torch.Tensor) -> float:
     """Mean hard Dice over all frames (p > 0.5; a frame without a head counts 1 when none is
-    predicted, 0 otherwise), in eval mode."""
+    predicted, 0 otherwise), in eval mode (the model's mode is restored after)."""
+    was = model.training
     model.eval()
     pred = torch.sigmoid(model(to_unit(frames))[0].float()) > 0.5
+    model.train(was)
     t = masks > 0
     inter = (pred & t).flatten(1).sum(1).float()
     total = (pred.flatten(1).sum(1) + t.flatten(1).sum(1)).float()
@@ -283,7 +346,7 @@ def pick_student_or_teacher(cfg: FinetuneConfig, loader: SegLoader, planes: list
     frames, masks = loader.decoder.images(rows, loader.image_size, masks=True)
     frames = torch.from_numpy(frames).unsqueeze(1)
     masks = torch.from_numpy(masks).unsqueeze(1)
-    teacher_sd = {k: v for k, v in teacher.state_dict().items() if k != UPDATES_KEY}
+    teacher_sd = {k: v for k, v in teacher.state_dict().items() if k not in TEACHER_EXTRA}
     scores, model = {}, build_segmenter(cfg.model, planes=len(planes))
     for name, sd in (("student", student), ("teacher", teacher_sd)):
         model.load_state_dict({k: v.detach().cpu() for k, v in sd.items()})

@@ -91,9 +91,14 @@ def test_a_frame_with_a_head_uses_confident_pixels_only():
 
 def test_rampup_is_zero_at_step_zero_and_a_share_of_the_run(tiny):
     c = semi_cfg(steps=100)
-    logs = finetune_forward(tiny, batch(), c, 0, torch.Generator().manual_seed(0),
-                            FixedTeacher(torch.full((4, 1, 32, 32), -6.0)), contextlib.nullcontext)[1]
-    assert float(logs["loss_cons"]) > 0 and float(logs["alpha"]) == 0.0
+    sure = FixedTeacher(torch.full((4, 1, 32, 32), -6.0))   # confidently empty: all to teach
+    logs = finetune_forward(tiny, batch(), c, 0, torch.Generator().manual_seed(0), sure,
+                            contextlib.nullcontext)[1]
+    assert float(logs["alpha"]) == 0.0 and float(logs["cons_frames"]) == 0.0   # weight 0: not fed
+    logs = finetune_forward(tiny, batch(), c, 20, torch.Generator().manual_seed(0), sure,
+                            contextlib.nullcontext)[1]
+    assert float(logs["alpha"]) > 0 and float(logs["cons_frames"]) == 1.0
+    assert float(logs["loss_cons"]) > 0
     for steps in (100, 1000):
         n = c.semi.rampup_length(steps)
         assert n == round(c.semi.rampup * steps) and 0 < n < steps
@@ -142,3 +147,55 @@ def test_the_teacher_is_exported_when_it_scores_better_on_val(val_shards, tiny):
     c.semi.val_frames = 0
     out, meta = pick_student_or_teacher(c, loader, [], empty, t)
     assert meta["exported"] == "student" and out is empty
+
+
+def test_the_labelled_empty_share_calls_the_lowest_scoring_frames_empty(tiny):
+    """A teacher that marks a confident head on every frame (as a poor teacher does on empty
+    frames): with half the labelled frames empty, its four smallest heads are taught "no head"
+    on every pixel, its four largest stay heads."""
+    t = torch.full((8, 1, 32, 32), -6.0)
+    for i in range(8):
+        t[i, 0, 4:10 + 2 * i, 4:20] = 6.0            # a confident head, larger with i
+    masks = torch.zeros(8, 1, 32, 32, dtype=torch.uint8)
+    masks[:4, :, 8:20, 8:20] = 1                     # labelled: 4 of 8 frames hold a head
+    teacher = MeanTeacher(tiny, 0.99, window=64, eval_mode=True)
+    assert not teacher.module.training
+    empty = teacher.observe(masks, t)
+    assert teacher.empty_share() == 0.5 and empty.tolist() == [True] * 4 + [False] * 4
+    s = torch.zeros((8, 1, 32, 32), requires_grad=True)
+    c = SemiConfig()
+    loss, used = consistency(s, t, c.consistency, c.threshold, c.min_head_pixels, empty)
+    loss.backward()
+    assert float(used) == 1.0                        # every pixel of every frame is confident
+    assert bool((s.grad[:4] > 0).all())              # the 4 lowest: pushed down everywhere
+    assert bool((s.grad[4:, 0, 4:10, 4:20] < 0).all())   # the heads of the 4 largest: pushed up
+    again = MeanTeacher(tiny, 0.99, window=64)
+    again.load_state_dict(teacher.state_dict())     # the prior resumes with the run
+    assert again.empty_share() == 0.5 and torch.equal(again.scores, teacher.scores)
+    off = MeanTeacher(tiny, 0.99, window=0)
+    assert not bool(off.observe(masks, t).any())     # semi.prior_window 0: the area rule alone
+
+
+def test_the_gate_turns_the_unlabelled_term_off_while_the_teacher_is_worse(tiny):
+    sd = {k: v.clone() for k, v in tiny.state_dict().items()}
+    bias = "segmentation_head.0.bias"
+    empty = {**sd, bias: torch.full_like(sd[bias], -50.0)}   # predicts no head anywhere
+    full = {**sd, bias: torch.full_like(sd[bias], 50.0)}     # a head everywhere
+    student, teacher = copy.deepcopy(tiny), MeanTeacher(tiny, 0.99)
+    student.train()
+    frames = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    masks = torch.zeros(4, 1, 32, 32, dtype=torch.uint8)     # val frames without a head
+    student.load_state_dict(empty)
+    teacher.module.load_state_dict(full)
+    teacher.gate_check(student, frames, masks)
+    assert teacher.gate == 0.0 and student.training          # worse teacher: off; mode kept
+    c = semi_cfg()
+    logs = finetune_forward(student, batch(), c, 80, torch.Generator().manual_seed(0), teacher,
+                            contextlib.nullcontext)[1]
+    assert float(logs["alpha"]) == 0.0 and float(logs["cons_frames"]) == 0.0
+    again = MeanTeacher(tiny, 0.99)
+    again.load_state_dict(teacher.state_dict())              # the gate resumes with the run
+    assert again.gate == 0.0
+    teacher.module.load_state_dict(empty)                    # as good as the student: on
+    teacher.gate_check(student, frames, masks)
+    assert teacher.gate == 1.0
