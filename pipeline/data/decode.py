@@ -55,7 +55,7 @@ def decode_gray(data: bytes) -> np.ndarray | None:
 
 
 def _simplejpeg():
-    """simplejpeg (``pip install 'sonostream[fast]'``), which decodes a JPEG straight into a
+    """simplejpeg (a dependency; the loader falls back to OpenCV without it), which decodes a JPEG straight into a
     batch's memory (OpenCV decodes into an array of its own, then a copy: ~8 % of a frame's
     time), or None. Both are libjpeg-turbo's default (islow) decoder, so the pixels are the
     same; :class:`FrameDecoder` still checks that once per process on the first frame."""
