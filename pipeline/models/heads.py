@@ -5,9 +5,10 @@
   a top-down merge of the last feature map with the encoder stage of that stride, decoded back
   to the *full* input resolution by learned 2x upsamplings (not decoded small and interpolated up).
 * :class:`PMHead` - patient matching: a 2-layer MLP on a pair's pooled features -> one logit.
-* :class:`IOHead` - image ordering: ``heads.io_head="pairwise"`` (default) compares the shown
-  frames two by two and sums the pairs' log-probabilities into the permutation classes;
-  ``"concat"`` is an MLP on the K frame features concatenated in the order shown.
+* :class:`IOHead` - image ordering: ``heads.io_head="symmetric"`` (default) and ``"pairwise"``
+  compare the shown frames two by two and sum the pairs' log-probabilities into the permutation
+  classes (``symmetric`` feeds each pair's MLP only what does not depend on which frame of the
+  pair came first); ``"concat"`` is an MLP on the K frame features concatenated in the order shown.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from torch import nn
 from pipeline.data.tasks import IO_REVERSE, io_classes
 from preprocessing.format import SonostreamError
 
-IO_HEADS = ("pairwise", "concat")
+IO_HEADS = ("symmetric", "pairwise", "concat")
 MIR_STRIDES = (8, 16, 32)   # the encoder stages a MIR latent can sit on (layer2, layer3, layer4)
 
 
@@ -32,7 +33,7 @@ class HeadsConfig:
     mir_stride: int = 8            # MIR: latent stride (8, 16 or 32 = the encoder's last map)
     pm_hidden: int = 512           # PM: hidden units of the pair MLP
     io_hidden: int = 512           # IO: hidden units of the ordering MLP (per pair if pairwise)
-    io_head: str = "pairwise"      # IO: "pairwise" (frames compared two by two) or "concat"
+    io_head: str = "symmetric"     # IO: "symmetric" / "pairwise" (frames compared two by two) or "concat"
 
     def __post_init__(self):
         for k in ("latent_channels", "decoder_width", "pm_hidden", "io_hidden"):
@@ -171,14 +172,22 @@ def pair_relations(clip_len: int, reverse: str) -> tuple[list, torch.Tensor, int
 class IOHead(nn.Module):
     """feats (B, K, C), frames in the order shown -> logits (B, classes).
 
-    ``pairwise`` (default): for each pair of shown positions i < j an MLP on
-    ``[f_i, f_j, f_i - f_j]`` gives log-probabilities over the pair's relation (distance in time,
-    or signed offset with ``io_reverse="distinct"``: :func:`pair_relations`); a class's logit is
-    the sum over pairs of the log-probability of the relation that class implies, a fixed map
-    from pair scores to the ``io_classes`` (the joint log-likelihood if the pairs were
-    independent). Comparing two frames is what ordering needs; the concatenating MLP must learn
-    every comparison inside one layer, and stays at chance in a short run. ``concat``: an MLP on
-    the K features concatenated in the order shown.
+    ``symmetric`` (default) and ``pairwise``: for each pair of shown positions i < j an MLP gives
+    log-probabilities over the pair's relation (distance in time, or signed offset with
+    ``io_reverse="distinct"``: :func:`pair_relations`); a class's logit is the sum over pairs of
+    the log-probability of the relation that class implies, a fixed map from pair scores to the
+    ``io_classes`` (the joint log-likelihood if the pairs were independent). Comparing two frames
+    is what ordering needs; the concatenating MLP must learn every comparison inside one layer,
+    and stays at chance in a short run.
+
+    The two pairwise kinds differ in what the pair MLP sees. ``pairwise``: ``[f_i, f_j, f_i - f_j]``,
+    the frames themselves: it can learn where each training frame sits in its sweep and fits the
+    training clips without ordering held-out ones (chance on val patients in 200 debug steps).
+    ``symmetric``: ``[|f_i - f_j|, f_i * f_j]`` (PM's pair features), which do not change when the
+    two frames swap, as the time distance they predict does not (``io_reverse="same"``); with
+    ``"distinct"`` the signed ``f_i - f_j`` is added, since the offset's sign is then a label.
+    It has to score how far apart two frames are from how they differ (BENCHMARKS.md, "IO stride").
+    ``concat``: an MLP on the K features concatenated in the order shown.
     """
 
     def __init__(self, in_dim: int, clip_len: int, classes: int, cfg: HeadsConfig):
@@ -188,17 +197,25 @@ class IOHead(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(clip_len * in_dim, cfg.io_hidden),
                                      nn.ReLU(inplace=True), nn.Linear(cfg.io_hidden, classes))
             return
-        pairs, rel, r = pair_relations(clip_len, io_reverse_of(clip_len, classes))
+        reverse = io_reverse_of(clip_len, classes)
+        pairs, rel, r = pair_relations(clip_len, reverse)
+        # which pair features the MLP sees: frames, |difference|, product, signed difference
+        self.parts = (("fi", "fj", "diff") if self.kind == "pairwise" else
+                      ("absdiff", "prod") + (("diff",) if reverse == "distinct" else ()))
         self.register_buffer("pair_i", torch.tensor([i for i, _ in pairs]), persistent=False)
         self.register_buffer("pair_j", torch.tensor([j for _, j in pairs]), persistent=False)
         self.register_buffer("relation", rel, persistent=False)
-        self.pair = nn.Sequential(nn.Linear(3 * in_dim, cfg.io_hidden), nn.ReLU(inplace=True),
+        self.pair = nn.Sequential(nn.Linear(len(self.parts) * in_dim, cfg.io_hidden),
+                                  nn.ReLU(inplace=True),
                                   nn.Linear(cfg.io_hidden, r))
 
     def pair_logprobs(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, P, R): each shown pair's log-probabilities over its relations."""
         fi, fj = feats[:, self.pair_i], feats[:, self.pair_j]
-        return F.log_softmax(self.pair(torch.cat([fi, fj, fi - fj], dim=-1)).float(), dim=-1)
+        part = {"fi": lambda: fi, "fj": lambda: fj, "diff": lambda: fi - fj,
+                "absdiff": lambda: (fi - fj).abs(), "prod": lambda: fi * fj}
+        z = torch.cat([part[name]() for name in self.parts], dim=-1)
+        return F.log_softmax(self.pair(z).float(), dim=-1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         if self.kind == "concat":
