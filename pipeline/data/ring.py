@@ -33,6 +33,7 @@ import mmap
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import traceback
 import weakref
 from multiprocessing.connection import wait
@@ -45,6 +46,10 @@ from preprocessing.format import SonostreamError
 from .batch import resize_frames
 
 log = logging.getLogger("sonostream.loader")
+# Slurm's SIGTERM / SIGUSR1 and Ctrl-C's SIGINT reach every process of the job; the trainer
+# handles them (finishes its step, checkpoints, then closes the loader), so the workers ignore
+# them. They are blocked across the fork, so none can land before the worker ignores it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 HELD = 2          # slots a caller may hold zero-copy beyond the in-flight ones (the loop's batch
                   # and the next one being handed over)
 
@@ -103,6 +108,9 @@ def _error(e: BaseException) -> tuple:
 def _worker(w: int, decoder, ring: SlotRing, decode_size, out_size, conns) -> None:
     """Decode the ``(step, slot, clip rows)`` the main process sends into their slots until
     its pipe closes (or a ``None``)."""
+    for sig in STOP_SIGNALS:                # blocked since the fork (DecodePool.__init__)
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     tasks, results = conns[w][0], conns[w][3]
     for i, (t_recv, t_send, r_recv, r_send) in enumerate(conns):   # keep only our two ends
         t_send.close()
@@ -159,16 +167,30 @@ class DecodePool:
                                         self.conns))
                       for w in range(self.n)]
         self.closed = False
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             for p in self.procs:
                 p.start()
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # pending ones are handled now
             for t_recv, _, _, r_send in self.conns:   # ours: task send ends, result recv ends
                 t_recv.close()
                 r_send.close()
 
-    def send(self, step: int, slot: int, rows: np.ndarray) -> None:
-        self.conns[step % self.n][1].send((step, slot, rows))
+    def send(self, step: int, slot: int, rows: np.ndarray, plan=None) -> None:
+        w = step % self.n
+        try:
+            self.conns[w][1].send((step, slot, rows))
+        except OSError:                     # BrokenPipeError: the worker is gone
+            self._died(w, plan, step)
+
+    def _died(self, w: int, plan, step: int):
+        proc = self.procs[w]
+        proc.join(timeout=5)
+        where = (f"epoch {plan.epoch}, step {step}, reading {', '.join(_shards_of(plan, step))}"
+                 if plan is not None else f"step {step}")
+        raise RuntimeError(f"decode worker {w} (pid {proc.pid}) exited with code "
+                           f"{proc.exitcode} on {where}") from None
 
     def recv(self, plan, step: int):
         """The worker's reply for ``step`` (its next one); raises if the worker failed or died."""
@@ -180,11 +202,7 @@ class DecodePool:
                     raise EOFError
             got, slot, kept, faults, error = conn.recv()   # EOFError: it died (pipe closed)
         except (EOFError, OSError):
-            proc.join(timeout=5)
-            raise RuntimeError(
-                f"decode worker {w} (pid {proc.pid}) exited with code {proc.exitcode} on "
-                f"epoch {plan.epoch}, step {step}, reading {', '.join(_shards_of(plan, step))}"
-            ) from None
+            self._died(w, plan, step)
         if error is not None:
             _raise_worker_error(w, proc.pid, plan, got, error)
         if got != step:
@@ -246,7 +264,7 @@ def ring_batches(plan, pool: DecodePool, prefetch: int):
             while sent < plan.steps and sent < s + depth and ring.free:
                 slot = ring.free.popleft()
                 inflight[sent] = slot
-                pool.send(sent, slot, plan.clip_rows(sent))
+                pool.send(sent, slot, plan.clip_rows(sent), plan)
                 sent += 1
             slot, kept, faults = pool.recv(plan, s)
             del inflight[s]
