@@ -315,23 +315,18 @@ def results_markdown(results: list[dict], split: str) -> str:
           f"mean ± t(0.975, n−1)·sd/√n; with one seed there is no interval.", ""]
     for key, title, digits in METRICS:
         md += [f"{title}:", "", table_markdown(results, key, digits), ""]
-    paired = [(title, paired_markdown(results, key, digits)) for key, title, digits in METRICS]
-    if any(p for _, p in paired):
-        md += ["Paired differences, each encoder − scratch, matched by seed (same labelled "
-               "patients): mean ± 95 % CI half-width [interval] (n pairs). An interval above 0 "
-               "(below 0 for false heads, HD95 and HC error) favours the encoder.", ""]
-        for title, p in paired:
-            if p:
-                md += [f"{title}, difference:", "", p, ""]
-    by_mode = [(title, paired_markdown(results, key, digits, "mode"))
-               for key, title, digits in METRICS]
-    if any(p for _, p in by_mode):
-        md += ["Paired differences, each mode − supervised of the same encoder, matched by seed: "
-               "mean ± 95 % CI half-width [interval] (n pairs). An interval above 0 (below 0 for "
-               "false heads, HD95 and HC error) favours the mode.", ""]
-        for title, p in by_mode:
-            if p:
-                md += [f"{title}, difference:", "", p, ""]
+    intros = {"init": "Paired differences, each encoder − scratch, matched by seed (same labelled "
+                      "patients): mean ± 95 % CI half-width [interval] (n pairs). An interval above "
+                      "0 (below 0 for false heads, HD95 and HC error) favours the encoder.",
+              "mode": "Paired differences, each mode − supervised of the same encoder, matched by "
+                      "seed: mean ± 95 % CI half-width [interval] (n pairs). An interval above 0 "
+                      "(below 0 for false heads, HD95 and HC error) favours the mode."}
+    for along, intro in intros.items():
+        paired = [(title, paired_markdown(results, key, digits, along))
+                  for key, title, digits in METRICS]
+        if any(p for _, p in paired):
+            md += [intro, ""]
+            md += [line for title, p in paired if p for line in (f"{title}, difference:", "", p, "")]
     return "\n".join(md)
 
 

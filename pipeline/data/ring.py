@@ -32,7 +32,6 @@ import logging
 import mmap
 import multiprocessing as mp
 import os
-import pickle
 import signal
 import traceback
 import weakref
@@ -95,14 +94,24 @@ def _shards_of(plan, step: int) -> list[str]:
 
 
 def _error(e: BaseException) -> tuple:
-    """(pickled exception or None, formatted traceback) of an error in a worker."""
+    """An error in a worker as plain text: (its class if a SonostreamError, else None; its
+    message; its formatted traceback). Only these strings cross the pipe: no exception object
+    is unpickled in the trainer."""
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    try:
-        blob = pickle.dumps(e)
-        pickle.loads(blob)
-    except Exception:  # noqa: BLE001 - an exception that does not cross: the text does
-        blob = None
-    return blob, tb
+    kind = f"{type(e).__module__}.{type(e).__qualname__}" if isinstance(e, SonostreamError) else None
+    return kind, str(e), tb
+
+
+def _sonostream_class(kind: str) -> type:
+    """The SonostreamError (sub)class named ``kind``, looked up among the loaded classes only."""
+    todo, seen = [SonostreamError], set()
+    while todo:
+        cls = todo.pop()
+        if f"{cls.__module__}.{cls.__qualname__}" == kind:
+            return cls
+        seen.add(cls)
+        todo += [c for c in cls.__subclasses__() if c not in seen]
+    return SonostreamError
 
 
 def _worker(w: int, decoder, ring: SlotRing, decode_size, out_size, conns) -> None:
@@ -234,20 +243,17 @@ class DecodePool:
 
 
 def _raise_worker_error(w: int, pid: int, plan, step: int, error: tuple):
-    blob, tb = error
+    kind, text, tb = error
     where = (f"decode worker {w} (pid {pid}) failed on epoch {plan.epoch}, step {step}, reading "
              f"{', '.join(_shards_of(plan, step))}")
-    exc = pickle.loads(blob) if blob is not None else None
-    if isinstance(exc, SonostreamError):     # a data error: its type (the CLI's exit 2) kept
+    if kind is not None:                     # a data error: its type (the CLI's exit 2) kept
+        cls = _sonostream_class(kind)
         try:
-            again = type(exc)(f"{exc} ({where})")
+            again = cls(f"{text} ({where})")
         except Exception:  # noqa: BLE001 - a subclass with another signature
-            again = SonostreamError(f"{exc} ({where})")
-        raise again from exc
-    msg = f"{where}: {tb.strip().splitlines()[-1]}\n\nworker traceback:\n{tb}"
-    if exc is not None:
-        raise RuntimeError(msg) from exc
-    raise RuntimeError(msg)
+            again = SonostreamError(f"{text} ({where})")
+        raise again
+    raise RuntimeError(f"{where}: {tb.strip().splitlines()[-1]}\n\nworker traceback:\n{tb}")
 
 
 def ring_batches(plan, pool: DecodePool, prefetch: int):

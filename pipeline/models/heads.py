@@ -199,22 +199,24 @@ class IOHead(nn.Module):
             return
         reverse = io_reverse_of(clip_len, classes)
         pairs, rel, r = pair_relations(clip_len, reverse)
-        # which pair features the MLP sees: frames, |difference|, product, signed difference
-        self.parts = (("fi", "fj", "diff") if self.kind == "pairwise" else
-                      ("absdiff", "prod") + (("diff",) if reverse == "distinct" else ()))
+        # symmetric: the signed difference too where the offset's sign is a label
+        self.signed = reverse == "distinct"
+        parts = 3 if self.kind == "pairwise" else 2 + self.signed
         self.register_buffer("pair_i", torch.tensor([i for i, _ in pairs]), persistent=False)
         self.register_buffer("pair_j", torch.tensor([j for _, j in pairs]), persistent=False)
         self.register_buffer("relation", rel, persistent=False)
-        self.pair = nn.Sequential(nn.Linear(len(self.parts) * in_dim, cfg.io_hidden),
+        self.pair = nn.Sequential(nn.Linear(parts * in_dim, cfg.io_hidden),
                                   nn.ReLU(inplace=True),
                                   nn.Linear(cfg.io_hidden, r))
 
     def pair_logprobs(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, P, R): each shown pair's log-probabilities over its relations."""
         fi, fj = feats[:, self.pair_i], feats[:, self.pair_j]
-        part = {"fi": lambda: fi, "fj": lambda: fj, "diff": lambda: fi - fj,
-                "absdiff": lambda: (fi - fj).abs(), "prod": lambda: fi * fj}
-        z = torch.cat([part[name]() for name in self.parts], dim=-1)
+        d = fi - fj
+        if self.kind == "pairwise":
+            z = torch.cat([fi, fj, d], dim=-1)
+        else:
+            z = torch.cat([d.abs(), fi * fj, *([d] if self.signed else [])], dim=-1)
         return F.log_softmax(self.pair(z).float(), dim=-1)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:

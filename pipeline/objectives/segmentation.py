@@ -154,10 +154,15 @@ def consistency(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse",
     area: target 0 on its confident pixels (a confident false head is taught away), never left
     out as unsure. The loss is a mean over the pixels used; with
     none used it is 0 (and still depends on the student)."""
-    p_t = torch.sigmoid(teacher.float()).detach()
     if kind == "mse":
+        p_t = torch.sigmoid(teacher.float()).detach()
         return F.mse_loss(torch.sigmoid(student.float()), p_t), torch.ones((), device=student.device)
-    hard, confident = pseudo_targets(teacher, threshold, min_head_pixels, empty)
+    return pseudo_loss(student, *pseudo_targets(teacher, threshold, min_head_pixels, empty))
+
+
+def pseudo_loss(student: torch.Tensor, hard: torch.Tensor, confident: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, share of pixels used): BCE of the student logits against ``pseudo_targets``."""
     bce = F.binary_cross_entropy_with_logits(student.float(), hard, reduction="none")
     used = confident.sum() / max(1, confident.numel())   # no frame kept: 0, not nan
     return (bce * confident).sum() / confident.sum().clamp_min(1.0), used

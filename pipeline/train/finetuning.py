@@ -30,7 +30,7 @@ from pipeline.models.segmenter import (PLANES, SegmenterConfig, build_segmenter,
                                        load_pretrained_encoder)
 from pipeline.objectives.segmentation import (MODES, MultitaskConfig, SemiConfig, consistency,
                                               dice_bce, empty_by_prior, head_score, plane_loss,
-                                              pseudo_targets, rampup)
+                                              pseudo_loss, pseudo_targets, rampup)
 from preprocessing.format import SonostreamError
 
 from .config import load_config, pick
@@ -183,15 +183,18 @@ def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Ge
         with torch.no_grad(), autocast():
             t_logits, _ = teacher.module(u)   # the teacher sees the frame without intensity noise
         u = intensity(u, cfg.augment, gen)
-        empty = teacher.observe(batch.masks, t_logits) if hasattr(teacher, "observe") else None
+        empty = teacher.observe(batch.masks, t_logits)
         # Only the frames with a pixel to teach reach the student: one the teacher is unsure of
         # would change nothing but the student's BatchNorm statistics (and the result, with one
         # labelled patient): with nothing to teach, semi is the supervised step.
-        gate = getattr(teacher, "gate", 1.0)
+        gate = teacher.gate
         alpha = sc.alpha * rampup(step, sc.rampup_length(cfg.train.steps)) * gate
-        keep = (pseudo_targets(t_logits, sc.threshold, sc.min_head_pixels, empty)[1]
-                .flatten(1).any(1) if sc.consistency == "pseudo"
-                else torch.ones(u.shape[0], dtype=torch.bool, device=u.device)) & (alpha > 0)
+        if sc.consistency == "pseudo":
+            hard, confident = pseudo_targets(t_logits, sc.threshold, sc.min_head_pixels, empty)
+            keep = confident.flatten(1).any(1)
+        else:
+            keep = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
+        keep &= alpha > 0
         x = torch.cat([x, u[keep]])
     logits, plane_logits = model(x)
     seg, dice = dice_bce(logits[:b], y)
@@ -201,8 +204,9 @@ def finetune_forward(model, batch, cfg: FinetuneConfig, step: int, gen: torch.Ge
         loss = loss + cfg.multitask.beta * pl
         logs.update(loss_plane=pl.detach(), acc_plane=acc)
     if teacher is not None:
-        cons, used = consistency(logits[b:], t_logits[keep], sc.consistency, sc.threshold,
-                                 sc.min_head_pixels, None if empty is None else empty[keep])
+        cons, used = (pseudo_loss(logits[b:], hard[keep], confident[keep])
+                      if sc.consistency == "pseudo" else
+                      consistency(logits[b:], t_logits[keep], sc.consistency))
         used = used * keep.float().mean()   # the share of all unlabelled pixels
         loss = loss + alpha * cons
         logs.update(loss_cons=cons.detach(), alpha=torch.tensor(alpha, device=x.device),

@@ -225,3 +225,29 @@ def test_workers_ignore_the_stop_signals_the_trainer_handles(dataset):
     assert got == ref
     loader.close()
     assert children() == before
+
+
+
+def test_a_worker_error_crosses_as_text_and_keeps_a_data_error_s_type(monkeypatch):
+    """What a worker sends about its error is strings only (nothing for the trainer to
+    unpickle), yet a SonostreamError subclass comes back as itself and anything else as a
+    RuntimeError carrying the worker's traceback."""
+    from pipeline.data import ring
+    from preprocessing.dataset import DatasetError
+    try:
+        raise DatasetError("shard gone")
+    except DatasetError as e:
+        data_error = ring._error(e)
+    try:
+        raise KeyError("odd")
+    except KeyError as e:
+        other = ring._error(e)
+    assert all(isinstance(x, str) for x in data_error) and other[0] is None
+    monkeypatch.setattr(ring, "_shards_of", lambda plan, step: ["train-000001.tar"])
+    plan = type("Plan", (), {"epoch": 3})()
+    with pytest.raises(DatasetError, match=r"shard gone \(decode worker 1 .*epoch 3, step 7, "
+                                           r"reading train-000001.tar"):
+        ring._raise_worker_error(1, 123, plan, 7, data_error)
+    with pytest.raises(RuntimeError, match="KeyError: 'odd'") as e:
+        ring._raise_worker_error(1, 123, plan, 7, other)
+    assert "worker traceback" in str(e.value)

@@ -27,9 +27,14 @@ def semi_cfg(*extra, steps=100):
 
 
 class FixedTeacher:
-    """A teacher whose logits are given (its ``module`` ignores the frames)."""
+    """A teacher whose logits are given (its ``module`` ignores the frames); no prior, gate open."""
+    gate = 1.0
+
     def __init__(self, logits):
         self.module = lambda u: (logits[: u.shape[0]], None)
+
+    def observe(self, masks, t_logits):
+        return None
 
 
 def batch(n=4, size=32, seed=0):
